@@ -1,0 +1,170 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+
+from accounts import services
+from accounts.errors import AccountsError
+from accounts.forms import RejectionForm
+from accounts.models import ExpertEvent, ExpertProfile, ExpertStatus, OutboundEmail, User
+
+
+class UserCreationForm(AdminUserCreationForm):  # type: ignore[type-arg]
+    class Meta:
+        model = User
+        fields = ("email", "display_name", "time_zone")
+
+
+class UserEditForm(UserChangeForm):  # type: ignore[type-arg]
+    class Meta:
+        model = User
+        fields = "__all__"
+
+
+@admin.register(User)
+class UserAdmin(DjangoUserAdmin):  # type: ignore[type-arg]
+    add_form = UserCreationForm
+    form = UserEditForm
+    ordering = ("-date_joined",)
+    list_display = ("email", "display_name", "is_staff", "is_active", "date_joined")
+    list_filter = ("is_staff", "is_superuser", "is_active")
+    search_fields = ("email", "display_name")
+    readonly_fields = ("date_joined", "last_login")
+    fieldsets = (
+        (None, {"fields": ("email", "password")}),
+        ("Profile", {"fields": ("display_name", "time_zone")}),
+        (
+            "Permissions",
+            {"fields": ("is_active", "is_staff", "is_superuser", "groups", "user_permissions")},
+        ),
+        ("Dates", {"fields": ("date_joined", "last_login")}),
+    )
+    add_fieldsets = (
+        (
+            None,
+            {
+                "classes": ("wide",),
+                "fields": ("email", "display_name", "time_zone", "password1", "password2"),
+            },
+        ),
+    )
+
+
+class ExpertEventInline(admin.TabularInline):  # type: ignore[type-arg]
+    model = ExpertEvent
+    extra = 0
+    can_delete = False
+    fields = ("created_at", "kind", "actor", "reason")
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(ExpertProfile)
+class ExpertProfileAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    list_display = ("user", "headline", "status", "submitted_at", "decided_at")
+    list_filter = ("status", "currency")
+    search_fields = ("user__email", "user__display_name", "headline")
+    list_select_related = ("user",)
+    ordering = ("status", "submitted_at")
+    actions = ["approve", "reject"]
+    inlines = [ExpertEventInline]
+    # The application is the applicant's text; staff decide on it through the actions, which
+    # go through the services (status is never edited as a field).
+    readonly_fields = (
+        "user",
+        "slug",
+        "headline",
+        "bio",
+        "languages",
+        "currency",
+        "time_zone",
+        "status",
+        "decision_reason",
+        "decided_by",
+        "decided_at",
+        "submitted_at",
+        "updated_at",
+    )
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.action(description="Approve selected applications", permissions=["change"])
+    def approve(self, request: HttpRequest, queryset: QuerySet[ExpertProfile]) -> None:
+        assert isinstance(request.user, User)  # noqa: S101
+        approved, refused = 0, []
+        for profile in queryset:
+            try:
+                services.expert_approve(profile.pk, actor=request.user)
+                approved += 1
+            except AccountsError as error:
+                refused.append(f"{profile.user.display_name}: {error}")
+        if approved:
+            self.message_user(request, f"Approved {approved} application(s).", messages.SUCCESS)
+        for line in refused:
+            self.message_user(request, line, messages.ERROR)
+
+    @admin.action(description="Reject selected applications (with a reason)", permissions=["change"])
+    def reject(
+        self, request: HttpRequest, queryset: QuerySet[ExpertProfile]
+    ) -> HttpResponse | None:
+        assert isinstance(request.user, User)  # noqa: S101
+        pending = queryset.filter(status=ExpertStatus.PENDING)
+        form = RejectionForm(request.POST if "confirm" in request.POST else None)
+        if form.is_bound and form.is_valid():
+            rejected, refused = 0, []
+            for profile in queryset:
+                try:
+                    services.expert_reject(
+                        profile.pk, actor=request.user, reason=form.cleaned_data["reason"]
+                    )
+                    rejected += 1
+                except AccountsError as error:
+                    refused.append(f"{profile.user.display_name}: {error}")
+            if rejected:
+                self.message_user(request, f"Rejected {rejected} application(s).", messages.SUCCESS)
+            for line in refused:
+                self.message_user(request, line, messages.ERROR)
+            return None
+        # First visit, or a reason that did not validate: ask (again) on an intermediate page.
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Reject applications",
+            "opts": self.model._meta,
+            "form": form,
+            "profiles": queryset.select_related("user"),
+            "pending_count": pending.count(),
+            "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+        }
+        return TemplateResponse(request, "admin/accounts/expertprofile/reject.html", context)
+
+
+@admin.register(OutboundEmail)
+class OutboundEmailAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    list_display = ("subject", "to", "created_at", "sent_at", "attempts")
+    list_filter = ("sent_at",)
+    search_fields = ("to", "subject", "key")
+    readonly_fields = [field.name for field in OutboundEmail._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

@@ -1,0 +1,89 @@
+"""Creates the demo people of `make run`, once; running it again keeps (and reprints) them."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from allauth.account.models import EmailAddress
+from allauth.mfa.models import Authenticator
+from allauth.mfa.totp.internal.auth import TOTP, generate_totp_secret
+from allauth.mfa.utils import decrypt
+from django.conf import settings
+from django.core.management.base import BaseCommand
+from django.db import transaction
+
+from accounts import services
+from accounts.models import ExpertStatus, User
+
+DEMO_PASSWORD = "parley-demo"
+
+EXPERT_PROFILE = {
+    "headline": "Product strategy for early-stage software teams",
+    "bio": (
+        "Twelve years building and pricing B2B software, from first customer to Series B. "
+        "Bring a roadmap, a pricing page or a launch plan; leave with three concrete changes "
+        "and the reasoning behind them."
+    ),
+    "languages": ["en", "de"],
+    "currency": "EUR",
+    "time_zone": "Europe/Berlin",
+}
+
+
+class Command(BaseCommand):
+    help = "Create (or keep) the demo expert, client and staff user, and print their logins."
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        with transaction.atomic():
+            staff = self._user("staff@demo.test", "Sam Staff", "UTC", staff=True)
+            expert = self._user("expert@demo.test", "Erin Expert", "Europe/Berlin")
+            client = self._user("client@demo.test", "Chris Client", "America/New_York")
+            secret = self._totp_secret(staff)
+            self._approved_expert(expert, staff)
+
+        uri = (
+            f"otpauth://totp/{quote(settings.MFA_TOTP_ISSUER)}:{quote(staff.email)}"
+            f"?secret={secret}&issuer={quote(settings.MFA_TOTP_ISSUER)}"
+        )
+        self.stdout.write(
+            "\nParley demo is ready on http://127.0.0.1:8000\n\n"
+            f"  expert  {expert.email:<20} password {DEMO_PASSWORD}\n"
+            f"  client  {client.email:<20} password {DEMO_PASSWORD}\n"
+            f"  staff   {staff.email:<20} password {DEMO_PASSWORD}\n"
+            f"          two-factor (TOTP) secret {secret}\n"
+            f"          add it to an authenticator app, or: {uri}\n"
+        )
+
+    def _user(self, email: str, name: str, zone: str, *, staff: bool = False) -> User:
+        user = User.objects.filter(email=email).first()
+        if user is None:
+            user = User.objects.create_user(
+                email,
+                DEMO_PASSWORD,
+                display_name=name,
+                time_zone=zone,
+                is_staff=staff,
+                is_superuser=staff,
+            )
+        EmailAddress.objects.update_or_create(
+            user=user, email=email, defaults={"verified": True, "primary": True}
+        )
+        return user
+
+    def _totp_secret(self, staff: User) -> str:
+        authenticator = Authenticator.objects.filter(
+            user=staff, type=Authenticator.Type.TOTP
+        ).first()
+        if authenticator is not None:
+            return str(decrypt(authenticator.data["secret"]))
+        secret = str(generate_totp_secret())
+        TOTP.activate(staff, secret)
+        return secret
+
+    def _approved_expert(self, expert: User, staff: User) -> None:
+        profile = getattr(expert, "expert_profile", None)
+        if profile is None:
+            profile = services.expert_profile_submit(expert, **EXPERT_PROFILE)
+        if profile.status == ExpertStatus.PENDING:
+            services.expert_approve(profile.pk, actor=staff)

@@ -1,0 +1,203 @@
+"""Every state change in accounts: profiles, expert applications and the email outbox."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.contrib.sessions.models import Session
+from django.core.mail import send_mail
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q
+from django.template.loader import render_to_string
+from django.utils import timezone
+from django.utils.text import slugify
+
+from accounts.errors import InvalidTransition
+from accounts.models import (
+    EXPERT_TRANSITIONS,
+    ExpertEvent,
+    ExpertEventKind,
+    ExpertProfile,
+    ExpertStatus,
+    OutboundEmail,
+    User,
+)
+
+logger = logging.getLogger(__name__)
+
+EMAIL_LEASE = timedelta(minutes=5)
+
+
+def user_profile_update(user: User, *, display_name: str, time_zone: str) -> User:
+    user.display_name = display_name
+    user.time_zone = time_zone
+    user.full_clean(exclude=["password"])
+    user.save(update_fields=["display_name", "time_zone"])
+    return user
+
+
+def expert_profile_submit(
+    user: User,
+    *,
+    headline: str,
+    bio: str,
+    languages: list[str],
+    currency: str,
+    time_zone: str,
+) -> ExpertProfile:
+    """Apply to be an expert, resubmit after a rejection, or edit the profile.
+
+    A first submission and a resubmission put the application in the review queue; an edit
+    by a pending or approved expert keeps its status (approval is of the person, not the text).
+    """
+    fields = {
+        "headline": headline,
+        "bio": bio,
+        "languages": languages,
+        "currency": currency,
+        "time_zone": time_zone,
+    }
+    with transaction.atomic():
+        profile = ExpertProfile.objects.select_for_update().filter(user=user).first()
+        if profile is None:
+            profile = _expert_profile_create(user, fields)
+            _expert_event(profile, ExpertEventKind.APPLIED, actor=user)
+            return profile
+        for name, value in fields.items():
+            setattr(profile, name, value)
+        kind = ExpertEventKind.UPDATED
+        if profile.status == ExpertStatus.REJECTED:
+            # Back into the queue: the earlier decision no longer describes this profile.
+            _expert_status_check(profile.status, ExpertStatus.PENDING)
+            profile.status = ExpertStatus.PENDING
+            profile.decision_reason = ""
+            profile.decided_by = None
+            profile.decided_at = None
+            profile.submitted_at = timezone.now()
+            kind = ExpertEventKind.RESUBMITTED
+        profile.full_clean()
+        profile.save()
+        _expert_event(profile, kind, actor=user)
+        return profile
+
+
+def _expert_profile_create(user: User, fields: dict[str, Any]) -> ExpertProfile:
+    base = slugify(user.display_name)[:80] or "expert"
+    slug = base
+    for _attempt in range(5):
+        if not ExpertProfile.objects.filter(slug=slug).exists():
+            break
+        slug = f"{base}-{secrets.token_hex(3)}"
+    profile = ExpertProfile(user=user, slug=slug, **fields)
+    profile.full_clean()
+    try:
+        with transaction.atomic():
+            profile.save()
+    except IntegrityError:
+        raise InvalidTransition(
+            "Your application was submitted twice at the same moment; reload the page to see it."
+        ) from None
+    return profile
+
+
+def expert_approve(profile_id: int, *, actor: User) -> ExpertProfile:
+    with transaction.atomic():
+        profile = _expert_decide(profile_id, ExpertStatus.APPROVED, actor=actor, reason="")
+        event = _expert_event(profile, ExpertEventKind.APPROVED, actor=actor)
+        email_queue(
+            key=f"expert-decision:{event.pk}",
+            to=profile.user.email,
+            subject="You are approved as a Parley expert",
+            template="accounts/email/expert_approved.txt",
+            context={"profile": profile},
+        )
+    return profile
+
+
+def expert_reject(profile_id: int, *, actor: User, reason: str) -> ExpertProfile:
+    reason = reason.strip()
+    if not reason:
+        raise InvalidTransition("Give a reason: the applicant sees it and needs it to improve.")
+    with transaction.atomic():
+        profile = _expert_decide(profile_id, ExpertStatus.REJECTED, actor=actor, reason=reason)
+        event = _expert_event(profile, ExpertEventKind.REJECTED, actor=actor, reason=reason)
+        email_queue(
+            key=f"expert-decision:{event.pk}",
+            to=profile.user.email,
+            subject="About your Parley expert application",
+            template="accounts/email/expert_rejected.txt",
+            context={"profile": profile},
+        )
+    return profile
+
+
+def _expert_decide(profile_id: int, target: str, *, actor: User, reason: str) -> ExpertProfile:
+    sources = [source for source, targets in EXPERT_TRANSITIONS.items() if target in targets]
+    # Conditional UPDATE: of two staff deciding at once, exactly one wins; the other is told.
+    changed = ExpertProfile.objects.filter(pk=profile_id, status__in=sources).update(
+        status=target, decision_reason=reason, decided_by=actor, decided_at=timezone.now()
+    )
+    profile = ExpertProfile.objects.select_related("user").get(pk=profile_id)
+    if changed != 1:
+        _expert_status_check(profile.status, target)
+    return profile
+
+
+def _expert_status_check(current: str, target: str) -> None:
+    if target not in EXPERT_TRANSITIONS[current]:
+        raise InvalidTransition(
+            f"This application is already “{ExpertStatus(current).label}”; "
+            f"it cannot become “{ExpertStatus(target).label}”."
+        )
+
+
+def _expert_event(
+    profile: ExpertProfile, kind: str, *, actor: User | None, reason: str = ""
+) -> ExpertEvent:
+    return ExpertEvent.objects.create(profile=profile, kind=kind, actor=actor, reason=reason)
+
+
+def email_queue(
+    *, key: str, to: str, subject: str, template: str, context: dict[str, Any]
+) -> OutboundEmail:
+    """Record an email in the caller's transaction; it is sent after commit, once per key."""
+    body = render_to_string(template, {**context, "site_url": settings.SITE_URL})
+    email, created = OutboundEmail.objects.get_or_create(
+        key=key, defaults={"to": to, "subject": subject, "body": body}
+    )
+    if created:
+        from accounts.tasks import email_send_task
+
+        transaction.on_commit(lambda: email_send_task.delay(email.pk))
+    return email
+
+
+def email_send(email_id: int) -> bool:
+    """Send one queued email. Returns False when it is already sent or another worker has it."""
+    now = timezone.now()
+    leased = (
+        OutboundEmail.objects.filter(pk=email_id, sent_at__isnull=True)
+        .filter(Q(leased_until__isnull=True) | Q(leased_until__lt=now))
+        .update(leased_until=now + EMAIL_LEASE, attempts=F("attempts") + 1)
+    )
+    if leased != 1:
+        return False
+    email = OutboundEmail.objects.get(pk=email_id)
+    try:
+        send_mail(email.subject, email.body, None, [email.to])
+    except Exception as exc:
+        OutboundEmail.objects.filter(pk=email_id).update(leased_until=None, last_error=str(exc))
+        raise
+    OutboundEmail.objects.filter(pk=email_id).update(
+        sent_at=timezone.now(), leased_until=None, last_error=""
+    )
+    return True
+
+
+def sessions_clear_expired() -> int:
+    deleted, _ = Session.objects.filter(expire_date__lt=timezone.now()).delete()
+    return deleted

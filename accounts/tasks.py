@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+from celery import shared_task
+
+from accounts import selectors, services
+
+
+@shared_task(autoretry_for=(OSError,), retry_backoff=True, retry_backoff_max=600, max_retries=8)
+def email_send_task(email_id: int) -> bool:
+    return services.email_send(email_id)
+
+
+@shared_task
+def email_sweep_unsent() -> int:
+    """Safety net for emails whose task was lost (broker down at commit, worker crash)."""
+    ids = selectors.email_unsent_ids()
+    for email_id in ids:
+        email_send_task.delay(email_id)
+    return len(ids)
+
+
+@shared_task
+def sessions_clear_expired() -> int:
+    return services.sessions_clear_expired()

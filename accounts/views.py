@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+from allauth.account.decorators import verified_email_required
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_http_methods
+
+from accounts import selectors, services
+from accounts.choices import language_choices, language_name
+from accounts.errors import AccountsError
+from accounts.forms import ExpertApplicationForm, ProfileForm
+from accounts.models import ExpertProfile, ExpertStatus, User
+
+EXPERTS_PER_PAGE = 24
+
+
+def home(request: HttpRequest) -> HttpResponse:
+    featured = selectors.experts_listed()[:6]
+    return render(request, "home.html", {"featured": featured})
+
+
+def expert_directory(request: HttpRequest) -> HttpResponse:
+    query = request.GET.get("q", "").strip()[:100]
+    language = request.GET.get("language", "")
+    if language not in dict(language_choices()):
+        language = ""
+    page = Paginator(selectors.experts_listed(query=query, language=language), EXPERTS_PER_PAGE)
+    return render(
+        request,
+        "accounts/expert_directory.html",
+        {
+            "page": page.get_page(request.GET.get("page")),
+            "query": query,
+            "language": language,
+            "language_choices": language_choices(),
+        },
+    )
+
+
+def expert_detail(request: HttpRequest, slug: str) -> HttpResponse:
+    profile = (
+        ExpertProfile.objects.select_related("user").filter(slug=slug, user__is_active=True).first()
+    )
+    is_owner = profile is not None and profile.user_id == request.user.pk
+    # Unapproved profiles exist only for their owner (as a preview) and for staff.
+    if profile is None or not (profile.is_listed or is_owner or request.user.is_staff):
+        raise Http404("No expert is listed at this address.")
+    return render(
+        request,
+        "accounts/expert_detail.html",
+        {
+            "profile": profile,
+            "is_owner": is_owner,
+            "languages": [language_name(code) for code in profile.languages],
+        },
+    )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def profile_edit(request: HttpRequest) -> HttpResponse:
+    user = _user(request)
+    form = ProfileForm(
+        request.POST or None,
+        initial={"display_name": user.display_name, "time_zone": user.time_zone},
+    )
+    if request.method == "POST" and form.is_valid():
+        services.user_profile_update(user, **form.cleaned_data)
+        messages.success(request, "Your profile is saved.")
+        return redirect("accounts:profile")
+    return render(request, "accounts/profile_edit.html", {"form": form})
+
+
+@verified_email_required
+@require_http_methods(["GET", "POST"])
+def expert_apply(request: HttpRequest) -> HttpResponse:
+    user = _user(request)
+    profile = selectors.expert_profile_of(user)
+    form = ExpertApplicationForm(
+        request.POST or None, initial=ExpertApplicationForm.initial_for(user, profile)
+    )
+    if request.method == "POST" and form.is_valid():
+        try:
+            profile = services.expert_profile_submit(user, **form.cleaned_data)
+        except AccountsError as error:
+            messages.error(request, str(error))
+        else:
+            if profile.status == ExpertStatus.PENDING:
+                messages.success(
+                    request, "Application sent. Staff review it and you will get an email."
+                )
+            else:
+                messages.success(request, "Your expert profile is saved.")
+            return redirect("accounts:expert_apply")
+    return render(request, "accounts/expert_apply.html", {"form": form, "profile": profile})
+
+
+def _user(request: HttpRequest) -> User:
+    # The decorators above guarantee a signed-in user; this narrows the type for mypy.
+    assert isinstance(request.user, User)  # noqa: S101
+    return request.user

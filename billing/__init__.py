@@ -1,0 +1,1 @@
+"""Payments: holds, settlements, payment commands (outbox), webhooks and payouts."""

@@ -1,0 +1,32 @@
+"""The ASGI entry point served by Daphne: Django for HTTP, Channels consumers for WebSocket."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+# Django must be set up before anything imports models (the routing below does).
+django_asgi_app = get_asgi_application()
+
+from channels.auth import AuthMiddlewareStack  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+
+from config.routing import websocket_urlpatterns  # noqa: E402
+
+
+def websocket_stack(routes: list[Any]) -> Any:
+    """WebSocket routes behind the checks every socket gets: an Origin from ALLOWED_HOSTS
+    (a page on another site cannot open a socket with our cookies) and the session's user."""
+    return AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(routes)))
+
+
+application = ProtocolTypeRouter(
+    {
+        "http": django_asgi_app,
+        "websocket": websocket_stack(websocket_urlpatterns),
+    }
+)

@@ -1,0 +1,26 @@
+"""The Celery application: tasks from every app, and the beat schedule of periodic sweeps."""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+from celery.schedules import crontab
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+app = Celery("parley")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()
+
+app.conf.beat_schedule = {
+    "accounts-email-sweep-unsent": {
+        "task": "accounts.tasks.email_sweep_unsent",
+        "schedule": 60.0,
+    },
+    # Sessions of people who never log out pile up; Django leaves their removal to us.
+    "accounts-sessions-clear-expired": {
+        "task": "accounts.tasks.sessions_clear_expired",
+        "schedule": crontab(minute=17, hour=3),
+    },
+}

@@ -1,0 +1,1 @@
+"""Reports, blocks, disputes, staff actions and each room's timeline."""

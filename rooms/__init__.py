@@ -1,0 +1,1 @@
+"""Offerings, availability, rooms, seats, presence, signaling and metering."""

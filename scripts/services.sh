@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Makes sure PostgreSQL and Redis are installed (as root), running, and that PostgreSQL has
+# the role and database the tests use. Safe to run any number of times.
+set -euo pipefail
+
+PG_ROLE=${PG_ROLE:-parley}
+PG_PASSWORD=${PG_PASSWORD:-parley}
+PG_DB=${PG_DB:-parley}
+PG_PORT=${PG_PORT:-5432}
+REDIS_PORT=${REDIS_PORT:-6379}
+
+is_root() { [ "$(id -u)" = 0 ]; }
+say() { printf '==> %s\n' "$*"; }
+
+apt_install() {
+  if ! is_root; then
+    echo "Missing system packages: $*. Install them (as root: apt-get install $*)." >&2
+    exit 1
+  fi
+  say "installing $*"
+  if [ -z "${APT_UPDATED:-}" ]; then apt-get update -qq; APT_UPDATED=1; fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+missing=()
+command -v pg_ctlcluster >/dev/null || missing+=(postgresql)
+command -v redis-server >/dev/null || missing+=(redis-server)
+[ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
+
+# --- PostgreSQL ---------------------------------------------------------------------------
+if ! pg_isready -q -h 127.0.0.1 -p "$PG_PORT"; then
+  is_root || { echo "PostgreSQL is not running on port $PG_PORT; start it." >&2; exit 1; }
+  version=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1)
+  if [ -z "$version" ] || [ ! -d "/etc/postgresql/$version/main" ]; then
+    version=${version:-15}
+    say "creating PostgreSQL cluster $version/main"
+    pg_createcluster "$version" main >/dev/null
+  fi
+  say "starting PostgreSQL $version"
+  pg_ctlcluster --skip-systemctl-redirect "$version" main start
+  for _ in $(seq 1 30); do pg_isready -q -h 127.0.0.1 -p "$PG_PORT" && break; sleep 0.5; done
+fi
+
+psql_admin() {
+  if is_root; then
+    runuser -u postgres -- psql -p "$PG_PORT" -v ON_ERROR_STOP=1 -qtA "$@"
+  else
+    psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -v ON_ERROR_STOP=1 -qtA "$@"
+  fi
+}
+# The tests create and drop their own database, so the role needs CREATEDB.
+if [ "$(psql_admin -c "SELECT 1 FROM pg_roles WHERE rolname = '$PG_ROLE'")" != 1 ]; then
+  say "creating PostgreSQL role $PG_ROLE"
+  psql_admin -c "CREATE ROLE $PG_ROLE LOGIN CREATEDB PASSWORD '$PG_PASSWORD'"
+fi
+if [ "$(psql_admin -c "SELECT 1 FROM pg_database WHERE datname = '$PG_DB'")" != 1 ]; then
+  say "creating PostgreSQL database $PG_DB"
+  psql_admin -c "CREATE DATABASE $PG_DB OWNER $PG_ROLE"
+fi
+
+# --- Redis --------------------------------------------------------------------------------
+if ! redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping >/dev/null 2>&1; then
+  say "starting Redis on 127.0.0.1:$REDIS_PORT"
+  redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --daemonize yes --save '' --appendonly no \
+    --logfile "${TMPDIR:-/tmp}/parley-redis-$REDIS_PORT.log"
+  for _ in $(seq 1 30); do redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.2; done
+fi

@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
 from django.db.models import QuerySet
@@ -15,13 +16,13 @@ from accounts.forms import RejectionForm
 from accounts.models import ExpertEvent, ExpertProfile, ExpertStatus, OutboundEmail, User
 
 
-class UserCreationForm(AdminUserCreationForm):  # type: ignore[type-arg]
+class UserCreationForm(AdminUserCreationForm):
     class Meta:
         model = User
         fields = ("email", "display_name", "time_zone")
 
 
-class UserEditForm(UserChangeForm):  # type: ignore[type-arg]
+class UserEditForm(UserChangeForm[User]):
     class Meta:
         model = User
         fields = "__all__"
@@ -118,7 +119,9 @@ class ExpertProfileAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         for line in refused:
             self.message_user(request, line, messages.ERROR)
 
-    @admin.action(description="Reject selected applications (with a reason)", permissions=["change"])
+    @admin.action(
+        description="Reject selected applications (with a reason)", permissions=["change"]
+    )
     def reject(
         self, request: HttpRequest, queryset: QuerySet[ExpertProfile]
     ) -> HttpResponse | None:
@@ -148,7 +151,7 @@ class ExpertProfileAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             "form": form,
             "profiles": queryset.select_related("user"),
             "pending_count": pending.count(),
-            "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+            "action_checkbox_name": ACTION_CHECKBOX_NAME,
         }
         return TemplateResponse(request, "admin/accounts/expertprofile/reject.html", context)
 

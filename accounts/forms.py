@@ -42,12 +42,6 @@ class SignupForm(forms.Form):
 
     field_order = ["email", "display_name", "time_zone", "password1", "password2"]
 
-    def clean_display_name(self) -> str:
-        name: str = self.cleaned_data["display_name"].strip()
-        if not name:
-            raise forms.ValidationError("Enter the name people will see.")
-        return name
-
     def signup(self, request: HttpRequest, user: User) -> None:
         services.user_profile_update(
             user,
@@ -59,12 +53,6 @@ class SignupForm(forms.Form):
 class ProfileForm(forms.Form):
     display_name = forms.CharField(max_length=80)
     time_zone = TimeZoneField()
-
-    def clean_display_name(self) -> str:
-        name: str = self.cleaned_data["display_name"].strip()
-        if not name:
-            raise forms.ValidationError("Enter the name people will see.")
-        return name
 
 
 class ExpertApplicationForm(forms.Form):
@@ -88,12 +76,6 @@ class ExpertApplicationForm(forms.Form):
     )
     time_zone = TimeZoneField(help_text="Your weekly availability is set in this zone.")
 
-    def clean_headline(self) -> str:
-        headline: str = self.cleaned_data["headline"].strip()
-        if not headline:
-            raise forms.ValidationError("Enter a headline.")
-        return headline
-
     @classmethod
     def initial_for(cls, user: User, profile: ExpertProfile | None) -> dict[str, Any]:
         if profile is None:
@@ -113,9 +95,3 @@ class RejectionForm(forms.Form):
         max_length=2000,
         help_text="The applicant sees this. Say what is missing and what would change the answer.",
     )
-
-    def clean_reason(self) -> str:
-        reason: str = self.cleaned_data["reason"].strip()
-        if not reason:
-            raise forms.ValidationError("Give a reason: the applicant needs it to improve.")
-        return reason

@@ -14,14 +14,14 @@ from django.utils.http import urlencode
 
 def session_passed_mfa(request: HttpRequest) -> bool:
     """True when this session's sign-in (or a later re-check) included a second factor."""
-    records = get_authentication_records(request, request.user)
+    records: list[dict[str, object]] = get_authentication_records(request, request.user)
     return any(record.get("method") == "mfa" for record in records)
 
 
 def user_has_totp(request: HttpRequest) -> bool:
-    return Authenticator.objects.filter(
-        user_id=request.user.pk, type=Authenticator.Type.TOTP
-    ).exists()
+    return bool(
+        Authenticator.objects.filter(user_id=request.user.pk, type=Authenticator.Type.TOTP).exists()
+    )
 
 
 def staff_gate_redirect(request: HttpRequest) -> HttpResponse | None:

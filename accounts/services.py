@@ -172,7 +172,9 @@ def email_queue(
     if created:
         from accounts.tasks import email_send_task
 
-        transaction.on_commit(lambda: email_send_task.delay(email.pk))
+        # robust: the write has committed; a broker that is down must not turn it into an
+        # error for the caller. The unsent-email sweep sends it later.
+        transaction.on_commit(lambda: email_send_task.delay(email.pk), robust=True)
     return email
 
 

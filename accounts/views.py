@@ -1,6 +1,9 @@
 from __future__ import annotations
 
-from allauth.account.decorators import verified_email_required
+from collections.abc import Callable
+from typing import TypeVar
+
+from allauth.account.decorators import verified_email_required as _verified_email_required
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
@@ -15,6 +18,11 @@ from accounts.forms import ExpertApplicationForm, ProfileForm
 from accounts.models import ExpertProfile, ExpertStatus, User
 
 EXPERTS_PER_PAGE = 24
+
+View = TypeVar("View", bound=Callable[..., HttpResponse])
+# allauth's decorator is untyped: signed in, and a verified email address, else a page that
+# says so (and sends a fresh verification email).
+verified_email_required: Callable[[View], View] = _verified_email_required
 
 
 def home(request: HttpRequest) -> HttpResponse:

@@ -55,7 +55,7 @@ async def check_channel_layer() -> dict[str, Any]:
 
 def _broker() -> dict[str, Any]:
     with celery_app.connection_for_write() as conn:
-        conn.ensure_connection(max_retries=1, interval_start=0, timeout=_timeout())
+        conn.ensure_connection(max_retries=1, interval_start=0, timeout=int(_timeout()))
         return {"transport": conn.transport_cls}
 
 

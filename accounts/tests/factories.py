@@ -12,7 +12,7 @@ from accounts.models import ExpertProfile, ExpertStatus, User
 PASSWORD = "correct-horse-battery-staple"
 
 
-class UserFactory(factory.django.DjangoModelFactory):  # type: ignore[misc]
+class UserFactory(factory.django.DjangoModelFactory[User]):
     class Meta:
         model = User
         skip_postgeneration_save = True
@@ -22,13 +22,13 @@ class UserFactory(factory.django.DjangoModelFactory):  # type: ignore[misc]
     time_zone = "Europe/Berlin"
     password = factory.PostGenerationMethodCall("set_password", PASSWORD)
 
-    @factory.post_generation  # type: ignore[misc]
-    def verified(self, create: bool, extracted: Any, **kwargs: Any) -> None:
+    @factory.post_generation
+    def verified(user: User, create: bool, extracted: Any, **kwargs: Any) -> None:  # noqa: N805
         """Pass verified=False for an account whose email is not confirmed yet."""
         if create:
-            self.save()
+            user.save()
             EmailAddress.objects.create(
-                user=self, email=self.email, primary=True, verified=extracted is not False
+                user=user, email=user.email, primary=True, verified=extracted is not False
             )
 
 
@@ -45,7 +45,7 @@ def totp_enable(user: User) -> str:
     return secret
 
 
-class ExpertProfileFactory(factory.django.DjangoModelFactory):  # type: ignore[misc]
+class ExpertProfileFactory(factory.django.DjangoModelFactory[ExpertProfile]):
     class Meta:
         model = ExpertProfile
 

@@ -16,19 +16,14 @@ from django.db import transaction
 from accounts import services
 from accounts.models import ExpertStatus, User
 
-DEMO_PASSWORD = "parley-demo"
+# A demo on a laptop, printed on every run: not a secret by design.
+DEMO_PASSWORD = "parley-demo"  # noqa: S105
 
-EXPERT_PROFILE = {
-    "headline": "Product strategy for early-stage software teams",
-    "bio": (
-        "Twelve years building and pricing B2B software, from first customer to Series B. "
-        "Bring a roadmap, a pricing page or a launch plan; leave with three concrete changes "
-        "and the reasoning behind them."
-    ),
-    "languages": ["en", "de"],
-    "currency": "EUR",
-    "time_zone": "Europe/Berlin",
-}
+EXPERT_BIO = (
+    "Twelve years building and pricing B2B software, from first customer to Series B. "
+    "Bring a roadmap, a pricing page or a launch plan; leave with three concrete changes "
+    "and the reasoning behind them."
+)
 
 
 class Command(BaseCommand):
@@ -84,6 +79,13 @@ class Command(BaseCommand):
     def _approved_expert(self, expert: User, staff: User) -> None:
         profile = getattr(expert, "expert_profile", None)
         if profile is None:
-            profile = services.expert_profile_submit(expert, **EXPERT_PROFILE)
+            profile = services.expert_profile_submit(
+                expert,
+                headline="Product strategy for early-stage software teams",
+                bio=EXPERT_BIO,
+                languages=["en", "de"],
+                currency="EUR",
+                time_zone="Europe/Berlin",
+            )
         if profile.status == ExpertStatus.PENDING:
             services.expert_approve(profile.pk, actor=staff)

@@ -1,0 +1,90 @@
+"""The WebSocket stack every consumer sits behind, and the channel layer across processes."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from channels.testing import WebsocketCommunicator
+from channels_redis.pubsub import RedisPubSubChannelLayer
+from django.conf import settings
+from django.test import Client
+from django.urls import path
+
+from accounts.tests.factories import UserFactory
+from config.asgi import websocket_stack
+
+
+class WhoAmI(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
+    """Says who the stack authenticated, then closes: enough to see the middleware work."""
+
+    async def connect(self) -> None:
+        await self.accept()
+        user = self.scope["user"]
+        await self.send_json({"email": user.email if user.is_authenticated else None})
+
+
+application = websocket_stack([path("ws/whoami/", WhoAmI.as_asgi())])
+
+
+async def _connect(headers: list[tuple[bytes, bytes]]) -> tuple[bool, Any]:
+    communicator = WebsocketCommunicator(application, "/ws/whoami/", headers=headers)
+    connected, _ = await communicator.connect()
+    message = await communicator.receive_json_from() if connected else None
+    await communicator.disconnect()
+    return connected, message
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_socket_from_our_origin_carries_the_session_user() -> None:
+    user = await database_sync_to_async(UserFactory.create)()
+    client = Client()
+    await database_sync_to_async(client.force_login)(user)
+    cookie = f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
+
+    connected, message = await _connect(
+        [(b"origin", b"http://testserver"), (b"cookie", cookie.encode())]
+    )
+
+    assert connected
+    assert message == {"email": user.email}
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_socket_without_a_session_is_anonymous() -> None:
+    connected, message = await _connect([(b"origin", b"http://testserver")])
+    assert connected
+    assert message == {"email": None}
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_socket_from_another_site_is_refused() -> None:
+    connected, _ = await _connect([(b"origin", b"https://evil.example")])
+    assert not connected
+
+
+async def test_redis_channel_layer_delivers_between_two_processes_layers() -> None:
+    # Two layer instances stand for two Daphne processes sharing one Redis.
+    config = settings.CHANNEL_LAYERS["default"]["CONFIG"]
+    assert settings.CHANNEL_LAYERS["default"]["BACKEND"].endswith("RedisPubSubChannelLayer")
+    sender, receiver = RedisPubSubChannelLayer(**config), RedisPubSubChannelLayer(**config)
+    try:
+        channel = await receiver.new_channel()
+        await receiver.group_add("room-1", channel)
+        # Subscriptions are asynchronous in Redis: retry until the first message lands.
+        for _attempt in range(50):
+            await sender.group_send("room-1", {"type": "peer.joined", "who": "ada"})
+            try:
+                message = await asyncio.wait_for(receiver.receive(channel), 0.1)
+                break
+            except TimeoutError:
+                continue
+        else:
+            pytest.fail("no message crossed Redis within 5 s")
+        assert message == {"type": "peer.joined", "who": "ada"}
+    finally:
+        await sender.flush()
+        await receiver.flush()

@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.test import Client
+from pytest_django.fixtures import Settings as SettingsWrapper
+
+from config.celery import app as celery_app
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A loopback port nobody listens on: bound, noted, released."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@pytest.fixture
+def broker_url() -> Iterator[None]:
+    original = celery_app.conf.broker_url
+    yield
+    celery_app.conf.update(broker_url=original)
+
+
+def test_healthz_is_ok_when_postgresql_redis_and_broker_answer(client: Client) -> None:
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    body: dict[str, Any] = response.json()
+    assert body["status"] == "ok"
+    assert body["down"] == []
+    components = body["components"]
+    assert components["database"] == {
+        **components["database"],
+        "status": "up",
+        "vendor": "postgresql",
+    }
+    assert components["channel_layer"]["backend"] == "RedisPubSubChannelLayer"
+    assert components["broker"]["transport"] == "redis"
+
+
+def test_healthz_names_redis_components_down_when_redis_port_is_closed(
+    client: Client, settings: SettingsWrapper, closed_port: int, broker_url: None
+) -> None:
+    dead = f"redis://127.0.0.1:{closed_port}/0"
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [dead]},
+        }
+    }
+    celery_app.conf.update(broker_url=dead)
+
+    response = client.get("/healthz")
+
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "down"
+    assert body["down"] == ["channel_layer", "broker"]
+    assert body["components"]["database"]["status"] == "up"
+    assert "Connect" in body["components"]["channel_layer"]["error"]
+    assert body["components"]["broker"]["status"] == "down"
+
+
+def test_healthz_names_the_database_down_when_postgresql_does_not_answer(
+    client: Client, settings: SettingsWrapper, closed_port: int
+) -> None:
+    from django.db import connection
+
+    # Point the live connection at a closed port; the next query must fail to connect.
+    connection.close()
+    original = connection.settings_dict["PORT"]
+    connection.settings_dict["PORT"] = closed_port
+    try:
+        response = client.get("/healthz")
+    finally:
+        connection.close()
+        connection.settings_dict["PORT"] = original
+
+    assert response.status_code == 503
+    body = response.json()
+    assert body["down"] == ["database"]
+    assert "OperationalError" in body["components"]["database"]["error"]

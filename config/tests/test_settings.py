@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+from config.env import env_bool, env_choice, env_int, env_list
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _manage(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    # A clean environment: only what a deployment would set, nothing from the test run.
+    base = {"PATH": os.environ["PATH"], "PARLEY_VAR_DIR": os.environ["PARLEY_VAR_DIR"]}
+    return subprocess.run(  # noqa: S603
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_deploy_check_reports_nothing_with_debug_off_and_secrets_set() -> None:
+    result = _manage(
+        "check",
+        "--deploy",
+        "--fail-level",
+        "WARNING",
+        SECRET_KEY="k3Jx9-production-like-secret-Yv7Qw2Lm8Np4Rs6Tu1Vz0Ab5Cd3Ef7Gh9Ij2Kl4",
+        ALLOWED_HOSTS="parley.example.com",
+        DATABASE_URL="postgres://parley:secret@db.internal:5432/parley",
+        REDIS_URL="redis://cache.internal:6379/0",
+        STRIPE_SECRET_KEY="sk_live_placeholder_for_settings_only",
+        TURN_URLS="turn:turn.example.com:3478",
+        TURN_SECRET="coturn-shared-secret",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "System check identified no issues (0 silenced)." in result.stdout
+
+
+def test_debug_off_without_a_secret_key_refuses_to_start() -> None:
+    result = _manage("check")
+    assert result.returncode != 0
+    assert "SECRET_KEY must be set when DEBUG is off." in result.stderr
+
+
+def test_embedded_defaults_need_no_environment_in_debug() -> None:
+    result = _manage("check", DEBUG="1")
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"DEBUG": "maybe"}, "DEBUG must be a boolean"),
+        ({"DEBUG": "1", "PAYMENT_PROVIDER": "paypal"}, "PAYMENT_PROVIDER must be one of"),
+        ({"DEBUG": "1", "PAYMENT_PROVIDER": "stripe"}, "PAYMENT_PROVIDER=stripe needs"),
+        ({"DEBUG": "1", "TURN_URLS": "turn:x:3478"}, "TURN_URLS needs TURN_SECRET"),
+    ],
+)
+def test_a_wrong_switch_names_itself(env: dict[str, str], message: str) -> None:
+    result = _manage("check", **env)
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def test_env_helpers_parse_and_name_the_bad_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("X_BOOL", "Yes")
+    monkeypatch.setenv("X_INT", "12")
+    monkeypatch.setenv("X_LIST", "a, b,,c ,")
+    assert env_bool("X_BOOL", default=False) is True
+    assert env_int("X_INT", 0) == 12
+    assert env_list("X_LIST") == ["a", "b", "c"]
+    assert env_choice("X_MISSING", ("x", "y"), "y") == "y"
+    monkeypatch.setenv("X_INT", "twelve")
+    with pytest.raises(ImproperlyConfigured, match="X_INT must be an integer"):
+        env_int("X_INT", 0)

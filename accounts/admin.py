@@ -36,7 +36,9 @@ class UserAdmin(DjangoUserAdmin):  # type: ignore[type-arg]
     list_display = ("email", "display_name", "is_staff", "is_active", "date_joined")
     list_filter = ("is_staff", "is_superuser", "is_active")
     search_fields = ("email", "display_name")
-    readonly_fields = ("date_joined", "last_login")
+    # The address is changed by its owner through email management (which re-verifies it);
+    # editing it here would leave the old verified address standing in for the new one.
+    readonly_fields = ("email", "date_joined", "last_login")
     fieldsets = (
         (None, {"fields": ("email", "password")}),
         ("Profile", {"fields": ("display_name", "time_zone")}),

@@ -171,6 +171,10 @@ class OutboundEmail(models.Model):
     to = models.EmailField()
     subject = models.CharField(max_length=200)
     body = models.TextField()
+    # An iCalendar attachment (text/calendar), with its METHOD (REQUEST, CANCEL) for mail
+    # clients that act on invitations.
+    ics = models.TextField(blank=True)
+    ics_method = models.CharField(max_length=16, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     sent_at = models.DateTimeField(null=True, blank=True)
     # A worker leases the row before talking to the mail server, so two workers never send it
@@ -184,3 +188,30 @@ class OutboundEmail(models.Model):
 
     def __str__(self) -> str:
         return f"{self.subject} → {self.to}"
+
+
+class Block(models.Model):
+    """One user blocking another. Either direction keeps the pair apart: no bookings, no calls.
+
+    Blocks are a relation between users, so they live here; moderation gives them their UI.
+    """
+
+    blocker = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="blocks_made"
+    )
+    blocked = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="blocks_received"
+    )
+    reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["blocker", "blocked"], name="block_pair_unique"),
+            models.CheckConstraint(
+                condition=~models.Q(blocker=models.F("blocked")), name="block_not_self"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.blocker_id} blocks {self.blocked_id}"

@@ -7,7 +7,7 @@ from datetime import timedelta
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from accounts.models import ExpertProfile, ExpertStatus, OutboundEmail, User
+from accounts.models import Block, ExpertProfile, ExpertStatus, OutboundEmail, User
 
 
 def experts_listed(*, query: str = "", language: str = "") -> QuerySet[ExpertProfile]:
@@ -40,3 +40,10 @@ def email_unsent_ids(older_than: timedelta = timedelta(minutes=1)) -> list[int]:
         .order_by("created_at")
         .values_list("pk", flat=True)[:500]
     )
+
+
+def users_blocked_between(first_id: int, second_id: int) -> bool:
+    """True when either of the two users has blocked the other."""
+    return Block.objects.filter(
+        Q(blocker_id=first_id, blocked_id=second_id) | Q(blocker_id=second_id, blocked_id=first_id)
+    ).exists()

@@ -9,7 +9,8 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.sessions.models import Session
-from django.core.mail import send_mail
+from django.core.exceptions import ValidationError
+from django.core.mail import EmailMessage
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.template.loader import render_to_string
@@ -79,7 +80,7 @@ def expert_profile_submit(
             profile.decided_at = None
             profile.submitted_at = timezone.now()
             kind = ExpertEventKind.RESUBMITTED
-        profile.full_clean()
+        _expert_profile_validate(profile)
         profile.save()
         _expert_event(profile, kind, actor=user)
         return profile
@@ -93,7 +94,7 @@ def _expert_profile_create(user: User, fields: dict[str, Any]) -> ExpertProfile:
             break
         slug = f"{base}-{secrets.token_hex(3)}"
     profile = ExpertProfile(user=user, slug=slug, **fields)
-    profile.full_clean()
+    _expert_profile_validate(profile)
     try:
         with transaction.atomic():
             profile.save()
@@ -102,6 +103,13 @@ def _expert_profile_create(user: User, fields: dict[str, Any]) -> ExpertProfile:
             "Your application was submitted twice at the same moment; reload the page to see it."
         ) from None
     return profile
+
+
+def _expert_profile_validate(profile: ExpertProfile) -> None:
+    try:
+        profile.full_clean()
+    except ValidationError as error:
+        raise InvalidTransition(" ".join(error.messages)) from None
 
 
 def expert_approve(profile_id: int, *, actor: User) -> ExpertProfile:
@@ -162,12 +170,32 @@ def _expert_event(
 
 
 def email_queue(
-    *, key: str, to: str, subject: str, template: str, context: dict[str, Any]
-) -> OutboundEmail:
-    """Record an email in the caller's transaction; it is sent after commit, once per key."""
+    *,
+    key: str,
+    to: str,
+    subject: str,
+    template: str,
+    context: dict[str, Any],
+    ics: str = "",
+    ics_method: str = "",
+) -> tuple[OutboundEmail, bool]:
+    """Render an email and queue it (see `email_queue_rendered`)."""
     body = render_to_string(template, {**context, "site_url": settings.SITE_URL})
+    return email_queue_rendered(
+        key=key, to=to, subject=subject, body=body, ics=ics, ics_method=ics_method
+    )
+
+
+def email_queue_rendered(
+    *, key: str, to: str, subject: str, body: str, ics: str = "", ics_method: str = ""
+) -> tuple[OutboundEmail, bool]:
+    """Record an email in the caller's transaction; it is sent after commit, once per key.
+
+    Returns the email and whether this call created it (False: that key was queued before).
+    """
     email, created = OutboundEmail.objects.get_or_create(
-        key=key, defaults={"to": to, "subject": subject, "body": body}
+        key=key,
+        defaults={"to": to, "subject": subject, "body": body, "ics": ics, "ics_method": ics_method},
     )
     if created:
         from accounts.tasks import email_send_task
@@ -175,7 +203,7 @@ def email_queue(
         # robust: the write has committed; a broker that is down must not turn it into an
         # error for the caller. The unsent-email sweep sends it later.
         transaction.on_commit(lambda: email_send_task.delay(email.pk), robust=True)
-    return email
+    return email, created
 
 
 def email_send(email_id: int) -> bool:
@@ -189,8 +217,13 @@ def email_send(email_id: int) -> bool:
     if leased != 1:
         return False
     email = OutboundEmail.objects.get(pk=email_id)
+    message = EmailMessage(email.subject, email.body, to=[email.to])
+    if email.ics:
+        message.attach(
+            "invite.ics", email.ics, f"text/calendar; method={email.ics_method or 'PUBLISH'}"
+        )
     try:
-        send_mail(email.subject, email.body, None, [email.to])
+        message.send()
     except Exception as exc:
         OutboundEmail.objects.filter(pk=email_id).update(leased_until=None, last_error=str(exc))
         raise

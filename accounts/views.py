@@ -16,6 +16,7 @@ from accounts.choices import language_choices, language_name
 from accounts.errors import AccountsError
 from accounts.forms import ExpertApplicationForm, ProfileForm
 from accounts.models import ExpertProfile, ExpertStatus, User
+from accounts.security import session_passed_mfa
 
 EXPERTS_PER_PAGE = 24
 
@@ -53,8 +54,10 @@ def expert_detail(request: HttpRequest, slug: str) -> HttpResponse:
         ExpertProfile.objects.select_related("user").filter(slug=slug, user__is_active=True).first()
     )
     is_owner = profile is not None and profile.user_id == request.user.pk
-    # Unapproved profiles exist only for their owner (as a preview) and for staff.
-    if profile is None or not (profile.is_listed or is_owner or request.user.is_staff):
+    # Unapproved profiles exist only for their owner (as a preview) and for staff who are in
+    # a two-factor session, as everywhere staff see what the public does not.
+    is_reviewer = request.user.is_staff and session_passed_mfa(request)
+    if profile is None or not (profile.is_listed or is_owner or is_reviewer):
         raise Http404("No expert is listed at this address.")
     return render(
         request,

@@ -14,6 +14,9 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
 app.conf.beat_schedule = {
+    # Reservations are also ignored at read time once past; the sweep frees their rooms.
+    "rooms-reservations-expire": {"task": "rooms.tasks.reservations_expire", "schedule": 30.0},
+    "rooms-reminders-queue": {"task": "rooms.tasks.reminders_queue", "schedule": 60.0},
     "accounts-email-sweep-unsent": {
         "task": "accounts.tasks.email_sweep_unsent",
         "schedule": 60.0,

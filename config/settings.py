@@ -44,6 +44,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django.contrib.postgres",
     "channels",
     "allauth",
     "allauth.account",
@@ -112,6 +113,9 @@ else:
             },
         }
     }
+# Each request is one transaction: a view that fails half-way (a mail server down in the
+# middle of signup, say) leaves nothing half-written. Emails and broadcasts go out after commit.
+DATABASES["default"]["ATOMIC_REQUESTS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: channel layer, Celery broker, cache ---------------------------------------------
@@ -140,11 +144,14 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
     # Kombu's file-system transport expects its folders to exist.
     _queue_dir.mkdir(parents=True, exist_ok=True)
     (VAR_DIR / "celery" / "processed").mkdir(parents=True, exist_ok=True)
+    (VAR_DIR / "celery" / "control").mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         # One folder for in and out: producers (Daphne) and the worker share it.
         "data_folder_in": str(_queue_dir),
         "data_folder_out": str(_queue_dir),
         "processed_folder": str(VAR_DIR / "celery" / "processed"),
+        # Without it kombu writes its exchange files into the working directory.
+        "control_folder": str(VAR_DIR / "celery" / "control"),
         "store_processed": False,
     }
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", default=False)
@@ -180,6 +187,8 @@ ACCOUNT_EMAIL_VERIFICATION = "optional"
 ACCOUNT_CONFIRM_EMAIL_ON_GET = False
 ACCOUNT_LOGIN_ON_EMAIL_CONFIRMATION = True
 ACCOUNT_SIGNUP_FORM_CLASS = "accounts.forms.SignupForm"
+# Sends allauth's emails (verification, password reset) through the outbox, after commit.
+ACCOUNT_ADAPTER = "accounts.adapters.AccountAdapter"
 ACCOUNT_EMAIL_SUBJECT_PREFIX = "[Parley] "
 ACCOUNT_LOGOUT_ON_PASSWORD_CHANGE = False
 MFA_SUPPORTED_TYPES = ["totp", "recovery_codes"]
@@ -244,6 +253,8 @@ if not _STATIC_MANIFEST:
 # TRUST_X_FORWARDED_PROTO so Django knows the original request was secure.
 HTTPS = env_bool("HTTPS", default=not DEBUG)
 SECURE_SSL_REDIRECT = HTTPS
+# Load balancers probe over plain HTTP inside the network; a redirect would read as "down".
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
 ACCOUNT_DEFAULT_HTTP_PROTOCOL = "https" if HTTPS else "http"
 SESSION_COOKIE_SECURE = HTTPS
 CSRF_COOKIE_SECURE = HTTPS
@@ -270,3 +281,9 @@ LOGGING: dict[str, Any] = {
 # How long /healthz waits for one component before calling it down.
 HEALTH_CHECK_TIMEOUT_SECONDS = 2.0
 CSRF_FAILURE_VIEW = "config.errors.csrf_failure"
+
+# --- Booking policy (PRODUCT.md defaults; a deployment may change them) -------------------
+# How long an unpaid reservation holds a slot.
+RESERVATION_HOLD_MINUTES = env_int("RESERVATION_HOLD_MINUTES", 10)
+# A client who cancels at least this many hours before the start pays nothing.
+FREE_CANCELLATION_HOURS = env_int("FREE_CANCELLATION_HOURS", 24)

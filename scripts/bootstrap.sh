@@ -3,27 +3,43 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+is_root() { [ "$(id -u)" = 0 ]; }
+has_python311() {
+  command -v "$1" >/dev/null && "$1" -c 'import sys, ensurepip; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null
+}
+
 python_bin=""
 for candidate in python3.11 python3; do
-  if command -v "$candidate" >/dev/null && "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
-    python_bin=$(command -v "$candidate")
-    break
-  fi
+  if has_python311 "$candidate"; then python_bin=$(command -v "$candidate"); break; fi
 done
 if [ -z "$python_bin" ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3.11 python3.11-venv
+  # Debian's python3 is 3.11 but ships venv/ensurepip separately.
+  if is_root && command -v apt-get >/dev/null; then
+    echo "==> installing python3.11 and python3.11-venv"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3.11 python3.11-venv >/dev/null
     python_bin=$(command -v python3.11)
   else
-    echo "Parley needs Python 3.11 (with venv). Install it and run make again." >&2
+    echo "Parley needs Python 3.11 with venv (Debian: apt-get install python3.11-venv)." >&2
     exit 1
   fi
 fi
 
-if [ ! -x .venv/bin/python ]; then
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
+  # A half-made venv (interrupted, or made without ensurepip) is rebuilt, not reused.
+  rm -rf .venv
   "$python_bin" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-.venv/bin/python -m pip install --quiet -e '.[dev]' 2>&1 | grep -v '^WARNING: Location' || true
-# pip's exit status is hidden by the filter above: make sure the install really happened.
-.venv/bin/python -c 'import django, channels, celery, allauth, pytest' 
+
+pip_quiet() {
+  # pip and setuptools are chatty (index warnings, deprecation notices): show their output only
+  # when the install fails, and keep pip's exit status.
+  local log status
+  log=$(mktemp)
+  .venv/bin/python -m pip "$@" >"$log" 2>&1 && status=0 || status=$?
+  [ $status -eq 0 ] || grep -v '^WARNING: Location' "$log" | tail -n 40 >&2
+  rm -f "$log"
+  return $status
+}
+pip_quiet install --quiet --upgrade pip
+pip_quiet install --quiet -e '.[dev]'

@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBUG=${DEBUG:-1}
 PORT=${PORT:-8000}
+export SITE_URL=${SITE_URL:-http://127.0.0.1:$PORT}
 
 if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
   echo "Port $PORT is already in use; stop what runs there or run: PORT=8001 make run" >&2

@@ -45,17 +45,29 @@ psql_admin() {
   if is_root; then
     runuser -u postgres -- psql -p "$PG_PORT" -v ON_ERROR_STOP=1 -qtA "$@"
   else
-    psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -v ON_ERROR_STOP=1 -qtA "$@"
+    psql -w -h 127.0.0.1 -p "$PG_PORT" -U postgres -v ON_ERROR_STOP=1 -qtA "$@"
   fi
 }
-# The tests create and drop their own database, so the role needs CREATEDB.
-if [ "$(psql_admin -c "SELECT 1 FROM pg_roles WHERE rolname = '$PG_ROLE'")" != 1 ]; then
-  say "creating PostgreSQL role $PG_ROLE"
-  psql_admin -c "CREATE ROLE $PG_ROLE LOGIN CREATEDB PASSWORD '$PG_PASSWORD'"
-fi
-if [ "$(psql_admin -c "SELECT 1 FROM pg_database WHERE datname = '$PG_DB'")" != 1 ]; then
-  say "creating PostgreSQL database $PG_DB"
-  psql_admin -c "CREATE DATABASE $PG_DB OWNER $PG_ROLE"
+# Already set up? Then no administrator access is needed (the usual case for a non-root user).
+role_ready() {
+  PGPASSWORD=$PG_PASSWORD psql -w -h 127.0.0.1 -p "$PG_PORT" -U "$PG_ROLE" -d "$PG_DB" -qtA \
+    -c "SELECT rolcreatedb FROM pg_roles WHERE rolname = current_user" 2>/dev/null | grep -qx t
+}
+if ! role_ready; then
+  if ! is_root && ! psql_admin -c "SELECT 1" >/dev/null 2>&1; then
+    echo "PostgreSQL needs a role $PG_ROLE (password $PG_PASSWORD, CREATEDB) owning a database" \
+      "$PG_DB; run make test once as root, or create them as the postgres user." >&2
+    exit 1
+  fi
+  # The tests create and drop their own database, so the role needs CREATEDB.
+  if [ "$(psql_admin -c "SELECT 1 FROM pg_roles WHERE rolname = '$PG_ROLE'")" != 1 ]; then
+    say "creating PostgreSQL role $PG_ROLE"
+    psql_admin -c "CREATE ROLE $PG_ROLE LOGIN CREATEDB PASSWORD '$PG_PASSWORD'"
+  fi
+  if [ "$(psql_admin -c "SELECT 1 FROM pg_database WHERE datname = '$PG_DB'")" != 1 ]; then
+    say "creating PostgreSQL database $PG_DB"
+    psql_admin -c "CREATE DATABASE $PG_DB OWNER $PG_ROLE"
+  fi
 fi
 
 # --- Redis --------------------------------------------------------------------------------

@@ -44,13 +44,14 @@ def profile() -> ExpertProfile:
 
 
 def _queue(profile: ExpertProfile, key: str = "expert-decision:1") -> OutboundEmail:
-    return services.email_queue(
+    email, _created = services.email_queue(
         key=key,
         to=profile.user.email,
         subject="You are approved as a Parley expert",
         template="accounts/email/expert_approved.txt",
         context={"profile": profile},
     )
+    return email
 
 
 def _stored(key: str, **fields: object) -> OutboundEmail:

@@ -42,10 +42,11 @@ def staff_client() -> Client:
 
 
 def test_unverified_user_is_stopped_before_applying_and_nothing_is_written(
-    client: Client, mailoutbox: list[Any]
+    client: Client, mailoutbox: list[Any], django_capture_on_commit_callbacks: Any
 ) -> None:
     client.force_login(UserFactory.create(verified=False))
-    response = client.post(APPLY_URL, APPLICATION)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(APPLY_URL, APPLICATION)
     assert response.status_code == 200
     assert "Verify Your Email Address" in response.content.decode()
     assert not ExpertProfile.objects.exists()

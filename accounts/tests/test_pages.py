@@ -19,7 +19,8 @@ from django.utils import timezone
 
 import config.urls
 from accounts.models import ExpertProfile, ExpertStatus, User
-from accounts.tests.factories import ExpertProfileFactory, StaffFactory, UserFactory
+from accounts.tests.factories import ExpertProfileFactory, StaffFactory, UserFactory, totp_enable
+from accounts.tests.helpers import login_with_mfa
 from config import errors
 
 pytestmark = pytest.mark.django_db
@@ -231,9 +232,19 @@ def test_pending_profile_is_a_preview_for_its_owner(client: Client) -> None:
     assert "Edit your expert profile" in html
 
 
-def test_pending_profile_is_visible_to_staff(client: Client) -> None:
+def test_pending_profile_is_hidden_from_staff_outside_a_two_factor_session(
+    client: Client,
+) -> None:
     profile = _pending()
     client.force_login(StaffFactory.create())
+    response = client.get(reverse("accounts:expert_detail", args=[profile.slug]))
+    assert response.status_code == 404
+
+
+def test_pending_profile_is_visible_to_staff(client: Client) -> None:
+    profile = _pending()
+    staff = StaffFactory.create()
+    login_with_mfa(client, staff, totp_enable(staff))
     response = client.get(reverse("accounts:expert_detail", args=[profile.slug]))
     assert response.status_code == 200
     html = response.content.decode()
@@ -262,13 +273,6 @@ def test_server_error_handler_renders_our_page_with_status_500(rf: RequestFactor
     response = errors.server_error(rf.get("/anywhere/"))
     assert response.status_code == 500
     assert "Something went wrong on our side" in response.content.decode()
-
-
-def test_config_routes_errors_to_our_handlers() -> None:
-    assert config.urls.handler400 is errors.bad_request
-    assert config.urls.handler403 is errors.permission_denied
-    assert config.urls.handler404 is errors.page_not_found
-    assert config.urls.handler500 is errors.server_error
 
 
 @pytest.mark.urls(TEST_URLS)

@@ -23,8 +23,11 @@ GOOD = {
 }
 
 
-def test_signup_then_verification_email_then_login(client: Client, mailoutbox: list[Any]) -> None:
-    response = client.post(reverse("account_signup"), GOOD)
+def test_signup_then_verification_email_then_login(
+    client: Client, mailoutbox: list[Any], django_capture_on_commit_callbacks: Any
+) -> None:
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(reverse("account_signup"), GOOD)
     assert response.status_code == 302
 
     user = User.objects.get(email="ada@example.test")

@@ -42,7 +42,7 @@ class Command(BaseCommand):
             f"?secret={secret}&issuer={quote(settings.MFA_TOTP_ISSUER)}"
         )
         self.stdout.write(
-            "\nParley demo is ready on http://127.0.0.1:8000\n\n"
+            f"\nParley demo is ready on {settings.SITE_URL}\n\n"
             f"  expert  {expert.email:<20} password {DEMO_PASSWORD}\n"
             f"  client  {client.email:<20} password {DEMO_PASSWORD}\n"
             f"  staff   {staff.email:<20} password {DEMO_PASSWORD}\n"

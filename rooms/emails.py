@@ -1,0 +1,160 @@
+"""The emails of a booking's life, each with its calendar invitation, written to the outbox.
+
+Keys make each email happen once: a retried task, a second worker or a second sweep cannot
+send the same confirmation, update, cancellation or reminder twice.
+"""
+
+from __future__ import annotations
+
+import zoneinfo
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.urls import reverse
+from django.utils import timezone
+from icalendar import Calendar, Event, vCalAddress
+
+from accounts.models import User
+from accounts.services import email_queue
+from billing.pricing import format_money
+from rooms.models import Room, Seat
+
+REMINDERS: dict[str, timedelta] = {"24h": timedelta(hours=24), "15min": timedelta(minutes=15)}
+
+
+def join_url(room: Room) -> str:
+    return f"{settings.SITE_URL}{reverse('rooms:join', args=[room.pk])}"
+
+
+def local_time(moment: datetime, person: User) -> str:
+    """A time as the person reads it, with their zone named: "Tuesday 3 March 2026, 09:00
+    (Europe/Berlin)"."""
+    zone = zoneinfo.ZoneInfo(person.time_zone)
+    local = moment.astimezone(zone)
+    return f"{local:%A} {local.day} {local:%B %Y, %H:%M} ({person.time_zone})"
+
+
+def invitation(room: Room, *, method: str, sequence: int) -> str:
+    """An iCalendar object for the room. The UID is stable per room, so a later REQUEST
+    (reschedule) or CANCEL with a higher SEQUENCE updates the event already in the calendar."""
+    calendar = Calendar()
+    calendar.add("prodid", "-//Parley//Sessions//EN")
+    calendar.add("version", "2.0")
+    calendar.add("method", method)
+    event = Event()
+    event.add("uid", f"room-{room.pk}@parley")
+    event.add("sequence", sequence)
+    event.add("dtstamp", timezone.now())
+    event.add("dtstart", room.starts_at)
+    event.add("dtend", room.ends_at)
+    event.add("summary", f"{room.title} with {room.expert.display_name}")
+    event.add("description", f"Join the call: {join_url(room)}")
+    event.add("url", join_url(room))
+    event.add("location", join_url(room))
+    event.add("status", "CANCELLED" if method == "CANCEL" else "CONFIRMED")
+    organizer = vCalAddress(f"mailto:{room.expert.email}")
+    organizer.params["cn"] = room.expert.display_name
+    event.add("organizer", organizer)
+    for seat in room.seats.filter(state__in=("reserved", "confirmed", "canceled")):
+        attendee = vCalAddress(f"mailto:{seat.client.email}")
+        attendee.params["cn"] = seat.client.display_name
+        event.add("attendee", attendee)
+    calendar.add_component(event)
+    return str(calendar.to_ical().decode())
+
+
+def _send(
+    key: str, person: User, subject: str, template: str, seat: Seat, room: Room, **extra: object
+) -> bool:
+    method = "CANCEL" if "canceled" in template else "REQUEST"
+    sequence = room.sequence + (1 if method == "CANCEL" else 0)
+    _email, created = email_queue(
+        key=key,
+        to=person.email,
+        subject=subject,
+        template=template,
+        context={
+            "person": person,
+            "room": room,
+            "seat": seat,
+            "starts": local_time(room.starts_at, person),
+            "join_url": join_url(room),
+            **extra,
+        },
+        ics=invitation(room, method=method, sequence=sequence),
+        ics_method=method,
+    )
+    return created
+
+
+def booking_confirmed(seat: Seat) -> None:
+    room = seat.room
+    _send(
+        f"booking-confirmed:{seat.pk}",
+        seat.client,
+        f"Booked: {room.title} with {room.expert.display_name}",
+        "rooms/email/booking_confirmed.txt",
+        seat,
+        room,
+    )
+    _send(
+        f"booking-new-for-expert:{seat.pk}",
+        room.expert,
+        f"New booking: {room.title} with {seat.client.display_name}",
+        "rooms/email/booking_new_for_expert.txt",
+        seat,
+        room,
+    )
+
+
+def booking_rescheduled(seat: Seat, room: Room) -> None:
+    for person in (seat.client, room.expert):
+        _send(
+            f"booking-rescheduled:{seat.pk}:{room.sequence}:{person.pk}",
+            person,
+            f"Moved: {room.title} is now {local_time(room.starts_at, person)}",
+            "rooms/email/booking_rescheduled.txt",
+            seat,
+            room,
+        )
+
+
+def booking_canceled(seat: Seat, *, by_expert: bool) -> None:
+    room = seat.room
+    rebook_url = ""
+    profile = getattr(room.expert, "expert_profile", None)
+    if profile is not None:
+        rebook_url = f"{settings.SITE_URL}{reverse('accounts:expert_detail', args=[profile.slug])}"
+    for person in (seat.client, room.expert):
+        _send(
+            f"booking-canceled:{seat.pk}:{person.pk}",
+            person,
+            f"Canceled: {room.title} on {local_time(room.starts_at, person)}",
+            "rooms/email/booking_canceled.txt",
+            seat,
+            room,
+            by_expert=by_expert,
+            is_client=person.pk == seat.client_id,
+            rebook_url=rebook_url,
+            fee=seat.cancel_fee_minor,
+            fee_text=format_money(seat.cancel_fee_minor, room.currency),
+            free_hours=settings.FREE_CANCELLATION_HOURS,
+        )
+
+
+def booking_reminder(seat: Seat, label: str) -> int:
+    room = seat.room
+    sent = 0
+    for person in (seat.client, room.expert):
+        # The sequence is in the key: a moved session gets its reminders again.
+        created = _send(
+            f"reminder-{label}:{seat.pk}:{room.sequence}:{person.pk}",
+            person,
+            f"{'Tomorrow' if label == '24h' else 'In 15 minutes'}: {room.title}",
+            "rooms/email/booking_reminder.txt",
+            seat,
+            room,
+            soon=label != "24h",
+        )
+        sent += int(created)
+    return sent

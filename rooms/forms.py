@@ -1,0 +1,159 @@
+from __future__ import annotations
+
+from datetime import datetime, time
+from typing import Any
+
+from django import forms
+
+from accounts.choices import CURRENCY_CHOICES
+from rooms.models import MAX_GROUP_CAPACITY, Offering, OverrideKind, Weekday
+
+
+class SlotChoiceForm(forms.Form):
+    """The time a client picked: an ISO 8601 instant with its offset, as the slot list sends."""
+
+    starts_at = forms.CharField(max_length=40)
+
+    def clean_starts_at(self) -> datetime:
+        raw: str = self.cleaned_data["starts_at"]
+        try:
+            moment = datetime.fromisoformat(raw)
+        except ValueError:
+            raise forms.ValidationError(
+                "That time could not be read. Pick one of the listed times."
+            ) from None
+        if moment.tzinfo is None:
+            raise forms.ValidationError("That time has no time zone. Pick one of the listed times.")
+        return moment
+
+
+class OfferingForm(forms.ModelForm[Offering]):
+    price = forms.DecimalField(
+        min_value=0,
+        max_digits=9,
+        decimal_places=2,
+        help_text="The session's price, or with per-minute pricing the rate per minute.",
+    )
+    currency = forms.ChoiceField(choices=CURRENCY_CHOICES)
+
+    class Meta:
+        model = Offering
+        fields = [
+            "title",
+            "description",
+            "length_minutes",
+            "pricing",
+            "currency",
+            "capacity",
+            "notice_minutes",
+            "buffer_before_minutes",
+            "buffer_after_minutes",
+            "horizon_days",
+            "late_cancel_fee_percent",
+            "no_show_fee_percent",
+            "is_active",
+        ]
+        labels = {
+            "length_minutes": "Length (minutes)",
+            "capacity": "Clients per session",
+            "notice_minutes": "Minimum notice (minutes)",
+            "buffer_before_minutes": "Buffer before (minutes)",
+            "buffer_after_minutes": "Buffer after (minutes)",
+            "horizon_days": "Bookable up to (days ahead)",
+            "late_cancel_fee_percent": "Late-cancellation fee (%)",
+            "no_show_fee_percent": "No-show fee (%)",
+            "is_active": "Open for booking",
+        }
+        help_texts = {
+            "capacity": f"1 for private sessions; 2–{MAX_GROUP_CAPACITY} for a group session "
+            "that you publish at set times.",
+        }
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for name, low, high in [
+            ("length_minutes", 15, 180),
+            ("capacity", 1, MAX_GROUP_CAPACITY),
+            ("horizon_days", 1, 365),
+            ("late_cancel_fee_percent", 0, 100),
+            ("no_show_fee_percent", 0, 100),
+            ("buffer_before_minutes", 0, 240),
+            ("buffer_after_minutes", 0, 240),
+            ("notice_minutes", 0, 60 * 24 * 14),
+        ]:
+            field = self.fields[name]
+            field.validators.append(_range_validator(name, low, high))
+            field.widget.attrs.update({"min": low, "max": high})
+
+    def minor_amount(self) -> int:
+        """The price in minor units (amounts are never floats)."""
+        from accounts.choices import CURRENCIES
+
+        digits = CURRENCIES[self.cleaned_data["currency"]][1]
+        return int(self.cleaned_data["price"] * (10**digits))
+
+
+def _range_validator(name: str, low: int, high: int) -> Any:
+    def validate(value: int) -> None:
+        if value is not None and not low <= value <= high:
+            raise forms.ValidationError(f"Enter a value from {low} to {high}.")
+
+    return validate
+
+
+class WeeklyAvailabilityForm(forms.Form):
+    """The whole week at once: per day, intervals as text, e.g. "09:00-12:00, 14:00-17:30"."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for day in Weekday:
+            self.fields[f"day_{day.value}"] = forms.CharField(
+                label=day.label, required=False, max_length=200
+            )
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        intervals = []
+        for day in Weekday:
+            text = cleaned.get(f"day_{day.value}", "")
+            for part in filter(None, (chunk.strip() for chunk in text.split(","))):
+                try:
+                    start_text, end_text = (piece.strip() for piece in part.split("-"))
+                    start = time.fromisoformat(start_text)
+                    end = time.fromisoformat(end_text)
+                except ValueError:
+                    self.add_error(
+                        f"day_{day.value}",
+                        f"“{part}” is not an interval like 09:00-12:00.",
+                    )
+                    continue
+                if not start < end:
+                    self.add_error(f"day_{day.value}", f"“{part}” ends before it starts.")
+                    continue
+                intervals.append((day.value, start, end))
+        cleaned["intervals"] = intervals
+        return cleaned
+
+
+class OverrideForm(forms.Form):
+    date = forms.DateField(widget=forms.DateInput(attrs={"type": "date"}))
+    kind = forms.ChoiceField(choices=OverrideKind.choices)
+    start_time = forms.TimeField(required=False, widget=forms.TimeInput(attrs={"type": "time"}))
+    end_time = forms.TimeField(required=False, widget=forms.TimeInput(attrs={"type": "time"}))
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        if cleaned.get("kind") == OverrideKind.EXTRA:
+            start, end = cleaned.get("start_time"), cleaned.get("end_time")
+            if start is None or end is None:
+                raise forms.ValidationError("Extra hours need a start and an end time.")
+            if not start < end:
+                raise forms.ValidationError("The extra hours must end after they start.")
+        return cleaned
+
+
+class GroupSessionForm(forms.Form):
+    starts_at = forms.DateTimeField(
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
+        help_text="In your time zone.",
+    )

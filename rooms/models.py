@@ -1,0 +1,333 @@
+"""Offerings, weekly availability, rooms and seats.
+
+Amounts are integers in minor units of `currency`. Times are aware datetimes stored in UTC;
+availability rules are wall-clock times in the expert's own zone (accounts.ExpertProfile).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from accounts.choices import CURRENCY_CHOICES
+
+MAX_GROUP_CAPACITY = 3  # the expert plus three clients is the limit of a browser mesh call
+
+
+class Pricing(models.TextChoices):
+    FIXED = "fixed", "Fixed price"
+    PER_MINUTE = "per_minute", "Per minute (booked length is the cap)"
+
+
+class Offering(models.Model):
+    """What an expert sells: a kind of session, its price and its booking policy."""
+
+    expert = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="offerings"
+    )
+    title = models.CharField(max_length=120)
+    description = models.TextField(blank=True, max_length=4000)
+    length_minutes = models.PositiveSmallIntegerField()
+    pricing = models.CharField(max_length=16, choices=Pricing.choices, default=Pricing.FIXED)
+    # The fixed price, or for per-minute pricing the rate per started minute.
+    price_minor = models.PositiveIntegerField()
+    currency = models.CharField(max_length=3, choices=CURRENCY_CHOICES)
+    capacity = models.PositiveSmallIntegerField(default=1)
+    notice_minutes = models.PositiveIntegerField(default=120)
+    buffer_before_minutes = models.PositiveSmallIntegerField(default=0)
+    buffer_after_minutes = models.PositiveSmallIntegerField(default=0)
+    horizon_days = models.PositiveSmallIntegerField(default=60)
+    late_cancel_fee_percent = models.PositiveSmallIntegerField(default=50)
+    no_show_fee_percent = models.PositiveSmallIntegerField(default=50)
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["expert_id", "length_minutes", "pk"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(length_minutes__gte=15, length_minutes__lte=180),
+                name="offering_length_15_to_180",
+            ),
+            models.CheckConstraint(
+                condition=Q(capacity__gte=1, capacity__lte=MAX_GROUP_CAPACITY),
+                name="offering_capacity_1_to_3",
+            ),
+            models.CheckConstraint(
+                condition=Q(late_cancel_fee_percent__lte=100, no_show_fee_percent__lte=100),
+                name="offering_fee_percent_at_most_100",
+            ),
+            models.CheckConstraint(
+                condition=Q(horizon_days__gte=1, horizon_days__lte=365),
+                name="offering_horizon_1_to_365_days",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.title} ({self.length_minutes} min)"
+
+    @property
+    def length(self) -> timedelta:
+        return timedelta(minutes=self.length_minutes)
+
+    @property
+    def max_amount_minor(self) -> int:
+        """The most a seat can cost: the hold placed at booking."""
+        if self.pricing == Pricing.PER_MINUTE:
+            return self.price_minor * self.length_minutes
+        return self.price_minor
+
+
+class Weekday(models.IntegerChoices):
+    MONDAY = 0, "Monday"
+    TUESDAY = 1, "Tuesday"
+    WEDNESDAY = 2, "Wednesday"
+    THURSDAY = 3, "Thursday"
+    FRIDAY = 4, "Friday"
+    SATURDAY = 5, "Saturday"
+    SUNDAY = 6, "Sunday"
+
+
+class AvailabilityRule(models.Model):
+    """A weekly working interval in the expert's local wall-clock time (e.g. Mon 09:00–12:00).
+
+    An interval ends on the day it starts; hours past midnight are a rule on the next day.
+    """
+
+    expert = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="availability_rules"
+    )
+    weekday = models.PositiveSmallIntegerField(choices=Weekday.choices)
+    start_time = models.TimeField()
+    end_time = models.TimeField()
+
+    class Meta:
+        ordering = ["weekday", "start_time"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(start_time__lt=models.F("end_time")), name="rule_starts_before_end"
+            ),
+            models.CheckConstraint(condition=Q(weekday__lte=6), name="rule_weekday_0_to_6"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_weekday_display()} {self.start_time:%H:%M}–{self.end_time:%H:%M}"
+
+
+class OverrideKind(models.TextChoices):
+    DAY_OFF = "day_off", "Day off"
+    EXTRA = "extra", "Extra hours"
+
+
+class AvailabilityOverride(models.Model):
+    """A date that differs from the weekly rules: a day off, or extra hours on that date."""
+
+    expert = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="availability_overrides"
+    )
+    date = models.DateField()
+    kind = models.CharField(max_length=8, choices=OverrideKind.choices)
+    start_time = models.TimeField(null=True, blank=True)
+    end_time = models.TimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["date", "start_time"]
+        constraints = [
+            # A day off has no hours; extra hours have both ends, in order.
+            models.CheckConstraint(
+                condition=(
+                    Q(kind=OverrideKind.DAY_OFF, start_time__isnull=True, end_time__isnull=True)
+                    | Q(
+                        kind=OverrideKind.EXTRA,
+                        start_time__isnull=False,
+                        end_time__isnull=False,
+                        start_time__lt=models.F("end_time"),
+                    )
+                ),
+                name="override_hours_match_kind",
+            ),
+            models.UniqueConstraint(
+                fields=["expert", "date"],
+                condition=Q(kind=OverrideKind.DAY_OFF),
+                name="override_one_day_off_per_date",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        if self.kind == OverrideKind.DAY_OFF:
+            return f"{self.date}: day off"
+        return f"{self.date}: extra {self.start_time:%H:%M}–{self.end_time:%H:%M}"
+
+
+class RoomKind(models.TextChoices):
+    PRIVATE = "private", "Private session"
+    GROUP = "group", "Group session"
+
+
+class RoomState(models.TextChoices):
+    SCHEDULED = "scheduled", "Scheduled"
+    OPEN = "open", "Lobby open"
+    LIVE = "live", "Live"
+    CLOSED = "closed", "Ended"
+    CANCELED = "canceled", "Canceled"
+
+
+# The room state machine (PRODUCT.md). rooms/services.py is its only writer.
+ROOM_TRANSITIONS: dict[str, frozenset[str]] = {
+    RoomState.SCHEDULED: frozenset({RoomState.OPEN, RoomState.CANCELED}),
+    RoomState.OPEN: frozenset({RoomState.LIVE, RoomState.CLOSED, RoomState.CANCELED}),
+    RoomState.LIVE: frozenset({RoomState.CLOSED}),
+    RoomState.CLOSED: frozenset(),
+    RoomState.CANCELED: frozenset(),
+}
+
+
+class Room(models.Model):
+    """One call of one expert at one time, with the terms its seats were sold on.
+
+    The terms (pricing, price, fees) are copied from the offering when the room is created,
+    so an expert editing an offering never changes what a booked client agreed to.
+    `blocked_from`/`blocked_until` are the start and end widened by the offering's buffers:
+    PostgreSQL refuses two live rooms of one expert whose blocked ranges overlap.
+    """
+
+    expert = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="hosted_rooms"
+    )
+    offering = models.ForeignKey(
+        Offering, null=True, blank=True, on_delete=models.SET_NULL, related_name="rooms"
+    )
+    kind = models.CharField(max_length=8, choices=RoomKind.choices)
+    title = models.CharField(max_length=120)
+    starts_at = models.DateTimeField()
+    ends_at = models.DateTimeField()
+    blocked_from = models.DateTimeField()
+    blocked_until = models.DateTimeField()
+    capacity = models.PositiveSmallIntegerField(default=1)
+    state = models.CharField(max_length=10, choices=RoomState.choices, default=RoomState.SCHEDULED)
+    cancel_reason = models.CharField(max_length=40, blank=True)
+    # Bumped on every reschedule: calendar apps replace an invite with a higher SEQUENCE.
+    sequence = models.PositiveIntegerField(default=0)
+    pricing = models.CharField(max_length=16, choices=Pricing.choices)
+    price_minor = models.PositiveIntegerField()
+    currency = models.CharField(max_length=3, choices=CURRENCY_CHOICES)
+    late_cancel_fee_percent = models.PositiveSmallIntegerField()
+    no_show_fee_percent = models.PositiveSmallIntegerField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["starts_at", "pk"]
+        indexes = [models.Index(fields=["expert", "starts_at"]), models.Index(fields=["state"])]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(starts_at__lt=models.F("ends_at")), name="room_starts_before_end"
+            ),
+            models.CheckConstraint(
+                condition=Q(blocked_from__lte=models.F("starts_at"))
+                & Q(blocked_until__gte=models.F("ends_at")),
+                name="room_blocked_range_covers_call",
+            ),
+            models.CheckConstraint(
+                condition=Q(capacity__gte=1, capacity__lte=MAX_GROUP_CAPACITY),
+                name="room_capacity_1_to_3",
+            ),
+            models.CheckConstraint(
+                condition=Q(state__in=RoomState.values), name="room_state_valid"
+            ),
+            # The no-overlap exclusion constraint is PostgreSQL-only SQL: see migration 0002.
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.title} at {self.starts_at:%Y-%m-%d %H:%M} UTC"
+
+    @property
+    def max_amount_minor(self) -> int:
+        if self.pricing == Pricing.PER_MINUTE:
+            minutes = int((self.ends_at - self.starts_at).total_seconds() // 60)
+            return self.price_minor * minutes
+        return self.price_minor
+
+
+class RoomEvent(models.Model):
+    """Append-only history of a room: transitions, bookings, cancellations, reschedules."""
+
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="events")
+    kind = models.CharField(max_length=40)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    data = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["created_at", "pk"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} at {self.created_at:%Y-%m-%d %H:%M:%S}"
+
+
+class SeatState(models.TextChoices):
+    RESERVED = "reserved", "Reserved, waiting for payment"
+    CONFIRMED = "confirmed", "Confirmed"
+    EXPIRED = "expired", "Reservation expired"
+    CANCELED = "canceled", "Canceled"
+
+
+SEAT_TRANSITIONS: dict[str, frozenset[str]] = {
+    SeatState.RESERVED: frozenset({SeatState.CONFIRMED, SeatState.EXPIRED, SeatState.CANCELED}),
+    SeatState.CONFIRMED: frozenset({SeatState.CANCELED}),
+    SeatState.EXPIRED: frozenset(),
+    SeatState.CANCELED: frozenset(),
+}
+# Seats that hold a place in a room. A reservation past `reserved_until` no longer does, even
+# before the sweep marks it expired: see `Seat.objects.holding_place`.
+HOLDING_STATES = (SeatState.RESERVED, SeatState.CONFIRMED)
+
+
+class SeatQuerySet(models.QuerySet["Seat"]):
+    def holding_place(self) -> SeatQuerySet:
+        return self.filter(
+            Q(state=SeatState.CONFIRMED)
+            | Q(state=SeatState.RESERVED, reserved_until__gt=timezone.now())
+        )
+
+
+class Seat(models.Model):
+    """One client's entitlement to one room; a private room has exactly one."""
+
+    room = models.ForeignKey(Room, on_delete=models.PROTECT, related_name="seats")
+    client = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="seats"
+    )
+    state = models.CharField(max_length=10, choices=SeatState.choices, default=SeatState.RESERVED)
+    reserved_until = models.DateTimeField()
+    confirmed_at = models.DateTimeField(null=True, blank=True)
+    canceled_at = models.DateTimeField(null=True, blank=True)
+    cancel_reason = models.CharField(max_length=40, blank=True)
+    # What the cancellation policy decided the client owes (minor units of the room currency).
+    cancel_fee_minor = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = SeatQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["created_at", "pk"]
+        constraints = [
+            # A client holds at most one live seat in a room.
+            models.UniqueConstraint(
+                fields=["room", "client"],
+                condition=Q(state__in=HOLDING_STATES),
+                name="seat_one_per_client_per_room",
+            ),
+            models.CheckConstraint(
+                condition=Q(state__in=SeatState.values), name="seat_state_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Seat {self.pk} of room {self.room_id} ({self.state})"

@@ -1,0 +1,153 @@
+"""Reads of rooms that more than one caller needs."""
+
+from __future__ import annotations
+
+import zoneinfo
+from datetime import date, datetime, timedelta
+
+from django.conf import settings
+from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.utils import timezone
+
+from accounts.models import ExpertProfile, ExpertStatus, User
+from billing.pricing import cancellation_fee
+from rooms.availability import DateOverride, Policy, Slot, WeeklyInterval, bookable_slots
+from rooms.models import (
+    AvailabilityOverride,
+    AvailabilityRule,
+    Offering,
+    OverrideKind,
+    Room,
+    RoomKind,
+    RoomState,
+    Seat,
+    SeatState,
+)
+
+
+def expert_zone(expert: User) -> zoneinfo.ZoneInfo:
+    """Availability is kept in the zone of the expert profile (falling back to the account's)."""
+    profile = ExpertProfile.objects.filter(user=expert).only("time_zone").first()
+    return zoneinfo.ZoneInfo(profile.time_zone if profile else expert.time_zone)
+
+
+def expert_is_approved(expert: User) -> bool:
+    return ExpertProfile.objects.filter(
+        user=expert, status=ExpertStatus.APPROVED, user__is_active=True
+    ).exists()
+
+
+def offerings_bookable(expert: User) -> QuerySet[Offering]:
+    return Offering.objects.filter(expert=expert, is_active=True)
+
+
+def weekly_intervals(expert: User) -> list[WeeklyInterval]:
+    return [
+        WeeklyInterval(rule.weekday, rule.start_time, rule.end_time)
+        for rule in AvailabilityRule.objects.filter(expert=expert)
+    ]
+
+
+def date_overrides(expert: User, first: date, last: date) -> list[DateOverride]:
+    return [
+        DateOverride(o.date, o.kind == OverrideKind.DAY_OFF, o.start_time, o.end_time)
+        for o in AvailabilityOverride.objects.filter(expert=expert, date__range=(first, last))
+    ]
+
+
+def rooms_blocking(expert: User, start: datetime, end: datetime) -> QuerySet[Room]:
+    """Rooms that keep the expert busy somewhere in [start, end), buffers included.
+
+    A private room whose only seat is a reservation past its time does not count, even before
+    the sweep cancels it: a stale reservation never blocks a slot.
+    """
+    holding_seat = Seat.objects.holding_place().filter(room=OuterRef("pk"))
+    return (
+        Room.objects.filter(expert=expert, blocked_from__lt=end, blocked_until__gt=start)
+        .exclude(state=RoomState.CANCELED)
+        .filter(Q(kind=RoomKind.GROUP) | ~Q(state=RoomState.SCHEDULED) | Exists(holding_seat))
+    )
+
+
+def busy_ranges(expert: User, start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:
+    return list(rooms_blocking(expert, start, end).values_list("blocked_from", "blocked_until"))
+
+
+def offering_policy(offering: Offering) -> Policy:
+    return Policy(
+        length=offering.length,
+        notice=timedelta(minutes=offering.notice_minutes),
+        horizon=timedelta(days=offering.horizon_days),
+        buffer_before=timedelta(minutes=offering.buffer_before_minutes),
+        buffer_after=timedelta(minutes=offering.buffer_after_minutes),
+    )
+
+
+def offering_slots(offering: Offering, window_start: datetime, window_end: datetime) -> list[Slot]:
+    """Bookable slots of an offering that start in [window_start, window_end)."""
+    expert = offering.expert
+    zone = expert_zone(expert)
+    policy = offering_policy(offering)
+    pad = timedelta(days=2)
+    return bookable_slots(
+        zone=zone,
+        window_start=window_start,
+        window_end=window_end,
+        weekly=weekly_intervals(expert),
+        overrides=date_overrides(expert, (window_start - pad).date(), (window_end + pad).date()),
+        policy=policy,
+        busy=busy_ranges(
+            expert,
+            window_start - policy.buffer_before - policy.length - pad,
+            window_end + policy.buffer_after + policy.length + pad,
+        ),
+        now=timezone.now(),
+    )
+
+
+def nearest_free_slots(offering: Offering, around: datetime, count: int = 3) -> list[Slot]:
+    """The free slots closest in time to `around` (before or after), for a "taken" answer."""
+    slots = offering_slots(offering, around - timedelta(days=3), around + timedelta(days=7))
+    return sorted(slots, key=lambda slot: abs(slot.starts_at - around))[:count]
+
+
+def client_seats(client: User) -> QuerySet[Seat]:
+    return Seat.objects.filter(client=client).select_related("room", "room__expert")
+
+
+def expert_rooms(expert: User) -> QuerySet[Room]:
+    return Room.objects.filter(expert=expert).prefetch_related("seats__client")
+
+
+def group_rooms_open_for_seats(expert: User) -> QuerySet[Room]:
+    return Room.objects.filter(
+        expert=expert,
+        kind=RoomKind.GROUP,
+        state=RoomState.SCHEDULED,
+        starts_at__gt=timezone.now(),
+    )
+
+
+def seats_holding(room: Room) -> int:
+    return Seat.objects.holding_place().filter(room=room).count()
+
+
+def seat_is_expired(seat: Seat) -> bool:
+    return seat.state == SeatState.EXPIRED or (
+        seat.state == SeatState.RESERVED and seat.reserved_until <= timezone.now()
+    )
+
+
+def seat_cancellation_fee(seat: Seat, now: datetime | None = None) -> int:
+    """What canceling this seat now would cost the client: nothing for a reservation, else
+    the late-cancellation rule."""
+    if seat.state != SeatState.CONFIRMED:
+        return 0
+    now = now or timezone.now()
+    room = seat.room
+    return cancellation_fee(
+        max_amount_minor=room.max_amount_minor,
+        late_fee_percent=room.late_cancel_fee_percent,
+        hours_before_start=(room.starts_at - now).total_seconds() / 3600,
+        free_hours=settings.FREE_CANCELLATION_HOURS,
+    )

@@ -1,0 +1,16 @@
+from django.urls import path
+
+from rooms import views
+
+app_name = "rooms"
+
+urlpatterns = [
+    path("r/<int:room_id>/", views.join, name="join"),
+    path("me/sessions/", views.dashboard, name="dashboard"),
+    path("book/<int:offering_id>/", views.offering_book, name="offering_book"),
+    path("sessions/<int:room_id>/seat/", views.group_seat_take, name="group_seat_take"),
+    path("me/bookings/<int:seat_id>/confirm/", views.seat_confirm, name="seat_confirm"),
+    path("me/bookings/<int:seat_id>/cancel/", views.seat_cancel, name="seat_cancel"),
+    path("me/bookings/<int:seat_id>/move/", views.seat_reschedule, name="seat_reschedule"),
+    path("me/sessions/<int:room_id>/cancel/", views.room_cancel, name="room_cancel"),
+]

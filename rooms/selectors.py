@@ -31,6 +31,10 @@ def expert_zone(expert: User) -> zoneinfo.ZoneInfo:
     return zoneinfo.ZoneInfo(profile.time_zone if profile else expert.time_zone)
 
 
+def expert_profile(expert: User) -> ExpertProfile | None:
+    return ExpertProfile.objects.filter(user=expert).first()
+
+
 def expert_is_approved(expert: User) -> bool:
     return ExpertProfile.objects.filter(
         user=expert, status=ExpertStatus.APPROVED, user__is_active=True

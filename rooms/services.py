@@ -89,6 +89,10 @@ def availability_override_add(
     return override
 
 
+def availability_override_delete(expert: User, override_id: int) -> None:
+    AvailabilityOverride.objects.filter(pk=override_id, expert=expert).delete()
+
+
 # --- Booking -------------------------------------------------------------------------------
 
 
@@ -182,7 +186,11 @@ def group_seat_reserve(client: User, room_id: int) -> Seat:
     now = timezone.now()
     with transaction.atomic():
         # The row lock serialises seat-takers of this room: count and insert cannot interleave.
-        room = Room.objects.select_for_update().select_related("offering").get(pk=room_id)
+        room = (
+            Room.objects.select_for_update(of=("self",))
+            .select_related("offering", "expert")
+            .get(pk=room_id)
+        )
         _booking_check_people(client, room.expert)
         if room.kind != RoomKind.GROUP:
             raise BookingRefused("This session is private; book a time from the expert's page.")

@@ -13,4 +13,18 @@ urlpatterns = [
     path("me/bookings/<int:seat_id>/cancel/", views.seat_cancel, name="seat_cancel"),
     path("me/bookings/<int:seat_id>/move/", views.seat_reschedule, name="seat_reschedule"),
     path("me/sessions/<int:room_id>/cancel/", views.room_cancel, name="room_cancel"),
+    path("me/expert/offerings/", views.expert_offerings, name="expert_offerings"),
+    path("me/expert/offerings/new/", views.offering_edit, name="offering_new"),
+    path("me/expert/offerings/<int:offering_id>/", views.offering_edit, name="offering_edit"),
+    path(
+        "me/expert/offerings/<int:offering_id>/publish/",
+        views.group_session_publish,
+        name="group_session_publish",
+    ),
+    path("me/expert/availability/", views.expert_availability, name="expert_availability"),
+    path(
+        "me/expert/availability/dates/<int:override_id>/delete/",
+        views.override_delete,
+        name="override_delete",
+    ),
 ]

@@ -1,24 +1,41 @@
 from __future__ import annotations
 
 from datetime import date, datetime, time, timedelta
+from decimal import Decimal
 from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_http_methods, require_POST
 
+from accounts.choices import CURRENCIES
 from accounts.models import User
 from billing.pricing import format_money
 from rooms import selectors, services
 from rooms.availability import Slot
 from rooms.errors import RoomsError, SlotTaken
-from rooms.forms import SlotChoiceForm
-from rooms.models import Offering, Room, RoomState, Seat, SeatState
+from rooms.forms import (
+    GroupSessionForm,
+    OfferingForm,
+    OverrideForm,
+    SlotChoiceForm,
+    WeeklyAvailabilityForm,
+)
+from rooms.models import (
+    AvailabilityOverride,
+    AvailabilityRule,
+    Offering,
+    Room,
+    RoomState,
+    Seat,
+    SeatState,
+    Weekday,
+)
 
 
 def _user(request: HttpRequest) -> User:
@@ -268,3 +285,144 @@ def room_cancel(request: HttpRequest, room_id: int) -> HttpResponse:
         messages.success(request, "Canceled. Your clients are released in full and told.")
         return redirect("rooms:dashboard")
     return render(request, "rooms/room_cancel.html", {"room": room})
+
+
+# --- The expert's side: offerings, availability, group sessions ------------------------------
+
+
+def _approved_expert(request: HttpRequest) -> User:
+    user = _user(request)
+    if not selectors.expert_is_approved(user):
+        raise PermissionDenied(
+            "Offerings and availability are for approved experts. Apply from “Become an "
+            "expert”; you can set them up once staff approve you."
+        )
+    return user
+
+
+@login_required
+def expert_offerings(request: HttpRequest) -> HttpResponse:
+    expert = _approved_expert(request)
+    return render(
+        request,
+        "rooms/expert_offerings.html",
+        {
+            "offerings": Offering.objects.filter(expert=expert),
+            "group_form": GroupSessionForm(),
+        },
+    )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def offering_edit(request: HttpRequest, offering_id: int | None = None) -> HttpResponse:
+    expert = _approved_expert(request)
+    offering = None
+    if offering_id is not None:
+        offering = get_object_or_404(Offering, pk=offering_id, expert=expert)
+    initial = {}
+    if offering is not None:
+        digits = CURRENCIES[offering.currency][1]
+        initial["price"] = Decimal(offering.price_minor) / (10**digits)
+    else:
+        profile = selectors.expert_profile(expert)
+        initial["currency"] = profile.currency if profile else "EUR"
+    form = OfferingForm(request.POST or None, instance=offering, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        fields = {name: form.cleaned_data[name] for name in OfferingForm.Meta.fields}
+        fields["price_minor"] = form.minor_amount()
+        try:
+            services.offering_save(expert, offering, fields)
+        except (RoomsError, ValidationError) as error:
+            messages.error(request, " ".join(getattr(error, "messages", [str(error)])))
+        else:
+            messages.success(request, "Offering saved.")
+            return redirect("rooms:expert_offerings")
+    return render(request, "rooms/offering_form.html", {"form": form, "offering": offering})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def expert_availability(request: HttpRequest) -> HttpResponse:
+    expert = _approved_expert(request)
+    rules = AvailabilityRule.objects.filter(expert=expert)
+    initial = {
+        f"day_{day.value}": ", ".join(
+            f"{rule.start_time:%H:%M}-{rule.end_time:%H:%M}"
+            for rule in rules
+            if rule.weekday == day
+        )
+        for day in Weekday
+    }
+    weekly = WeeklyAvailabilityForm(request.POST or None, initial=initial, prefix="weekly")
+    override = OverrideForm(prefix="override")
+    if request.method == "POST" and "weekly-submit" in request.POST:
+        if weekly.is_valid():
+            try:
+                services.availability_replace_weekly(expert, weekly.cleaned_data["intervals"])
+            except RoomsError as error:
+                messages.error(request, str(error))
+            else:
+                messages.success(request, "Weekly hours saved.")
+                return redirect("rooms:expert_availability")
+    elif request.method == "POST":
+        weekly = WeeklyAvailabilityForm(initial=initial, prefix="weekly")
+        override = OverrideForm(request.POST, prefix="override")
+        if override.is_valid():
+            data = override.cleaned_data
+            try:
+                services.availability_override_add(
+                    expert,
+                    day=data["date"],
+                    kind=data["kind"],
+                    start=data.get("start_time"),
+                    end=data.get("end_time"),
+                )
+            except ValidationError as error:
+                messages.error(request, " ".join(error.messages))
+            else:
+                messages.success(request, "Date added.")
+                return redirect("rooms:expert_availability")
+    return render(
+        request,
+        "rooms/expert_availability.html",
+        {
+            "weekly": weekly,
+            "override": override,
+            "zone": selectors.expert_zone(expert),
+            "overrides": AvailabilityOverride.objects.filter(
+                expert=expert, date__gte=timezone.localdate()
+            ),
+        },
+        status=400 if request.method == "POST" else 200,
+    )
+
+
+@login_required
+@require_POST
+def override_delete(request: HttpRequest, override_id: int) -> HttpResponse:
+    expert = _approved_expert(request)
+    services.availability_override_delete(expert, override_id)
+    messages.success(request, "Date removed.")
+    return redirect("rooms:expert_availability")
+
+
+@login_required
+@require_POST
+def group_session_publish(request: HttpRequest, offering_id: int) -> HttpResponse:
+    expert = _approved_expert(request)
+    offering = get_object_or_404(Offering, pk=offering_id, expert=expert)
+    form = GroupSessionForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Enter the date and time of the session.")
+        return redirect("rooms:expert_offerings")
+    # The expert types a wall-clock time in their own zone.
+    local = form.cleaned_data["starts_at"].replace(tzinfo=None)
+    starts_at = local.replace(tzinfo=selectors.expert_zone(expert))
+    try:
+        services.group_room_publish(expert, offering, starts_at)
+    except RoomsError as error:
+        messages.error(request, str(error))
+    else:
+        messages.success(request, "Group session published.")
+    return redirect("rooms:expert_offerings")

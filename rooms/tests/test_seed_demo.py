@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from io import StringIO
 
@@ -12,11 +13,14 @@ from django.core.mail import EmailMessage
 from django.core.management import call_command
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 from pytest_django import DjangoCaptureOnCommitCallbacks
 
 from accounts import selectors
 from accounts.models import ExpertEvent, ExpertEventKind, ExpertStatus, OutboundEmail, User
 from accounts.tests.helpers import totp_code
+from rooms import selectors as rooms_selectors
+from rooms.models import AvailabilityRule, Offering
 
 pytestmark = pytest.mark.django_db
 
@@ -47,6 +51,8 @@ def _row_counts() -> dict[str, int]:
         "expert events": ExpertEvent.objects.count(),
         "outbound emails": OutboundEmail.objects.count(),
         "authenticators": Authenticator.objects.count(),
+        "offerings": Offering.objects.count(),
+        "availability rules": AvailabilityRule.objects.count(),
     }
 
 
@@ -64,6 +70,19 @@ def test_seed_creates_an_approved_expert_who_is_listed(
         ExpertEventKind.APPLIED,
         ExpertEventKind.APPROVED,
     ]
+
+
+def test_seed_gives_the_expert_hours_and_offerings_that_clients_can_book(
+    django_capture_on_commit_callbacks: DjangoCaptureOnCommitCallbacks,
+) -> None:
+    _seed(django_capture_on_commit_callbacks)
+    expert = User.objects.get(email="expert@demo.test")
+    assert AvailabilityRule.objects.filter(expert=expert).count() == 10  # Mon–Fri, two a day
+    offerings = list(rooms_selectors.offerings_bookable(expert))
+    assert {o.capacity for o in offerings} == {1, 3}
+    private = next(o for o in offerings if o.capacity == 1)
+    now = timezone.now()
+    assert rooms_selectors.offering_slots(private, now, now + dt.timedelta(days=7))
 
 
 def test_seed_creates_a_plain_client(
@@ -159,6 +178,8 @@ def test_seed_twice_keeps_the_same_people_and_secret_and_adds_no_rows(
         "expert events": 2,
         "outbound emails": 1,
         "authenticators": 1,
+        "offerings": 3,
+        "availability rules": 10,
     }
     sent = len(mailoutbox)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 from urllib.parse import quote
 
@@ -15,6 +16,8 @@ from django.db import transaction
 
 from accounts import services
 from accounts.models import ExpertStatus, User
+from rooms import services as rooms_services
+from rooms.models import AvailabilityRule, Offering, Pricing
 
 # A demo on a laptop, printed on every run: not a secret by design.
 DEMO_PASSWORD = "parley-demo"  # noqa: S105
@@ -24,6 +27,34 @@ EXPERT_BIO = (
     "Bring a roadmap, a pricing page or a launch plan; leave with three concrete changes "
     "and the reasoning behind them."
 )
+
+
+DEMO_OFFERINGS: list[dict[str, object]] = [
+    {
+        "title": "Product strategy session",
+        "description": "A focused review of your roadmap, pricing or launch plan.",
+        "length_minutes": 45,
+        "pricing": Pricing.FIXED,
+        "price_minor": 9000,
+        "buffer_after_minutes": 15,
+    },
+    {
+        "title": "Quick question",
+        "description": "Pay by the minute for a short, sharp answer.",
+        "length_minutes": 20,
+        "pricing": Pricing.PER_MINUTE,
+        "price_minor": 200,
+        "notice_minutes": 30,
+    },
+    {
+        "title": "Pricing clinic (small group)",
+        "description": "Three founders, one hour, everyone's pricing page on the table.",
+        "length_minutes": 60,
+        "pricing": Pricing.FIXED,
+        "price_minor": 4000,
+        "capacity": 3,
+    },
+]
 
 
 class Command(BaseCommand):
@@ -36,6 +67,7 @@ class Command(BaseCommand):
             client = self._user("client@demo.test", "Chris Client", "America/New_York")
             secret = self._totp_secret(staff)
             self._approved_expert(expert, staff)
+            self._offerings_and_hours(expert)
 
         uri = (
             f"otpauth://totp/{quote(settings.MFA_TOTP_ISSUER)}:{quote(staff.email)}"
@@ -75,6 +107,22 @@ class Command(BaseCommand):
         secret = str(generate_totp_secret())
         TOTP.activate(staff, secret)
         return secret
+
+    def _offerings_and_hours(self, expert: User) -> None:
+        if not AvailabilityRule.objects.filter(expert=expert).exists():
+            # Monday to Friday, 09:00–12:30 and 14:00–18:00 in the expert's zone.
+            rooms_services.availability_replace_weekly(
+                expert,
+                [
+                    (day, start, end)
+                    for day in range(5)
+                    for start, end in ((dt.time(9), dt.time(12, 30)), (dt.time(14), dt.time(18)))
+                ],
+            )
+        if Offering.objects.filter(expert=expert).exists():
+            return
+        for fields in DEMO_OFFERINGS:
+            rooms_services.offering_save(expert, None, {"currency": "EUR", **fields})
 
     def _approved_expert(self, expert: User, staff: User) -> None:
         profile = getattr(expert, "expert_profile", None)

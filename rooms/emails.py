@@ -34,9 +34,11 @@ def local_time(moment: datetime, person: User) -> str:
     return f"{local:%A} {local.day} {local:%B %Y, %H:%M} ({person.time_zone})"
 
 
-def invitation(room: Room, *, method: str, sequence: int) -> str:
-    """An iCalendar object for the room. The UID is stable per room, so a later REQUEST
-    (reschedule) or CANCEL with a higher SEQUENCE updates the event already in the calendar."""
+def invitation(room: Room, *, method: str, sequence: int, attendee: User) -> str:
+    """An iCalendar object for the room, addressed to one attendee. The UID is stable per
+    room, so a later REQUEST (reschedule) or CANCEL with a higher SEQUENCE updates the event
+    already in the calendar. Other clients of a group session are not listed: their
+    addresses are not the recipient's business."""
     calendar = Calendar()
     calendar.add("prodid", "-//Parley//Sessions//EN")
     calendar.add("version", "2.0")
@@ -55,10 +57,10 @@ def invitation(room: Room, *, method: str, sequence: int) -> str:
     organizer = vCalAddress(f"mailto:{room.expert.email}")
     organizer.params["cn"] = room.expert.display_name
     event.add("organizer", organizer)
-    for seat in room.seats.filter(state__in=("reserved", "confirmed", "canceled")):
-        attendee = vCalAddress(f"mailto:{seat.client.email}")
-        attendee.params["cn"] = seat.client.display_name
-        event.add("attendee", attendee)
+    if attendee.pk != room.expert_id:
+        address = vCalAddress(f"mailto:{attendee.email}")
+        address.params["cn"] = attendee.display_name
+        event.add("attendee", address)
     calendar.add_component(event)
     return str(calendar.to_ical().decode())
 
@@ -81,7 +83,7 @@ def _send(
             "join_url": join_url(room),
             **extra,
         },
-        ics=invitation(room, method=method, sequence=sequence),
+        ics=invitation(room, method=method, sequence=sequence, attendee=person),
         ics_method=method,
     )
     return created

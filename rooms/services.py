@@ -102,37 +102,16 @@ def booking_reserve(client: User, offering: Offering, slot_start: datetime) -> S
     Checks come first and say exactly what is wrong; the database has the last word on
     overlap (exclusion constraint), so two clients racing for one slot get one room.
     """
-    expert = offering.expert
-    _booking_check_people(client, expert)
+    _booking_check_people(client, offering.expert)
     _booking_check_offering(offering, group=False)
     now = timezone.now()
     slot = _slot_check_policy(offering, slot_start, now)
-    policy = selectors.offering_policy(offering)
-    blocked_from, blocked_until = slot.blocked_range(policy.buffer_before, policy.buffer_after)
     try:
         with transaction.atomic():
-            _rooms_release_stale(expert, blocked_from, blocked_until, now)
-            if selectors.rooms_blocking(expert, blocked_from, blocked_until).exists():
-                raise SlotTaken()
-            room = Room.objects.create(
-                expert=expert,
-                offering=offering,
-                kind=RoomKind.PRIVATE,
-                title=offering.title,
-                starts_at=slot.starts_at,
-                ends_at=slot.ends_at,
-                blocked_from=blocked_from,
-                blocked_until=blocked_until,
-                capacity=1,
-                **_terms(offering),
-            )
+            room = _room_create(offering, slot, RoomKind.PRIVATE, now)
             seat = Seat.objects.create(room=room, client=client, reserved_until=_hold_until(now))
             _event(room, "booked", client, seat=seat.pk, starts_at=slot.starts_at.isoformat())
     except SlotTaken:
-        raise SlotTaken(_alternatives(offering, slot_start)) from None
-    except IntegrityError as error:
-        if NO_OVERLAP_CONSTRAINT not in str(error):
-            raise
         raise SlotTaken(_alternatives(offering, slot_start)) from None
     return seat
 
@@ -151,34 +130,47 @@ def group_room_publish(expert: User, offering: Offering, starts_at: datetime) ->
         raise BookingRefused(
             f"Sessions can be published at most {offering.horizon_days} days ahead."
         )
-    policy = selectors.offering_policy(offering)
-    slot = Slot(starts_at, starts_at + offering.length)
-    blocked_from, blocked_until = slot.blocked_range(policy.buffer_before, policy.buffer_after)
     try:
         with transaction.atomic():
-            _rooms_release_stale(expert, blocked_from, blocked_until, now)
-            if selectors.rooms_blocking(expert, blocked_from, blocked_until).exists():
-                raise SlotTaken()
-            room = Room.objects.create(
+            room = _room_create(
+                offering, Slot(starts_at, starts_at + offering.length), RoomKind.GROUP, now
+            )
+            _event(room, "published", expert, capacity=room.capacity)
+    except SlotTaken:
+        raise BookingRefused(
+            "You already have a session at that time (buffers included). Pick another time."
+        ) from None
+    return room
+
+
+def _room_create(offering: Offering, slot: Slot, kind: str, now: datetime) -> Room:
+    """A scheduled room for `slot`, or SlotTaken when the expert's calendar has no room for
+    it (buffers included). Runs inside the caller's transaction."""
+    expert = offering.expert
+    policy = selectors.offering_policy(offering)
+    blocked_from, blocked_until = slot.blocked_range(policy.buffer_before, policy.buffer_after)
+    _expert_calendar_lock(expert)
+    _rooms_release_stale(expert, blocked_from, blocked_until, now)
+    if selectors.rooms_blocking(expert, blocked_from, blocked_until).exists():
+        raise SlotTaken()
+    try:
+        with transaction.atomic():
+            return Room.objects.create(
                 expert=expert,
                 offering=offering,
-                kind=RoomKind.GROUP,
+                kind=kind,
                 title=offering.title,
                 starts_at=slot.starts_at,
                 ends_at=slot.ends_at,
                 blocked_from=blocked_from,
                 blocked_until=blocked_until,
-                capacity=offering.capacity,
+                capacity=1 if kind == RoomKind.PRIVATE else offering.capacity,
                 **_terms(offering),
             )
-            _event(room, "published", expert, capacity=room.capacity)
-    except (SlotTaken, IntegrityError) as error:
-        if isinstance(error, IntegrityError) and NO_OVERLAP_CONSTRAINT not in str(error):
+    except IntegrityError as error:
+        if NO_OVERLAP_CONSTRAINT not in str(error):
             raise
-        raise BookingRefused(
-            "You already have a session at that time (buffers included). Pick another time."
-        ) from None
-    return room
+        raise SlotTaken() from None
 
 
 def group_seat_reserve(client: User, room_id: int) -> Seat:
@@ -327,6 +319,7 @@ def seat_reschedule(seat_id: int, *, actor: User, new_start: datetime) -> Room:
     blocked_from, blocked_until = slot.blocked_range(policy.buffer_before, policy.buffer_after)
     try:
         with transaction.atomic():
+            _expert_calendar_lock(offering.expert)
             locked = Room.objects.select_for_update().get(pk=room.pk)
             if locked.state != RoomState.SCHEDULED:
                 raise InvalidTransition("This session can no longer be moved.")
@@ -467,6 +460,17 @@ def _duration(delta: timedelta) -> str:
 
 def _alternatives(offering: Offering, around: datetime) -> list[datetime]:
     return [slot.starts_at for slot in selectors.nearest_free_slots(offering, around)]
+
+
+def _expert_calendar_lock(expert: User) -> None:
+    """Serialise changes to one expert's calendar for the rest of the transaction.
+
+    The exclusion constraint alone is correct but, with many inserts of one range in flight,
+    PostgreSQL can resolve their waits with a deadlock error instead of a constraint error.
+    Queuing on the expert's row first lets the overlap check decide every race cleanly; the
+    constraint stays as the backstop (and is all SQLite needs: it serialises writers anyway).
+    """
+    list(User.objects.select_for_update().filter(pk=expert.pk).values_list("pk", flat=True))
 
 
 def _rooms_release_stale(expert: User, start: datetime, end: datetime, now: datetime) -> None:

@@ -8,6 +8,9 @@ from accounts.models import ExpertStatus, User
 from accounts.tests.factories import ExpertProfileFactory, UserFactory
 from rooms.models import AvailabilityRule, Offering, Pricing
 
+# The "now" of the booking tests: a Tuesday morning, far from any DST change.
+NOW = dt.datetime(2026, 12, 1, 8, 0, tzinfo=dt.UTC)
+
 
 def expert_create(time_zone: str = "Europe/Berlin", **user_fields: object) -> User:
     """An approved expert whose availability is kept in `time_zone`."""

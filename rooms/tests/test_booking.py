@@ -14,12 +14,11 @@ from accounts.tests.factories import UserFactory
 from rooms import selectors, services
 from rooms.errors import BookingRefused, RoomsError, SlotTaken
 from rooms.models import Offering, Room, RoomEvent, RoomKind, RoomState, Seat, SeatState
-from rooms.tests.factories import OfferingFactory, expert_create, weekdays_available
+from rooms.tests.factories import NOW, OfferingFactory, expert_create
 
 pytestmark = pytest.mark.django_db
 
 UTC = dt.UTC
-NOW = dt.datetime(2026, 12, 1, 8, 0, tzinfo=UTC)  # a Tuesday
 SLOT = dt.datetime(2026, 12, 2, 10, 0, tzinfo=UTC)
 
 
@@ -28,13 +27,6 @@ def _frozen_now() -> Iterator[None]:
     # tick=True: time moves on (threads, lease expiry) from a known starting point.
     with time_machine.travel(NOW, tick=True):
         yield
-
-
-@pytest.fixture
-def offering() -> Offering:
-    expert = expert_create(time_zone="UTC")
-    weekdays_available(expert)
-    return OfferingFactory.create(expert=expert)
 
 
 def _book(client: User, offering: Offering, start: dt.datetime = SLOT) -> Seat:
@@ -268,3 +260,19 @@ def test_confirming_twice_confirms_once_and_emails_once(
     assert "METHOD:REQUEST" in ics[1]
     assert f"UID:room-{seat.room_id}@parley" in ics[1]
     assert "DTSTART:20261202T100000Z" in ics[1]
+
+
+def test_a_group_invitation_does_not_show_the_other_clients_addresses(
+    django_capture_on_commit_callbacks: Any, mailoutbox: list[Any]
+) -> None:
+    expert = expert_create(time_zone="UTC")
+    group = OfferingFactory.create(expert=expert, capacity=3)
+    room = services.group_room_publish(expert, group, SLOT)
+    first, second = UserFactory.create(), UserFactory.create()
+    with django_capture_on_commit_callbacks(execute=True):
+        for client in (first, second):
+            services.seat_confirm(services.group_seat_reserve(client, room.pk).pk)
+    to_second = [m for m in mailoutbox if m.to == [second.email]]
+    invitation = to_second[0].attachments[0][1]
+    assert second.email in invitation
+    assert first.email not in invitation

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,26 +13,11 @@ from accounts.tests.factories import UserFactory
 from rooms import services
 from rooms.errors import InvalidTransition, RoomsError, SlotTaken
 from rooms.models import Offering, Room, RoomEvent, RoomState, Seat, SeatState
-from rooms.tests.factories import OfferingFactory, expert_create, weekdays_available
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("frozen_now")]
 
 UTC = dt.UTC
-NOW = dt.datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
 SLOT = dt.datetime(2026, 12, 3, 10, 0, tzinfo=UTC)  # 50 h ahead
-
-
-@pytest.fixture(autouse=True)
-def _frozen_now() -> Iterator[None]:
-    with time_machine.travel(NOW, tick=False):
-        yield
-
-
-@pytest.fixture
-def offering() -> Offering:
-    expert = expert_create(time_zone="UTC")
-    weekdays_available(expert)
-    return OfferingFactory.create(expert=expert)
 
 
 @pytest.fixture

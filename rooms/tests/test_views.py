@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 
 import pytest
 import time_machine
@@ -23,17 +22,10 @@ from rooms.models import (
 )
 from rooms.tests.factories import OfferingFactory, expert_create, weekdays_available
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("frozen_now")]
 
 UTC = dt.UTC
-NOW = dt.datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
 SLOT = dt.datetime(2026, 12, 3, 10, 0, tzinfo=UTC)
-
-
-@pytest.fixture(autouse=True)
-def _frozen_now() -> Iterator[None]:
-    with time_machine.travel(NOW, tick=False):
-        yield
 
 
 @pytest.fixture

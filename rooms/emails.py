@@ -14,10 +14,10 @@ from django.urls import reverse
 from django.utils import timezone
 from icalendar import Calendar, Event, vCalAddress
 
-from accounts.models import User
+from accounts.models import OutboundEmail, User
 from accounts.services import email_queue
 from billing.pricing import format_money
-from rooms.models import Room, Seat
+from rooms.models import Room, RoomState, Seat
 
 REMINDERS: dict[str, timedelta] = {"24h": timedelta(hours=24), "15min": timedelta(minutes=15)}
 
@@ -66,9 +66,20 @@ def invitation(room: Room, *, method: str, sequence: int, attendee: User) -> str
 
 
 def _send(
-    key: str, person: User, subject: str, template: str, seat: Seat, room: Room, **extra: object
+    key: str,
+    person: User,
+    subject: str,
+    template: str,
+    seat: Seat,
+    room: Room,
+    *,
+    method: str = "REQUEST",
+    **extra: object,
 ) -> bool:
-    method = "CANCEL" if "canceled" in template else "REQUEST"
+    """Queue one email with its invitation (method "" for none). False: the key was sent."""
+    if OutboundEmail.objects.filter(key=key).exists():
+        return False  # checked first: rendering an invitation is the expensive part
+    # A cancellation must outrank every invitation sent before it.
     sequence = room.sequence + (1 if method == "CANCEL" else 0)
     _email, created = email_queue(
         key=key,
@@ -83,7 +94,7 @@ def _send(
             "join_url": join_url(room),
             **extra,
         },
-        ics=invitation(room, method=method, sequence=sequence, attendee=person),
+        ics=invitation(room, method=method, sequence=sequence, attendee=person) if method else "",
         ics_method=method,
     )
     return created
@@ -122,41 +133,59 @@ def booking_rescheduled(seat: Seat, room: Room) -> None:
 
 
 def booking_canceled(seat: Seat, *, by_expert: bool) -> None:
+    """The client's calendar loses the event. The expert's loses it only when the whole room is
+    canceled (once per room); one client leaving a group session is a plain notice."""
     room = seat.room
     rebook_url = ""
     profile = getattr(room.expert, "expert_profile", None)
     if profile is not None:
         rebook_url = f"{settings.SITE_URL}{reverse('accounts:expert_detail', args=[profile.slug])}"
-    for person in (seat.client, room.expert):
-        _send(
-            f"booking-canceled:{seat.pk}:{person.pk}",
-            person,
-            f"Canceled: {room.title} on {local_time(room.starts_at, person)}",
-            "rooms/email/booking_canceled.txt",
-            seat,
-            room,
-            by_expert=by_expert,
-            is_client=person.pk == seat.client_id,
-            rebook_url=rebook_url,
-            fee=seat.cancel_fee_minor,
-            fee_text=format_money(seat.cancel_fee_minor, room.currency),
-            free_hours=settings.FREE_CANCELLATION_HOURS,
-        )
+    context = {
+        "by_expert": by_expert,
+        "rebook_url": rebook_url,
+        "fee": seat.cancel_fee_minor,
+        "fee_text": format_money(seat.cancel_fee_minor, room.currency),
+        "free_hours": settings.FREE_CANCELLATION_HOURS,
+    }
+    subject = f"Canceled: {room.title}"
+    _send(
+        f"booking-canceled:{seat.pk}:client",
+        seat.client,
+        f"{subject} on {local_time(room.starts_at, seat.client)}",
+        "rooms/email/booking_canceled.txt",
+        seat,
+        room,
+        method="CANCEL",
+        is_client=True,
+        **context,
+    )
+    room_canceled = room.state == RoomState.CANCELED
+    _send(
+        f"room-canceled:{room.pk}:expert" if room_canceled else f"seat-canceled:{seat.pk}:expert",
+        room.expert,
+        f"{subject} on {local_time(room.starts_at, room.expert)}"
+        if room_canceled
+        else f"{seat.client.display_name} canceled their seat in {room.title}",
+        "rooms/email/booking_canceled.txt",
+        seat,
+        room,
+        method="CANCEL" if room_canceled else "",
+        is_client=False,
+        room_canceled=room_canceled,
+        **context,
+    )
 
 
 def booking_reminder(seat: Seat, label: str) -> int:
+    """The client's reminder per seat, the expert's once per room. The room's sequence is in
+    the keys: a moved session gets its reminders again."""
     room = seat.room
+    subject = f"Starting {'soon' if label != '24h' else 'tomorrow'}: {room.title}"
     sent = 0
-    for person in (seat.client, room.expert):
-        # The sequence is in the key: a moved session gets its reminders again.
-        created = _send(
-            f"reminder-{label}:{seat.pk}:{room.sequence}:{person.pk}",
-            person,
-            f"{'Tomorrow' if label == '24h' else 'In 15 minutes'}: {room.title}",
-            "rooms/email/booking_reminder.txt",
-            seat,
-            room,
-            soon=label != "24h",
-        )
+    for key, person in (
+        (f"reminder-{label}:seat{seat.pk}:{room.sequence}", seat.client),
+        (f"reminder-{label}:room{room.pk}:{room.sequence}", room.expert),
+    ):
+        created = _send(key, person, subject, "rooms/email/booking_reminder.txt", seat, room)
         sent += int(created)
     return sent

@@ -2,10 +2,12 @@ from __future__ import annotations
 
 from datetime import datetime, time
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from django import forms
 
-from accounts.choices import CURRENCY_CHOICES
+from accounts.choices import CURRENCIES, CURRENCY_CHOICES
+from rooms.availability import local_to_utc
 from rooms.models import MAX_GROUP_CAPACITY, Offering, OverrideKind, Weekday
 
 
@@ -85,10 +87,21 @@ class OfferingForm(forms.ModelForm[Offering]):
             field.validators.append(_range_validator(name, low, high))
             field.widget.attrs.update({"min": low, "max": high})
 
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        price, currency = cleaned.get("price"), cleaned.get("currency")
+        if price is not None and currency in CURRENCIES:
+            digits = CURRENCIES[currency][1]
+            if price != round(price, digits):
+                self.add_error(
+                    "price",
+                    f"{currency} has {digits} decimal places"
+                    + (": enter a whole amount." if digits == 0 else "."),
+                )
+        return cleaned
+
     def minor_amount(self) -> int:
         """The price in minor units (amounts are never floats)."""
-        from accounts.choices import CURRENCIES
-
         digits = CURRENCIES[self.cleaned_data["currency"]][1]
         return int(self.cleaned_data["price"] * (10**digits))
 
@@ -153,7 +166,32 @@ class OverrideForm(forms.Form):
 
 
 class GroupSessionForm(forms.Form):
-    starts_at = forms.DateTimeField(
-        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
-        help_text="In your time zone.",
+    """A wall-clock start in the expert's zone, resolved to an instant with the same DST rules
+    as the slots: a time skipped by a clock change is refused; a repeated one is its first
+    occurrence."""
+
+    starts_at = forms.CharField(
+        max_length=40, widget=forms.DateTimeInput(attrs={"type": "datetime-local"})
     )
+
+    def __init__(self, *args: Any, zone: ZoneInfo, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.zone = zone
+
+    def clean_starts_at(self) -> datetime:
+        raw: str = self.cleaned_data["starts_at"]
+        try:
+            local = datetime.fromisoformat(raw)
+        except ValueError:
+            raise forms.ValidationError(
+                "Enter the date and time of the session, like 2026-12-10 18:00."
+            ) from None
+        if local.tzinfo is not None:
+            local = local.astimezone(self.zone).replace(tzinfo=None)
+        moment = local_to_utc(local.date(), local.time(), self.zone)
+        if moment is None:
+            raise forms.ValidationError(
+                f"{local:%H:%M} does not exist on {local:%d %B %Y} in {self.zone.key}: "
+                "the clocks skip it. Pick another time."
+            )
+        return moment

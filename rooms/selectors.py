@@ -6,7 +6,7 @@ import zoneinfo
 from datetime import date, datetime, timedelta
 
 from django.conf import settings
-from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from accounts.models import ExpertProfile, ExpertStatus, User
@@ -124,12 +124,16 @@ def expert_rooms(expert: User) -> QuerySet[Room]:
 
 
 def group_rooms_open_for_seats(expert: User) -> QuerySet[Room]:
-    return Room.objects.filter(
-        expert=expert,
-        kind=RoomKind.GROUP,
-        state=RoomState.SCHEDULED,
-        starts_at__gt=timezone.now(),
+    """Published group sessions that have not started, with `seats_taken` annotated."""
+    now = timezone.now()
+    taken = Count(
+        "seats",
+        filter=Q(seats__state=SeatState.CONFIRMED)
+        | Q(seats__state=SeatState.RESERVED, seats__reserved_until__gt=now),
     )
+    return Room.objects.filter(
+        expert=expert, kind=RoomKind.GROUP, state=RoomState.SCHEDULED, starts_at__gt=now
+    ).annotate(seats_taken=taken)
 
 
 def seats_holding(room: Room) -> int:

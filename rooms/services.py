@@ -7,7 +7,7 @@ same transaction and sent after commit.
 
 from __future__ import annotations
 
-from datetime import datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 from allauth.account.models import EmailAddress
@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from accounts.models import User
 from accounts.selectors import users_blocked_between
+from billing.pricing import format_money
 from rooms import emails, selectors
 from rooms.availability import Slot, candidate_slots
 from rooms.errors import BookingRefused, InvalidTransition, RoomsError, SlotTaken
@@ -124,6 +125,8 @@ def group_room_publish(expert: User, offering: Offering, starts_at: datetime) ->
         raise RoomsError("Only approved experts can sell sessions.")
     _booking_check_offering(offering, group=True)
     now = timezone.now()
+    # Arithmetic on an aware local datetime is wall-clock arithmetic (wrong across DST).
+    starts_at = starts_at.astimezone(UTC)
     if starts_at <= now:
         raise BookingRefused("That time has already passed. Pick a time in the future.")
     if starts_at > now + timedelta(days=offering.horizon_days):
@@ -208,9 +211,11 @@ def seat_confirm(seat_id: int, *, actor: User | None = None) -> Seat:
     """
     now = timezone.now()
     with transaction.atomic():
-        seat = Seat.objects.select_for_update().select_related("room").get(pk=seat_id)
+        seat = Seat.objects.select_for_update(of=("self",)).select_related("room").get(pk=seat_id)
         if seat.state == SeatState.CONFIRMED:
             return seat
+        if seat.state == SeatState.CANCELED:
+            raise BookingRefused("This booking was canceled; it cannot be confirmed.")
         if seat.state != SeatState.RESERVED or seat.reserved_until <= now:
             raise BookingRefused(
                 "This reservation expired before it was confirmed, and the time was released. "
@@ -233,12 +238,19 @@ def reservations_expire(now: datetime | None = None) -> int:
     return expired
 
 
-def seat_cancel(seat_id: int, *, actor: User) -> Seat:
-    """The client cancels their seat. The policy decides the fee; a private room is freed."""
+def seat_cancel(seat_id: int, *, actor: User, expected_fee_minor: int | None = None) -> Seat:
+    """The client cancels their seat. The policy decides the fee; a private room is freed.
+
+    `expected_fee_minor` is the fee the client was shown; if the clock crossed the free
+    cancellation deadline since, the client is asked again instead of charged by surprise.
+    """
     now = timezone.now()
     with transaction.atomic():
-        seat = Seat.objects.select_for_update().select_related("room").get(pk=seat_id)
-        room = seat.room
+        # Locks are taken room first, then seats, everywhere: no two writers wait in a circle.
+        room_id = Seat.objects.values_list("room_id", flat=True).get(pk=seat_id)
+        room = Room.objects.select_for_update().get(pk=room_id)
+        seat = Seat.objects.select_for_update().get(pk=seat_id)
+        seat.room = room
         if seat.client_id != actor.pk:
             raise RoomsError("Only the client who booked this seat can cancel it.")
         if seat.state not in (SeatState.RESERVED, SeatState.CONFIRMED):
@@ -247,6 +259,11 @@ def seat_cancel(seat_id: int, *, actor: User) -> Seat:
             raise InvalidTransition("The session has started; it can no longer be canceled.")
         hours_before = (room.starts_at - now).total_seconds() / 3600
         fee = selectors.seat_cancellation_fee(seat, now)
+        if expected_fee_minor is not None and fee != expected_fee_minor:
+            raise InvalidTransition(
+                f"The cancellation fee is now {format_money(fee, room.currency)}: the free "
+                "cancellation period ended while the page was open. Review and confirm again."
+            )
         was_confirmed = seat.state == SeatState.CONFIRMED
         _seat_transition(
             seat,
@@ -292,6 +309,7 @@ def room_cancel_by_expert(room_id: int, *, actor: User) -> Room:
                 cancel_reason="expert_canceled",
                 cancel_fee_minor=0,
             )
+            _event(room, "seat_canceled", actor, seat=seat.pk, fee_minor=0, rule="expert canceled")
             if was_confirmed:
                 emails.booking_canceled(seat, by_expert=True)
     return room
@@ -314,9 +332,13 @@ def seat_reschedule(seat_id: int, *, actor: User, new_start: datetime) -> Room:
             "(with the late fee) but not moved."
         )
     offering = room.offering
-    slot = _slot_check_policy(offering, new_start, now)
-    policy = selectors.offering_policy(offering)
-    blocked_from, blocked_until = slot.blocked_range(policy.buffer_before, policy.buffer_after)
+    # The new start must be one the offering offers now; the session keeps the length and
+    # buffers it was booked with (an edited offering never changes a booked client's terms).
+    _slot_check_policy(offering, new_start, now)
+    slot = Slot(new_start, new_start + (room.ends_at - room.starts_at))
+    blocked_from, blocked_until = slot.blocked_range(
+        room.starts_at - room.blocked_from, room.blocked_until - room.ends_at
+    )
     try:
         with transaction.atomic():
             _expert_calendar_lock(offering.expert)
@@ -362,11 +384,15 @@ def reminders_queue(now: datetime | None = None) -> int:
     """Queue the 24 h and 15 min reminders that are due (beat, every minute; idempotent)."""
     now = now or timezone.now()
     queued = 0
-    for label, lead in emails.REMINDERS.items():
+    leads = sorted(emails.REMINDERS.items(), key=lambda item: item[1])
+    for index, (label, lead) in enumerate(leads):
+        # A reminder is due until the next, shorter one takes over: after a worker outage the
+        # day-before reminder is not sent ten minutes before the start.
+        shorter = leads[index - 1][1] if index else timedelta(0)
         due = Seat.objects.filter(
             state=SeatState.CONFIRMED,
             room__state__in=(RoomState.SCHEDULED, RoomState.OPEN),
-            room__starts_at__gt=now,
+            room__starts_at__gt=now + shorter,
             room__starts_at__lte=now + lead,
             # A booking made inside the reminder's lead time already got its confirmation.
             confirmed_at__lt=F("room__starts_at") - lead,
@@ -492,6 +518,8 @@ def _seats_expire_stale(seats: Any, now: datetime) -> int:
     for seat in seats.filter(state=SeatState.RESERVED, reserved_until__lte=now).select_related(
         "room"
     ):
+        # Room first, then seat: the lock order every writer follows.
+        seat.room = Room.objects.select_for_update().get(pk=seat.room_id)
         changed = Seat.objects.filter(
             pk=seat.pk, state=SeatState.RESERVED, reserved_until__lte=now
         ).update(state=SeatState.EXPIRED)
@@ -530,7 +558,8 @@ def _seat_transition(seat: Seat, target: str, **fields: Any) -> None:
     sources = [state for state, targets in SEAT_TRANSITIONS.items() if target in targets]
     changed = Seat.objects.filter(pk=seat.pk, state__in=sources).update(state=target, **fields)
     if changed != 1:
-        raise InvalidTransition(f"This booking is already {seat.get_state_display().lower()}.")
+        current = Seat.objects.values_list("state", flat=True).get(pk=seat.pk)
+        raise InvalidTransition(f"This booking is already {SeatState(current).label.lower()}.")
     seat.state = target
     for name, value in fields.items():
         setattr(seat, name, value)

@@ -49,6 +49,12 @@ def join(request: HttpRequest, room_id: int) -> HttpResponse:
     user = _user(request)
     seat = Seat.objects.holding_place().filter(room=room, client=user).first()
     if room.expert_id != user.pk and seat is None:
+        former = Seat.objects.filter(room=room, client=user).order_by("-pk").first()
+        if former is not None:
+            raise PermissionDenied(
+                f"Your booking of this session is {former.get_state_display().lower()}, so "
+                "this link no longer admits you. Your sessions page lists what you have booked."
+            )
         raise PermissionDenied(
             "This link is for the expert and the clients booked into this session. If you "
             "booked it, sign in with the account you booked with."
@@ -105,7 +111,8 @@ def _week_window(request: HttpRequest) -> tuple[date, datetime, datetime]:
         first = date.fromisoformat(request.GET.get("from", ""))
     except ValueError:
         first = today
-    first = max(first, today)
+    # Nothing is bookable beyond a year; clamping also keeps date arithmetic in range.
+    first = min(max(first, today), today + timedelta(days=366))
     start = datetime.combine(first, time.min, tzinfo=zone)
     return first, start, datetime.combine(first + timedelta(days=7), time.min, tzinfo=zone)
 
@@ -205,7 +212,13 @@ def seat_confirm(request: HttpRequest, seat_id: int) -> HttpResponse:
             services.seat_confirm(seat.pk, actor=_user(request))
         except RoomsError as error:
             messages.error(request, str(error))
-            return render(request, "rooms/seat_confirm.html", {"seat": seat}, status=409)
+            seat.refresh_from_db()
+            return render(
+                request,
+                "rooms/seat_confirm.html",
+                {"seat": seat, "expired": selectors.seat_is_expired(seat)},
+                status=409,
+            )
         messages.success(
             request, "Booked. A confirmation with a calendar invitation is on its way."
         )
@@ -223,7 +236,11 @@ def seat_cancel(request: HttpRequest, seat_id: int) -> HttpResponse:
     seat = _own_seat(request, seat_id)
     if request.method == "POST":
         try:
-            services.seat_cancel(seat.pk, actor=_user(request))
+            expected = int(request.POST.get("expected_fee_minor", ""))
+        except ValueError:
+            expected = None
+        try:
+            services.seat_cancel(seat.pk, actor=_user(request), expected_fee_minor=expected)
         except RoomsError as error:
             messages.error(request, str(error))
             return redirect("rooms:dashboard")
@@ -308,7 +325,7 @@ def expert_offerings(request: HttpRequest) -> HttpResponse:
         "rooms/expert_offerings.html",
         {
             "offerings": Offering.objects.filter(expert=expert),
-            "group_form": GroupSessionForm(),
+            "zone": selectors.expert_zone(expert),
         },
     )
 
@@ -402,7 +419,8 @@ def expert_availability(request: HttpRequest) -> HttpResponse:
 @require_POST
 def override_delete(request: HttpRequest, override_id: int) -> HttpResponse:
     expert = _approved_expert(request)
-    services.availability_override_delete(expert, override_id)
+    override = get_object_or_404(AvailabilityOverride, pk=override_id, expert=expert)
+    services.availability_override_delete(expert, override.pk)
     messages.success(request, "Date removed.")
     return redirect("rooms:expert_availability")
 
@@ -412,15 +430,13 @@ def override_delete(request: HttpRequest, override_id: int) -> HttpResponse:
 def group_session_publish(request: HttpRequest, offering_id: int) -> HttpResponse:
     expert = _approved_expert(request)
     offering = get_object_or_404(Offering, pk=offering_id, expert=expert)
-    form = GroupSessionForm(request.POST)
+    # The expert types a wall-clock time in the zone their availability is kept in.
+    form = GroupSessionForm(request.POST, zone=selectors.expert_zone(expert))
     if not form.is_valid():
-        messages.error(request, "Enter the date and time of the session.")
+        messages.error(request, str(form.errors["starts_at"][0]))
         return redirect("rooms:expert_offerings")
-    # The expert types a wall-clock time in their own zone.
-    local = form.cleaned_data["starts_at"].replace(tzinfo=None)
-    starts_at = local.replace(tzinfo=selectors.expert_zone(expert))
     try:
-        services.group_room_publish(expert, offering, starts_at)
+        services.group_room_publish(expert, offering, form.cleaned_data["starts_at"])
     except RoomsError as error:
         messages.error(request, str(error))
     else:

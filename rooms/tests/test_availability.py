@@ -9,13 +9,13 @@ after and keeping the UTC instants that read back as that wall-clock time.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from itertools import pairwise
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from rooms.availability import (
@@ -24,6 +24,7 @@ from rooms.availability import (
     Slot,
     WeeklyInterval,
     bookable_slots,
+    candidate_slots,
     find_slot,
     local_to_utc,
     overlaps,
@@ -243,40 +244,178 @@ class Scenario:
             now=self.now,
         )
 
+    def earliest(self) -> datetime:
+        return max(self.window_start, self.now + self.policy.notice)
+
+    def latest(self) -> datetime:
+        return min(self.window_end, self.now + self.policy.horizon)
+
+    def local_days(self) -> tuple[date, date]:
+        """The expert's local days the window touches, a day either side."""
+        return (
+            self.window_start.astimezone(self.zone).date() - timedelta(days=1),
+            self.window_end.astimezone(self.zone).date() + timedelta(days=1),
+        )
+
+    def rule_slots(self) -> list[Slot]:
+        """Every slot the rules offer on the window's local days, before any filter."""
+        first_day, last_day = self.local_days()
+        return candidate_slots(
+            zone=self.zone,
+            first_day=first_day,
+            last_day=last_day,
+            weekly=self.weekly,
+            overrides=self.overrides,
+            length=self.policy.length,
+        )
+
+
+LAST_GRID_MINUTE = 287 * 5  # 23:55, the last five-minute mark of a day
+NEAR_MISS = minutes(5)
+
+
+def whole_minutes(delta: timedelta) -> int:
+    return int(delta.total_seconds()) // 60
+
+
+def up_to_grid(minute_of_day: int) -> int:
+    return -(-minute_of_day // 5) * 5
+
+
+@st.composite
+def working_spans(draw: st.DrawFn, length: timedelta) -> tuple[time, time]:
+    """A wall-clock interval on a five-minute grid that holds one to eight slots of `length`;
+    half of them start in the small hours, where the DST changes happen."""
+    step = whole_minutes(length)
+    latest_start = LAST_GRID_MINUTE - step
+    night = draw(st.booleans())
+    start = draw(st.integers(0, min(latest_start, 4 * 60 if night else latest_start) // 5)) * 5
+    end = start + step * draw(st.integers(1, 8)) + draw(st.integers(0, step - 1))
+    # start + step <= 23:55, so rounding up to the grid and capping keeps at least one slot.
+    return clock(start), clock(min(up_to_grid(end), LAST_GRID_MINUTE))
+
+
+@st.composite
+def working_weeks(draw: st.DrawFn, length: timedelta) -> list[WeeklyInterval]:
+    """One to three working intervals, each every day or on three or more weekdays."""
+    rules: list[WeeklyInterval] = []
+    for start, end in draw(st.lists(working_spans(length), min_size=1, max_size=3)):
+        weekdays = draw(
+            st.one_of(
+                st.just(frozenset(range(7))),
+                st.frozensets(st.integers(min_value=0, max_value=6), min_size=3),
+            )
+        )
+        rules += [WeeklyInterval(weekday, start, end) for weekday in sorted(weekdays)]
+    return rules
+
+
+@st.composite
+def busy_near(
+    draw: st.DrawFn, slot: Slot, buffer_before: timedelta, buffer_after: timedelta
+) -> tuple[datetime, datetime]:
+    """A busy range ending or starting within a few minutes of the slot's buffered range (on
+    either side of the edge, touching it included), or lying across the slot itself."""
+    blocked_from, blocked_until = slot.blocked_range(buffer_before, buffer_after)
+    nudge = minutes(draw(st.integers(-3, 3)))
+    duration = minutes(draw(st.integers(1, 240)))
+    where = draw(st.sampled_from(("ends at its start", "starts at its end", "across it")))
+    if where == "ends at its start":
+        return blocked_from + nudge - duration, blocked_from + nudge
+    if where == "starts at its end":
+        return blocked_until + nudge, blocked_until + nudge + duration
+    length = whole_minutes(slot.ends_at - slot.starts_at)
+    start = slot.starts_at + minutes(draw(st.integers(-length, length)))
+    return start, start + duration
+
 
 @st.composite
 def scenarios(draw: st.DrawFn) -> Scenario:
-    """An expert's rules, a policy, booked (already buffered) ranges, a window and a now."""
+    """An expert's rules, a policy, booked (already buffered) ranges, a window and a now.
+
+    Most scenarios leave room for slots: rules that fit the slot length, a window of one to
+    seven days, a horizon past the notice. One in eight draws every part freely (no rules, a
+    horizon shorter than the notice, an empty window …), so the edge cases stay. Busy ranges
+    are mostly put on the edges of slots the rules offer, a few minutes either way, so the
+    buffer and overlap checks both remove and keep slots.
+    """
     name = draw(zone_names)
     day = draw(dates_near_transitions(name))
     now = datetime.combine(day, time(0), tzinfo=UTC) + minutes(draw(st.integers(0, 1439)))
-    window_start = now + minutes(draw(st.integers(-3 * 1440, 4 * 1440)))
-    span = draw(st.integers(0, 7 * 1440))
-    window_end = window_start + minutes(span)
-    busy = [
-        (start, start + minutes(draw(st.integers(1, 600))))
-        for start in (
-            window_start + minutes(offset)
-            for offset in draw(st.lists(st.integers(-600, span + 600), max_size=6))
-        )
-    ]
-    policy = Policy(
-        length=draw(lengths),
-        notice=minutes(draw(st.integers(0, 3 * 1440))),
-        horizon=minutes(draw(st.integers(0, 12 * 1440))),
-        buffer_before=minutes(draw(st.integers(0, 120))),
-        buffer_after=minutes(draw(st.integers(0, 120))),
-    )
-    return Scenario(
+    length = draw(lengths)
+    buffer_before = minutes(draw(st.integers(0, 120)))
+    buffer_after = minutes(draw(st.integers(0, 120)))
+    if draw(st.sampled_from((False,) * 7 + (True,))):  # one in eight: anything goes
+        window_start = now + minutes(draw(st.integers(-3 * 1440, 4 * 1440)))
+        window_end = window_start + minutes(draw(st.integers(0, 7 * 1440)))
+        notice = minutes(draw(st.integers(0, 3 * 1440)))
+        horizon = minutes(draw(st.integers(0, 12 * 1440)))
+        weekly = draw(weekly_rules())
+    else:
+        # The window and the horizon both reach a day or more past the earliest start the
+        # window and the notice allow; either may end first.
+        window_start = now + minutes(draw(st.integers(-1440, 3 * 1440)))
+        notice = minutes(draw(st.integers(0, 2 * 1440)))
+        earliest = max(window_start, now + notice)
+        window_end = earliest + minutes(draw(st.integers(1440, 7 * 1440)))
+        horizon = earliest - now + minutes(draw(st.integers(1440, 8 * 1440)))
+        weekly = draw(working_weeks(length))
+    scenario = Scenario(
         zone=zone_of(name),
         window_start=window_start,
         window_end=window_end,
-        weekly=draw(weekly_rules()),
-        overrides=draw(date_overrides(day - timedelta(days=4), 14)),
-        policy=policy,
-        busy=busy,
+        weekly=weekly,
+        overrides=draw(date_overrides(day - timedelta(days=2), 12)),
+        policy=Policy(length, notice, horizon, buffer_before, buffer_after),
+        busy=[],
         now=now,
     )
+    # Busy ranges on the edges of slots the rules offer, preferably of slots the window, the
+    # notice and the horizon let through.
+    offered = scenario.rule_slots()
+    targets = [
+        slot for slot in offered if scenario.earliest() <= slot.starts_at < scenario.latest()
+    ] or offered
+    near = st.lists(st.sampled_from(targets), min_size=1, max_size=4) if targets else st.just([])
+    busy = [draw(busy_near(slot, buffer_before, buffer_after)) for slot in draw(near)]
+    span = whole_minutes(window_end - window_start)
+    busy += [
+        (start, start + minutes(draw(st.integers(1, 600))))
+        for start in (
+            window_start + minutes(offset)
+            for offset in draw(st.lists(st.integers(-600, span + 600), max_size=2))
+        )
+    ]
+    return replace(scenario, busy=busy)
+
+
+def coverage(scenario: Scenario) -> list[str]:
+    """What a scenario exercises, for hypothesis.event and the share checks below."""
+    slots = scenario.slots()
+    labels = ["slots offered" if slots else "no slot offered"]
+    if len(replace(scenario, busy=[]).slots()) > len(slots):
+        labels.append("a busy range removed a slot")
+
+    def near_miss(slot: Slot) -> bool:
+        policy = scenario.policy
+        blocked_from, blocked_until = slot.blocked_range(policy.buffer_before, policy.buffer_after)
+        return any(
+            timedelta(0) <= max(busy_from - blocked_until, blocked_from - busy_until) <= NEAR_MISS
+            for busy_from, busy_until in scenario.busy
+        )
+
+    if any(near_miss(slot) for slot in slots):
+        labels.append("a slot kept with a busy range within 5 minutes of its buffers")
+    first_day, last_day = scenario.local_days()
+    changes = SPRING_FORWARD[scenario.zone.key] + FALL_BACK[scenario.zone.key]
+    if any(first_day <= change <= last_day for change in changes):
+        labels.append("window near a DST change")
+    return labels
+
+
+def note_coverage(scenario: Scenario) -> None:
+    for label in coverage(scenario):
+        event(label)
 
 
 @dataclass(frozen=True)

@@ -252,6 +252,17 @@ class Room(models.Model):
             return self.price_minor * minutes
         return self.price_minor
 
+    @property
+    def cancel_reason_display(self) -> str:
+        return CANCEL_REASONS.get(self.cancel_reason, self.cancel_reason.replace("_", " "))
+
+
+CANCEL_REASONS = {
+    "client_canceled": "by the client",
+    "expert_canceled": "by the expert",
+    "reservation_expired": "the reservation expired unpaid",
+}
+
 
 class RoomEvent(models.Model):
     """Append-only history of a room: transitions, bookings, cancellations, reschedules."""

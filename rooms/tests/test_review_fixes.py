@@ -207,3 +207,21 @@ def test_removing_another_experts_date_is_not_found() -> None:
     response = _signed_in(other).post(reverse("rooms:override_delete", args=[override.pk]))
     assert response.status_code == 404
     assert AvailabilityOverride.objects.filter(pk=override.pk).exists()
+
+
+def test_an_expert_cannot_cancel_a_session_that_has_started(offering: Offering) -> None:
+    seat = services.seat_confirm(services.booking_reserve(UserFactory.create(), offering, SLOT).pk)
+    with (
+        time_machine.travel(SLOT + dt.timedelta(minutes=1), tick=False),
+        pytest.raises(InvalidTransition, match="has started or ended"),
+    ):
+        services.room_cancel_by_expert(seat.room_id, actor=offering.expert)
+    assert Room.objects.get(pk=seat.room_id).state == RoomState.SCHEDULED
+
+
+def test_a_group_seat_cannot_be_moved(group: Offering) -> None:
+    client = UserFactory.create()
+    room = services.group_room_publish(group.expert, group, SLOT)
+    seat = services.seat_confirm(services.group_seat_reserve(client, room.pk).pk)
+    with pytest.raises(InvalidTransition, match="Group sessions cannot be moved"):
+        services.seat_reschedule(seat.pk, actor=client, new_start=SLOT + dt.timedelta(days=1))

@@ -234,3 +234,10 @@ def test_an_expert_publishes_a_group_session_in_their_own_zone() -> None:
     room = Room.objects.get(offering=group)
     assert room.starts_at == dt.datetime(2026, 12, 10, 17, 0, tzinfo=UTC)
     assert room.capacity == 3
+
+
+def test_the_dashboard_says_who_canceled(offering: Offering, client_user: User) -> None:
+    seat = services.seat_confirm(services.booking_reserve(client_user, offering, SLOT).pk)
+    services.seat_cancel(seat.pk, actor=client_user)
+    page = _signed_in(offering.expert).get(reverse("rooms:dashboard")).content.decode()
+    assert "Canceled (by the client)" in page

@@ -13,7 +13,7 @@ from typing import Any
 from allauth.account.models import EmailAddress
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from accounts.models import User
@@ -23,6 +23,7 @@ from rooms import emails, selectors
 from rooms.availability import Slot, candidate_slots
 from rooms.errors import BookingRefused, InvalidTransition, RoomsError, SlotTaken
 from rooms.models import (
+    HOLDING_STATES,
     ROOM_TRANSITIONS,
     SEAT_TRANSITIONS,
     AvailabilityOverride,
@@ -299,7 +300,7 @@ def room_cancel_by_expert(room_id: int, *, actor: User) -> Room:
         if room.state not in (RoomState.SCHEDULED, RoomState.OPEN) or room.starts_at <= now:
             raise InvalidTransition("This session has started or ended; it cannot be canceled.")
         _room_transition(room, RoomState.CANCELED, actor, reason="expert_canceled")
-        seats = list(Seat.objects.select_for_update().filter(room=room, state__in=HOLDING))
+        seats = list(Seat.objects.select_for_update().filter(room=room, state__in=HOLDING_STATES))
         for seat in seats:
             was_confirmed = seat.state == SeatState.CONFIRMED
             _seat_transition(
@@ -403,8 +404,6 @@ def reminders_queue(now: datetime | None = None) -> int:
 
 
 # --- Internals -----------------------------------------------------------------------------
-
-HOLDING = (SeatState.RESERVED, SeatState.CONFIRMED)
 
 
 def _terms(offering: Offering) -> dict[str, Any]:
@@ -511,7 +510,7 @@ def _rooms_release_stale(expert: User, start: datetime, end: datetime, now: date
     _seats_expire_stale(stale, now)
 
 
-def _seats_expire_stale(seats: Any, now: datetime) -> int:
+def _seats_expire_stale(seats: QuerySet[Seat], now: datetime) -> int:
     """Expire the given seats that are reservations past their time; cancel their private
     rooms. Conditional UPDATEs: a sweep and a booking doing this at once expire each seat once."""
     expired = 0

@@ -77,8 +77,8 @@ def join(request: HttpRequest, room_id: int) -> HttpResponse:
 def dashboard(request: HttpRequest) -> HttpResponse:
     user = _user(request)
     now = timezone.now()
-    seats = Seat.objects.filter(client=user).select_related("room", "room__expert")
-    rooms = Room.objects.filter(expert=user).prefetch_related("seats__client")
+    seats = selectors.client_seats(user)
+    rooms = selectors.expert_rooms(user)
     live = (RoomState.SCHEDULED, RoomState.OPEN, RoomState.LIVE)
     return render(
         request,

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from accounts.choices import CURRENCIES
+
+# A call shorter than this (connected time) is free.
+FREE_SECONDS = 60
 
 
 def format_money(amount_minor: int, currency: str) -> str:
@@ -29,3 +34,69 @@ def cancellation_fee(
     if hours_before_start >= free_hours:
         return 0
     return percent_of(max_amount_minor, late_fee_percent)
+
+
+@dataclass(frozen=True)
+class CallCharge:
+    """What a call costs, and why: the rule and a sentence a person can check."""
+
+    amount_minor: int
+    rule: str
+    explanation: str
+
+
+def call_charge(
+    *,
+    pricing: str,
+    price_minor: int,
+    cap_minor: int,
+    billable_seconds: int,
+    outcome: str = "completed",
+    no_show_fee_percent: int = 0,
+) -> CallCharge:
+    """Price one seat of a closed call (PRODUCT.md, What is billed).
+
+    `pricing` is "fixed" (price_minor is the price) or "per_minute" (price_minor is the rate per
+    started minute, `cap_minor` the most it may cost). `outcome` is "completed",
+    "client_no_show" (the no-show fee of the cap) or "expert_no_show" (nothing).
+    """
+    if pricing not in ("fixed", "per_minute"):
+        raise ValueError(f"unknown pricing {pricing!r}")
+    if min(price_minor, cap_minor, billable_seconds) < 0:
+        raise ValueError("amounts and seconds must be ≥ 0")
+    if outcome == "expert_no_show":
+        return CallCharge(0, "expert_no_show", "The expert did not join: nothing is charged.")
+    if outcome == "client_no_show":
+        fee = percent_of(cap_minor, no_show_fee_percent)
+        return CallCharge(
+            fee,
+            "client_no_show",
+            f"No-show: {no_show_fee_percent}% of {cap_minor} = {fee}.",
+        )
+    if outcome != "completed":
+        raise ValueError(f"unknown outcome {outcome!r}")
+    if billable_seconds < FREE_SECONDS:
+        return CallCharge(
+            0,
+            "under_a_minute",
+            f"{billable_seconds} s connected, under {FREE_SECONDS} s: nothing is charged.",
+        )
+    if pricing == "fixed":
+        amount = min(price_minor, cap_minor)
+        return CallCharge(
+            amount, "fixed", f"{billable_seconds} s connected: the fixed price {amount}."
+        )
+    minutes = -(-billable_seconds // 60)  # every started minute counts
+    amount = min(cap_minor, price_minor * minutes)
+    capped = " (capped)" if amount < price_minor * minutes else ""
+    return CallCharge(
+        amount,
+        "per_minute",
+        f"{billable_seconds} s connected = {minutes} started min × {price_minor} = "
+        f"{price_minor * minutes}{capped} → {amount}.",
+    )
+
+
+def platform_fee(amount_minor: int, percent: int) -> int:
+    """The platform's share of a settled amount; the expert is paid the rest."""
+    return percent_of(amount_minor, percent)

@@ -17,6 +17,15 @@ app.conf.beat_schedule = {
     # Reservations are also ignored at read time once past; the sweep frees their rooms.
     "rooms-reservations-expire": {"task": "rooms.tasks.reservations_expire", "schedule": 30.0},
     "rooms-reminders-queue": {"task": "rooms.tasks.reminders_queue", "schedule": 60.0},
+    # Payment commands and webhook events whose task was lost, or that wait for a retry.
+    "billing-commands-send-due": {"task": "billing.tasks.commands_send_due", "schedule": 30.0},
+    "billing-webhooks-process-pending": {
+        "task": "billing.tasks.webhooks_process_pending",
+        "schedule": 60.0,
+    },
+    # Holds for sessions booked far ahead are placed a day before; payouts after 72 h.
+    "billing-holds-place-due": {"task": "billing.tasks.holds_place_due", "schedule": 60.0},
+    "billing-payouts-due-create": {"task": "billing.tasks.payouts_due_create", "schedule": 600.0},
     "accounts-email-sweep-unsent": {
         "task": "accounts.tasks.email_sweep_unsent",
         "schedule": 60.0,

@@ -215,6 +215,18 @@ PAYMENT_PROVIDER = env_choice(
 )
 if PAYMENT_PROVIDER == "stripe" and not STRIPE_SECRET_KEY:
     raise ImproperlyConfigured("PAYMENT_PROVIDER=stripe needs STRIPE_SECRET_KEY.")
+# The platform's share of every settled amount (Clarity.fm's 15 %); the expert gets the rest.
+PLATFORM_FEE_PERCENT = env_int("PLATFORM_FEE_PERCENT", 15)
+# Experts are paid this long after the settlement, if no dispute is open (the dispute window).
+PAYOUT_DELAY_HOURS = env_int("PAYOUT_DELAY_HOURS", 72)
+# Card holds lapse after about 7 days (5 for Visa merchant-initiated): sessions further out
+# than this save the card and place the hold HOLD_BEFORE_HOURS before the start.
+HOLD_LATER_AFTER_DAYS = env_int("HOLD_LATER_AFTER_DAYS", 6)
+HOLD_BEFORE_HOURS = env_int("HOLD_BEFORE_HOURS", 24)
+# A seat whose hold is still not placed this long before the start is released.
+UNPAID_RELEASE_BEFORE_HOURS = env_int("UNPAID_RELEASE_BEFORE_HOURS", 2)
+# How long one worker owns a payment command while it talks to the provider.
+PAYMENT_COMMAND_LEASE_SECONDS = env_int("PAYMENT_COMMAND_LEASE_SECONDS", 60)
 
 # --- WebRTC ICE servers ---------------------------------------------------------------------
 STUN_URLS = env_list("STUN_URLS")
@@ -274,7 +286,11 @@ LOGGING: dict[str, Any] = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "INFO"}},
+    "loggers": {
+        "django.db.backends": {"level": "INFO"},
+        # The stripe package logs every request at INFO; its errors reach our own logs.
+        "stripe": {"level": "WARNING"},
+    },
 }
 
 # --- Health ---------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ urlpatterns = [
     path("accounts/", include("allauth.urls")),
     path("", include("accounts.urls")),
     path("", include("rooms.urls")),
+    path("", include("billing.urls")),
 ]
 
 handler400 = errors.bad_request

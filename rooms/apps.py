@@ -4,3 +4,6 @@ from django.apps import AppConfig
 class RoomsConfig(AppConfig):
     name = "rooms"
     verbose_name = "Rooms and calls"
+
+    def ready(self) -> None:
+        from rooms import receivers  # noqa: F401 - connects billing's signals

@@ -322,6 +322,10 @@ class Seat(models.Model):
     cancel_reason = models.CharField(max_length=40, blank=True)
     # What the cancellation policy decided the client owes (minor units of the room currency).
     cancel_fee_minor = models.PositiveIntegerField(default=0)
+    # The hold that pays for the seat; billing knows payments, the seat knows its payment.
+    payment = models.OneToOneField(
+        "billing.Payment", null=True, blank=True, on_delete=models.PROTECT, related_name="seat"
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     objects = SeatQuerySet.as_manager()

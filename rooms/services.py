@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from allauth.account.models import EmailAddress
 from django.conf import settings
@@ -18,6 +19,9 @@ from django.utils import timezone
 
 from accounts.models import User
 from accounts.selectors import users_blocked_between
+from billing import selectors as billing_selectors
+from billing import services as billing
+from billing.models import Payment
 from billing.pricing import format_money
 from rooms import emails, selectors
 from rooms.availability import Slot, candidate_slots
@@ -111,7 +115,12 @@ def booking_reserve(client: User, offering: Offering, slot_start: datetime) -> S
     try:
         with transaction.atomic():
             room = _room_create(offering, slot, RoomKind.PRIVATE, now)
-            seat = Seat.objects.create(room=room, client=client, reserved_until=_hold_until(now))
+            seat = Seat.objects.create(
+                room=room,
+                client=client,
+                reserved_until=_hold_until(now),
+                payment=_payment_open(room, client, now),
+            )
             _event(room, "booked", client, seat=seat.pk, starts_at=slot.starts_at.isoformat())
     except SlotTaken:
         raise SlotTaken(_alternatives(offering, slot_start)) from None
@@ -200,15 +209,66 @@ def group_seat_reserve(client: User, room_id: int) -> Seat:
             raise BookingRefused("You already have a seat in this session.")
         if selectors.seats_holding(room) >= room.capacity:
             raise BookingRefused("This session is full.")
-        seat = Seat.objects.create(room=room, client=client, reserved_until=_hold_until(now))
+        seat = Seat.objects.create(
+            room=room,
+            client=client,
+            reserved_until=_hold_until(now),
+            payment=_payment_open(room, client, now),
+        )
         _event(room, "seat_reserved", client, seat=seat.pk)
     return seat
 
 
-def seat_confirm(seat_id: int, *, actor: User | None = None) -> Seat:
-    """Payment arrived for a reservation: the seat is the client's. Safe to call twice.
+def _payment_open(room: Room, client: User, now: datetime) -> Payment:
+    """The payment a new seat waits for: a hold of the seat's maximum, placed now, or for a
+    session further out than a card hold lasts, a saved card and a hold placed later."""
+    hold_at = None
+    if room.starts_at - now > timedelta(days=settings.HOLD_LATER_AFTER_DAYS):
+        hold_at = room.starts_at - timedelta(hours=settings.HOLD_BEFORE_HOURS)
+    return billing.payment_open(
+        payer=client,
+        payee=room.expert,
+        amount_minor=room.max_amount_minor,
+        currency=room.currency,
+        description=f"{room.title} with {room.expert.display_name}, "
+        f"{room.starts_at:%Y-%m-%d %H:%M} UTC",
+        hold_at=hold_at,
+    )
 
-    This is the seam the payment provider calls once the hold is authorised.
+
+def seat_payment_authorized(payment: Payment) -> None:
+    """billing: the seat's hold is authorized. Confirm the seat, or if it can no longer be
+    confirmed (the reservation expired or was canceled meanwhile), give the hold back."""
+    seat = Seat.objects.filter(payment=payment).first()
+    if seat is None:
+        return
+    try:
+        seat_confirm(seat.pk)
+    except BookingRefused as error:
+        billing.payment_release(payment, reason=f"the seat could not be confirmed: {error}")
+
+
+def seat_payment_card_saved(payment: Payment) -> None:
+    """billing: the card is saved and the hold will be placed later. The seat stays reserved
+    until a little before the start; if the hold is still missing then, it is released."""
+    seat = Seat.objects.select_related("room").filter(payment=payment).first()
+    if seat is None:
+        return
+    with transaction.atomic():
+        release_at = seat.room.starts_at - timedelta(hours=settings.UNPAID_RELEASE_BEFORE_HOURS)
+        changed = Seat.objects.filter(
+            pk=seat.pk, state=SeatState.RESERVED, reserved_until__gt=timezone.now()
+        ).update(reserved_until=release_at)
+        if changed:
+            _event(seat.room, "card_saved", seat.client, seat=seat.pk, hold_at=str(payment.hold_at))
+        else:
+            billing.payment_release(payment, reason="the reservation had already ended")
+
+
+def seat_confirm(seat_id: int, *, actor: User | None = None) -> Seat:
+    """The hold is authorized for a reservation: the seat is the client's. Safe to call twice.
+
+    Called by billing's `payment_authorized` signal (see `seat_payment_authorized`).
     """
     now = timezone.now()
     with transaction.atomic():
@@ -247,8 +307,9 @@ def seat_cancel(seat_id: int, *, actor: User, expected_fee_minor: int | None = N
     """
     now = timezone.now()
     with transaction.atomic():
-        # Locks are taken room first, then seats, everywhere: no two writers wait in a circle.
-        room_id = Seat.objects.values_list("room_id", flat=True).get(pk=seat_id)
+        # Locks are taken payment, room, then seats, everywhere: no two writers wait in a circle.
+        room_id, payment_id = Seat.objects.values_list("room_id", "payment_id").get(pk=seat_id)
+        billing.payments_lock([payment_id])
         room = Room.objects.select_for_update().get(pk=room_id)
         seat = Seat.objects.select_for_update().get(pk=seat_id)
         seat.room = room
@@ -285,15 +346,51 @@ def seat_cancel(seat_id: int, *, actor: User, expected_fee_minor: int | None = N
         )
         if room.kind == RoomKind.PRIVATE:
             _room_transition(room, RoomState.CANCELED, actor, reason="client_canceled")
+        _seat_money_on_cancel(seat, room, fee, actor, hours_before)
         if was_confirmed:
             emails.booking_canceled(seat, by_expert=False)
     return seat
+
+
+def _seat_money_on_cancel(
+    seat: Seat, room: Room, fee: int, actor: User | None, hours_before: float
+) -> None:
+    """The cancellation's money, in its transaction: the late fee captured, or a release."""
+    if seat.payment is None:
+        return
+    if fee == 0:
+        billing.payment_release(seat.payment, reason=seat.cancel_reason, actor=actor)
+        return
+    billing.payment_settle(
+        seat.payment,
+        amount_minor=fee,
+        currency=room.currency,
+        rule="late_cancel",
+        inputs={
+            "hours_before_start": round(hours_before, 2),
+            "free_hours": settings.FREE_CANCELLATION_HOURS,
+            "late_cancel_fee_percent": room.late_cancel_fee_percent,
+            "max_amount_minor": room.max_amount_minor,
+        },
+        explanation=f"Canceled {hours_before:.1f} h before the start (free until "
+        f"{settings.FREE_CANCELLATION_HOURS} h): {room.late_cancel_fee_percent}% of "
+        f"{format_money(room.max_amount_minor, room.currency)} = "
+        f"{format_money(fee, room.currency)}.",
+        actor=actor,
+    )
 
 
 def room_cancel_by_expert(room_id: int, *, actor: User) -> Room:
     """The expert cancels: every client is released in full and told, with a way to rebook."""
     now = timezone.now()
     with transaction.atomic():
+        billing.payments_lock(
+            list(
+                Seat.objects.filter(room_id=room_id, state__in=HOLDING_STATES).values_list(
+                    "payment_id", flat=True
+                )
+            )
+        )
         room = Room.objects.select_for_update().get(pk=room_id)
         if room.expert_id != actor.pk:
             raise RoomsError("Only the expert of this session can cancel it.")
@@ -311,6 +408,7 @@ def room_cancel_by_expert(room_id: int, *, actor: User) -> Room:
                 cancel_fee_minor=0,
             )
             _event(room, "seat_canceled", actor, seat=seat.pk, fee_minor=0, rule="expert canceled")
+            _seat_money_on_cancel(seat, room, 0, actor, 0)
             if was_confirmed:
                 emails.booking_canceled(seat, by_expert=True)
     return room
@@ -331,6 +429,13 @@ def seat_reschedule(seat_id: int, *, actor: User, new_start: datetime) -> Room:
         raise InvalidTransition(
             f"Within {settings.FREE_CANCELLATION_HOURS} h of the start a booking can be canceled "
             "(with the late fee) but not moved."
+        )
+    valid_until = billing_selectors.hold_valid_until(seat.payment) if seat.payment else None
+    if valid_until is not None and new_start + (room.ends_at - room.starts_at) > valid_until:
+        raise InvalidTransition(
+            "Your card hold cannot stretch that far ahead. Pick a time before "
+            f"{timezone.localtime(valid_until, ZoneInfo(actor.time_zone)):%A %d %B %H:%M}, "
+            "or cancel (free until 24 h before) and book the new time."
         )
     offering = room.offering
     # The new start must be one the offering offers now; the session keeps the length and
@@ -515,9 +620,10 @@ def _seats_expire_stale(seats: QuerySet[Seat], now: datetime) -> int:
     rooms. Conditional UPDATEs: a sweep and a booking doing this at once expire each seat once."""
     expired = 0
     for seat in seats.filter(state=SeatState.RESERVED, reserved_until__lte=now).select_related(
-        "room"
+        "room", "payment"
     ):
-        # Room first, then seat: the lock order every writer follows.
+        # Payment, room, then seat: the lock order every writer follows.
+        billing.payments_lock([seat.payment_id] if seat.payment_id else [])
         seat.room = Room.objects.select_for_update().get(pk=seat.room_id)
         changed = Seat.objects.filter(
             pk=seat.pk, state=SeatState.RESERVED, reserved_until__lte=now
@@ -526,6 +632,8 @@ def _seats_expire_stale(seats: QuerySet[Seat], now: datetime) -> int:
             continue
         expired += 1
         _event(seat.room, "reservation_expired", None, seat=seat.pk)
+        if seat.payment is not None:
+            billing.payment_release(seat.payment, reason="the reservation expired unpaid")
         room = seat.room
         if room.kind == RoomKind.PRIVATE and room.state == RoomState.SCHEDULED:
             if not Seat.objects.holding_place().filter(room=room).exists():

@@ -203,30 +203,13 @@ def _own_seat(request: HttpRequest, seat_id: int) -> Seat:
 
 
 @login_required
-@require_http_methods(["GET", "POST"])
 def seat_confirm(request: HttpRequest, seat_id: int) -> HttpResponse:
-    """Confirm a reservation. The payment step takes its place once payments exist."""
+    """The booking waiting for its payment: what is held, until when, and the way to pay."""
     seat = _own_seat(request, seat_id)
-    if request.method == "POST":
-        try:
-            services.seat_confirm(seat.pk, actor=_user(request))
-        except RoomsError as error:
-            messages.error(request, str(error))
-            seat.refresh_from_db()
-            return render(
-                request,
-                "rooms/seat_confirm.html",
-                {"seat": seat, "expired": selectors.seat_is_expired(seat)},
-                status=409,
-            )
-        messages.success(
-            request, "Booked. A confirmation with a calendar invitation is on its way."
-        )
-        return redirect("rooms:join", seat.room_id)
     return render(
         request,
         "rooms/seat_confirm.html",
-        {"seat": seat, "expired": selectors.seat_is_expired(seat)},
+        {"seat": seat, "expired": selectors.seat_is_expired(seat), "payment": seat.payment},
     )
 
 

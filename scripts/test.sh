@@ -3,6 +3,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 scripts/services.sh || exit 1
+# The Stripe gateway is tested against localstripe, which the suite starts itself.
+scripts/localstripe.sh || exit 1
 source scripts/test-env.sh
 
 status=0

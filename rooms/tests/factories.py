@@ -6,7 +6,9 @@ import factory
 
 from accounts.models import ExpertStatus, User
 from accounts.tests.factories import ExpertProfileFactory, UserFactory
-from rooms.models import AvailabilityRule, Offering, Pricing
+from billing.gateways.local import TEST_CARD
+from billing.services import payment_local_card
+from rooms.models import AvailabilityRule, Offering, Pricing, Seat
 
 # The "now" of the booking tests: a Tuesday morning, far from any DST change.
 NOW = dt.datetime(2026, 12, 1, 8, 0, tzinfo=dt.UTC)
@@ -48,3 +50,11 @@ class OfferingFactory(factory.django.DjangoModelFactory[Offering]):
     horizon_days = 60
     late_cancel_fee_percent = 50
     no_show_fee_percent = 50
+
+
+def seat_pay(seat: Seat, card_number: str = TEST_CARD) -> Seat:
+    """Pay for a reserved seat the way a client does with the local provider's card form."""
+    assert seat.payment_id is not None
+    payment_local_card(seat.payment_id, card_number=card_number)
+    seat.refresh_from_db()
+    return seat

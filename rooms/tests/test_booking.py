@@ -14,7 +14,7 @@ from accounts.tests.factories import UserFactory
 from rooms import selectors, services
 from rooms.errors import BookingRefused, RoomsError, SlotTaken
 from rooms.models import Offering, Room, RoomEvent, RoomKind, RoomState, Seat, SeatState
-from rooms.tests.factories import NOW, OfferingFactory, expert_create
+from rooms.tests.factories import NOW, OfferingFactory, expert_create, seat_pay
 
 pytestmark = pytest.mark.django_db
 
@@ -271,7 +271,7 @@ def test_a_group_invitation_does_not_show_the_other_clients_addresses(
     first, second = UserFactory.create(), UserFactory.create()
     with django_capture_on_commit_callbacks(execute=True):
         for client in (first, second):
-            services.seat_confirm(services.group_seat_reserve(client, room.pk).pk)
+            seat_pay(services.group_seat_reserve(client, room.pk))
     to_second = [m for m in mailoutbox if m.to == [second.email]]
     invitation = to_second[0].attachments[0][1]
     assert second.email in invitation

@@ -13,6 +13,7 @@ from accounts.tests.factories import UserFactory
 from rooms import services
 from rooms.errors import InvalidTransition, RoomsError, SlotTaken
 from rooms.models import Offering, Room, RoomEvent, RoomState, Seat, SeatState
+from rooms.tests.factories import seat_pay
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("frozen_now")]
 
@@ -23,7 +24,7 @@ SLOT = dt.datetime(2026, 12, 3, 10, 0, tzinfo=UTC)  # 50 h ahead
 @pytest.fixture
 def seat(offering: Offering) -> Seat:
     seat = services.booking_reserve(UserFactory.create(), offering, SLOT)
-    return services.seat_confirm(seat.pk)
+    return seat_pay(seat)
 
 
 def test_canceling_a_day_or_more_ahead_costs_nothing_and_frees_the_slot(
@@ -150,7 +151,7 @@ def test_reminders_go_out_once_a_day_before_and_fifteen_minutes_before(seat: Sea
 def test_a_booking_made_inside_the_day_gets_no_day_before_reminder(offering: Offering) -> None:
     soon = dt.datetime(2026, 12, 1, 14, 0, tzinfo=UTC)
     seat = services.booking_reserve(UserFactory.create(), offering, soon)
-    services.seat_confirm(seat.pk)
+    seat_pay(seat)
     assert services.reminders_queue() == 0
     with time_machine.travel(soon - dt.timedelta(minutes=10), tick=False):
         assert services.reminders_queue() == 2

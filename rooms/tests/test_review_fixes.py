@@ -15,7 +15,7 @@ from accounts.tests.factories import UserFactory
 from rooms import services
 from rooms.errors import BookingRefused, InvalidTransition
 from rooms.models import AvailabilityOverride, Offering, Room, RoomState, Seat, SeatState
-from rooms.tests.factories import NOW, OfferingFactory, expert_create
+from rooms.tests.factories import NOW, OfferingFactory, expert_create, seat_pay
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("frozen_now")]
 
@@ -79,7 +79,7 @@ def test_rescheduling_keeps_the_length_booked_even_if_the_offering_changed(
     offering: Offering,
 ) -> None:
     client = UserFactory.create()
-    seat = services.seat_confirm(services.booking_reserve(client, offering, SLOT).pk)
+    seat = seat_pay(services.booking_reserve(client, offering, SLOT))
     offering.length_minutes = 30
     offering.save()
     new_start = SLOT + dt.timedelta(days=1)
@@ -122,7 +122,7 @@ def test_group_emails_reach_the_expert_once_per_room_and_a_leaving_client_is_a_n
     expert = group.expert
     room = services.group_room_publish(expert, group, SLOT)
     clients = [UserFactory.create() for _ in range(2)]
-    seats = [services.seat_confirm(services.group_seat_reserve(c, room.pk).pk) for c in clients]
+    seats = [seat_pay(services.group_seat_reserve(c, room.pk)) for c in clients]
     with time_machine.travel(SLOT - dt.timedelta(minutes=10), tick=False):
         services.reminders_queue()
     reminders = OutboundEmail.objects.filter(key__startswith="reminder", to=expert.email)
@@ -157,7 +157,7 @@ def test_a_fee_that_changed_since_the_page_was_shown_is_not_charged_silently(
     offering: Offering,
 ) -> None:
     client = UserFactory.create()
-    seat = services.seat_confirm(services.booking_reserve(client, offering, SLOT).pk)
+    seat = seat_pay(services.booking_reserve(client, offering, SLOT))
     with (
         time_machine.travel(SLOT - dt.timedelta(hours=2), tick=False),
         pytest.raises(InvalidTransition, match=r"fee is now 60\.00 EUR"),
@@ -169,7 +169,7 @@ def test_a_fee_that_changed_since_the_page_was_shown_is_not_charged_silently(
 
 def test_the_join_link_tells_a_client_whose_booking_was_canceled(offering: Offering) -> None:
     client = UserFactory.create()
-    seat = services.seat_confirm(services.booking_reserve(client, offering, SLOT).pk)
+    seat = seat_pay(services.booking_reserve(client, offering, SLOT))
     services.seat_cancel(seat.pk, actor=client)
     page = _signed_in(client).get(reverse("rooms:join", args=[seat.room_id]))
     assert page.status_code == 403
@@ -210,7 +210,7 @@ def test_removing_another_experts_date_is_not_found() -> None:
 
 
 def test_an_expert_cannot_cancel_a_session_that_has_started(offering: Offering) -> None:
-    seat = services.seat_confirm(services.booking_reserve(UserFactory.create(), offering, SLOT).pk)
+    seat = seat_pay(services.booking_reserve(UserFactory.create(), offering, SLOT))
     with (
         time_machine.travel(SLOT + dt.timedelta(minutes=1), tick=False),
         pytest.raises(InvalidTransition, match="has started or ended"),
@@ -222,6 +222,6 @@ def test_an_expert_cannot_cancel_a_session_that_has_started(offering: Offering) 
 def test_a_group_seat_cannot_be_moved(group: Offering) -> None:
     client = UserFactory.create()
     room = services.group_room_publish(group.expert, group, SLOT)
-    seat = services.seat_confirm(services.group_seat_reserve(client, room.pk).pk)
+    seat = seat_pay(services.group_seat_reserve(client, room.pk))
     with pytest.raises(InvalidTransition, match="Group sessions cannot be moved"):
         services.seat_reschedule(seat.pk, actor=client, new_start=SLOT + dt.timedelta(days=1))

@@ -20,7 +20,7 @@ from rooms.models import (
     Seat,
     SeatState,
 )
-from rooms.tests.factories import OfferingFactory, expert_create, weekdays_available
+from rooms.tests.factories import OfferingFactory, expert_create, seat_pay, weekdays_available
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("frozen_now")]
 
@@ -67,9 +67,18 @@ def test_booking_through_the_pages_ends_with_a_confirmed_seat(
     )
     seat = Seat.objects.get(client=client_user)
     assert response["Location"] == reverse("rooms:seat_confirm", args=[seat.pk])
-    assert "We hold this time for you" in client.get(response["Location"]).content.decode()
-    response = client.post(reverse("rooms:seat_confirm", args=[seat.pk]))
-    assert response["Location"] == reverse("rooms:join", args=[seat.room_id])
+    page = client.get(response["Location"]).content.decode()
+    assert "We hold this time for you" in page
+    pay_url = reverse("billing:pay", args=[seat.payment_id])
+    assert pay_url in page
+    next_url = reverse("rooms:seat_confirm", args=[seat.pk])
+    assert "4242" in client.get(pay_url, {"next": next_url}).content.decode()
+    response = client.post(
+        pay_url,
+        {"number": "4242 4242 4242 4242", "expiry": "12/30", "cvc": "123", "next": next_url},
+    )
+    assert response["Location"] == next_url
+    assert "confirmed and paid" in client.get(next_url).content.decode()
     seat.refresh_from_db()
     assert seat.state == SeatState.CONFIRMED
     dashboard = client.get(reverse("rooms:dashboard")).content.decode()
@@ -121,7 +130,7 @@ def test_anonymous_booking_is_sent_to_login(offering: Offering) -> None:
 def test_the_join_link_refuses_someone_who_is_not_in_the_session(
     offering: Offering, client_user: User
 ) -> None:
-    seat = services.seat_confirm(services.booking_reserve(client_user, offering, SLOT).pk)
+    seat = seat_pay(services.booking_reserve(client_user, offering, SLOT))
     url = reverse("rooms:join", args=[seat.room_id])
     stranger = _signed_in(UserFactory.create()).get(url)
     assert stranger.status_code == 403
@@ -139,14 +148,15 @@ def test_someone_elses_booking_cannot_be_confirmed_or_canceled(
 ) -> None:
     seat = services.booking_reserve(client_user, offering, SLOT)
     other = _signed_in(UserFactory.create())
-    assert other.post(reverse("rooms:seat_confirm", args=[seat.pk])).status_code == 403
+    assert other.get(reverse("rooms:seat_confirm", args=[seat.pk])).status_code == 403
+    assert other.get(reverse("billing:pay", args=[seat.payment_id])).status_code == 403
     assert other.post(reverse("rooms:seat_cancel", args=[seat.pk])).status_code == 403
     seat.refresh_from_db()
     assert seat.state == SeatState.RESERVED
 
 
 def test_the_cancel_page_says_what_canceling_costs(offering: Offering, client_user: User) -> None:
-    seat = services.seat_confirm(services.booking_reserve(client_user, offering, SLOT).pk)
+    seat = seat_pay(services.booking_reserve(client_user, offering, SLOT))
     client = _signed_in(client_user)
     assert (
         "Canceling now costs nothing."
@@ -237,7 +247,7 @@ def test_an_expert_publishes_a_group_session_in_their_own_zone() -> None:
 
 
 def test_the_dashboard_says_who_canceled(offering: Offering, client_user: User) -> None:
-    seat = services.seat_confirm(services.booking_reserve(client_user, offering, SLOT).pk)
+    seat = seat_pay(services.booking_reserve(client_user, offering, SLOT))
     services.seat_cancel(seat.pk, actor=client_user)
     page = _signed_in(offering.expert).get(reverse("rooms:dashboard")).content.decode()
     assert "Canceled (by the client)" in page

@@ -1,0 +1,12 @@
+"""What billing tells the layers above it (STYLE.md: a lower layer declares, a higher one
+receives and calls its own service). Sent inside the transaction that made the change, so a
+receiver's writes commit or roll back with it."""
+
+from django.dispatch import Signal
+
+# A hold was authorized for a payment nobody has settled yet. Arguments: payment.
+payment_authorized = Signal()
+# The card was saved for a hold placed later (sessions far ahead). Arguments: payment.
+payment_card_saved = Signal()
+# A chargeback was opened on a captured payment. Arguments: payment, dispute_id, reason.
+payment_disputed = Signal()

@@ -1,0 +1,12 @@
+from django.urls import path
+
+from billing import views
+
+app_name = "billing"
+
+urlpatterns = [
+    path("pay/<int:payment_id>/", views.pay, name="pay"),
+    path("pay/<int:payment_id>/return/", views.pay_return, name="pay_return"),
+    path("billing/webhooks/stripe/", views.stripe_webhook, name="stripe_webhook"),
+    path("me/payouts/", views.payouts, name="payouts"),
+]

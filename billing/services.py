@@ -60,6 +60,7 @@ INTENT_STATES = {
     "succeeded": PaymentState.CAPTURED,
     "canceled": PaymentState.CANCELED,
 }
+HOLD_ENDING_COMMANDS = (CommandKind.CAPTURE, CommandKind.CANCEL)
 # States from which a payment has no hold yet.
 UNPAID_STATES = (PaymentState.PENDING, PaymentState.CARD_SAVED)
 
@@ -276,8 +277,10 @@ def payment_apply_intent(payment_id: int, intent: Intent, *, source: str) -> Pay
             signals.payment_authorized.send(sender=Payment, payment=payment)
         elif was_unpaid and target == PaymentState.AUTHORIZED:
             # Authorized after the purchase was already released (the reservation expired
-            # while the card was being confirmed): give the hold back.
-            _command_write(payment, CommandKind.CANCEL, 0, "released: authorized too late")
+            # while the card was being confirmed): give the hold back, unless the release
+            # already wrote its cancel.
+            if not payment.commands.filter(kind__in=HOLD_ENDING_COMMANDS).exists():
+                _command_write(payment, CommandKind.CANCEL, 0, "released: authorized too late")
     return payment
 
 
@@ -354,6 +357,11 @@ def payment_settle(
         locked = Payment.objects.select_for_update().get(pk=payment.pk)
         existing = Settlement.objects.filter(payment=locked).first()
         if existing is not None:
+            if (existing.amount_minor, existing.rule) != (amount_minor, rule):
+                raise PaymentRefused(
+                    f"This payment is already settled ({existing.explanation}); a settlement "
+                    "is final. A refund gives money back."
+                )
             return existing
         if currency != locked.currency:
             raise PaymentRefused(
@@ -889,14 +897,6 @@ def _event(
     return PaymentEvent.objects.create(
         payment=payment, kind=kind, actor=actor, amount_minor=amount_minor, data=data
     )
-
-
-def _transition_check(current: str, target: str) -> None:
-    if target not in PAYMENT_TRANSITIONS[current]:
-        raise PaymentRefused(
-            f"A payment that is {PaymentState(current).label.lower()} cannot become "
-            f"{PaymentState(target).label.lower()}."
-        )
 
 
 def pay_again_email(payment: Payment, error: str) -> None:

@@ -1,0 +1,95 @@
+"""The pure pricing of a call (PRODUCT.md, What is billed)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from billing.pricing import call_charge, percent_of, platform_fee
+
+
+def test_a_per_minute_call_bills_every_started_minute() -> None:
+    charge = call_charge(pricing="per_minute", price_minor=200, cap_minor=6000, billable_seconds=61)
+    assert (charge.amount_minor, charge.rule) == (400, "per_minute")
+    assert "61 s connected = 2 started min × 200" in charge.explanation
+
+
+def test_a_per_minute_call_never_costs_more_than_the_cap() -> None:
+    charge = call_charge(
+        pricing="per_minute", price_minor=200, cap_minor=6000, billable_seconds=4 * 3600
+    )
+    assert charge.amount_minor == 6000
+    assert "(capped)" in charge.explanation
+
+
+def test_under_a_minute_connected_is_free_whatever_the_pricing() -> None:
+    for pricing in ("fixed", "per_minute"):
+        charge = call_charge(pricing=pricing, price_minor=5000, cap_minor=5000, billable_seconds=59)
+        assert (charge.amount_minor, charge.rule) == (0, "under_a_minute")
+
+
+def test_a_fixed_price_is_due_in_full_from_the_first_minute() -> None:
+    charge = call_charge(pricing="fixed", price_minor=9000, cap_minor=9000, billable_seconds=60)
+    assert (charge.amount_minor, charge.rule) == (9000, "fixed")
+
+
+def test_a_client_no_show_costs_the_no_show_fee_and_an_expert_no_show_nothing() -> None:
+    client = call_charge(
+        pricing="fixed",
+        price_minor=9000,
+        cap_minor=9000,
+        billable_seconds=0,
+        outcome="client_no_show",
+        no_show_fee_percent=50,
+    )
+    expert = call_charge(
+        pricing="fixed",
+        price_minor=9000,
+        cap_minor=9000,
+        billable_seconds=0,
+        outcome="expert_no_show",
+    )
+    assert (client.amount_minor, client.rule) == (4500, "client_no_show")
+    assert (expert.amount_minor, expert.rule) == (0, "expert_no_show")
+
+
+def test_unknown_pricing_outcome_or_negative_inputs_are_refused() -> None:
+    with pytest.raises(ValueError, match="unknown pricing"):
+        call_charge(pricing="hourly", price_minor=1, cap_minor=1, billable_seconds=60)
+    with pytest.raises(ValueError, match="unknown outcome"):
+        call_charge(
+            pricing="fixed", price_minor=1, cap_minor=1, billable_seconds=60, outcome="late"
+        )
+    with pytest.raises(ValueError, match="≥ 0"):
+        call_charge(pricing="fixed", price_minor=1, cap_minor=1, billable_seconds=-1)
+
+
+@given(
+    rate=st.integers(0, 10_000),
+    minutes=st.integers(1, 180),
+    seconds=st.integers(0, 6 * 3600),
+)
+def test_a_per_minute_charge_stays_within_zero_and_the_cap_and_grows_with_time(
+    rate: int, minutes: int, seconds: int
+) -> None:
+    cap = rate * minutes
+    charge = call_charge(
+        pricing="per_minute", price_minor=rate, cap_minor=cap, billable_seconds=seconds
+    )
+    later = call_charge(
+        pricing="per_minute", price_minor=rate, cap_minor=cap, billable_seconds=seconds + 1
+    )
+    assert 0 <= charge.amount_minor <= cap
+    assert charge.amount_minor <= later.amount_minor
+    if seconds >= 60:
+        assert charge.amount_minor == min(cap, rate * -(-seconds // 60))
+
+
+@given(amount=st.integers(0, 10**9), percent=st.integers(0, 100))
+def test_the_platform_fee_and_the_experts_share_add_up_to_the_amount(
+    amount: int, percent: int
+) -> None:
+    fee = platform_fee(amount, percent)
+    assert 0 <= fee <= amount
+    assert fee == percent_of(amount, percent)

@@ -266,6 +266,9 @@ class PayoutAccount(models.Model):
     account_id = models.CharField(max_length=100, unique=True)
     details_submitted = models.BooleanField(default=False)
     payouts_enabled = models.BooleanField(default=False)
+    # When the provider's snapshot behind the two flags was taken: an older one, delivered
+    # late, never overwrites a newer one.
+    status_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
 

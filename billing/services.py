@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -236,12 +236,25 @@ def payment_apply_intent(payment_id: int, intent: Intent, *, source: str) -> Pay
             )
         target = INTENT_STATES.get(intent.status)
         if intent.status == "requires_payment_method" and intent.error:
-            if payment.last_error != intent.error[:300]:
+            # A decline heard after the hold was placed (the first card, before the second
+            # one worked) is stale: it must not put an error on a paid payment.
+            if payment.state in UNPAID_STATES and payment.last_error != intent.error[:300]:
                 payment.last_error = intent.error[:300]
                 payment.save(update_fields=["last_error", "updated_at"])
                 _event(
                     payment, "authorization_failed", None, None, source=source, error=intent.error
                 )
+            return payment
+        if (
+            target == PaymentState.AUTHORIZED
+            and payment.state == PaymentState.CANCELED
+            and payment.authorized_minor == 0
+        ):
+            # The cancel was heard before the authorization (webhooks come in any order): the
+            # hold existed, and all of it was given back.
+            payment.authorized_minor = payment.released_minor = payment.amount_minor
+            payment.save(update_fields=["authorized_minor", "released_minor", "updated_at"])
+            _event(payment, "authorized_late", None, payment.amount_minor, source=source)
             return payment
         if target is None or not _moves_forward(payment.state, target):
             return payment
@@ -717,7 +730,10 @@ def payout_account_refresh(user: User) -> PayoutAccount | None:
         return None
     details, payouts = gateway_for(account.provider).account_status(account.account_id)
     PayoutAccount.objects.filter(pk=account.pk).update(
-        details_submitted=details, payouts_enabled=payouts, updated_at=timezone.now()
+        details_submitted=details,
+        payouts_enabled=payouts,
+        status_at=timezone.now(),
+        updated_at=timezone.now(),
     )
     account.refresh_from_db()
     return account
@@ -763,7 +779,7 @@ def webhook_process(event_id: int) -> bool:
         try:
             with transaction.atomic():
                 if handler is not None:
-                    handler(event.provider, event.payload["object"])
+                    handler(event.provider, event.payload["object"], int(event.payload["created"]))
         except (BillingError, KeyError) as error:
             event.attempts += 1
             event.last_error = str(error)[:300]
@@ -790,7 +806,7 @@ def _payment_by_intent(provider: str, intent_id: str) -> Payment | None:
     return Payment.objects.filter(provider=provider, intent_id=intent_id).first()
 
 
-def _on_intent(provider: str, obj: dict[str, Any]) -> None:
+def _on_intent(provider: str, obj: dict[str, Any], created: int = 0) -> None:
     from billing.gateways.stripe import _intent
 
     payment = _payment_by_intent(provider, obj["id"])
@@ -804,11 +820,26 @@ def _on_intent(provider: str, obj: dict[str, Any]) -> None:
     payment_apply_intent(payment.pk, _intent(obj), source="webhook")
 
 
-def _on_charge_refunded(provider: str, obj: dict[str, Any]) -> None:
+def _on_charge_refunded(provider: str, obj: dict[str, Any], created: int = 0) -> None:
     """Refunds made outside Parley (the provider's dashboard) still count against the charge."""
     payment = _payment_by_intent(provider, obj.get("payment_intent") or "")
     if payment is None:
         return
+    if obj.get("captured") and payment.state != PaymentState.CAPTURED:
+        # Heard before payment_intent.succeeded (events come in any order): a refunded
+        # captured charge proves the capture, so apply it first.
+        captured_minor = obj.get("amount_captured")
+        payment_apply_intent(
+            payment.pk,
+            Intent(
+                id=payment.intent_id,
+                status="succeeded",
+                amount_minor=int(obj["amount"]),
+                currency=str(obj["currency"]).upper(),
+                captured_minor=int(captured_minor) if captured_minor is not None else None,
+            ),
+            source="webhook",
+        )
     with transaction.atomic():
         locked = Payment.objects.select_for_update().get(pk=payment.pk)
         captured = obj.get("amount_captured")
@@ -823,7 +854,7 @@ def _on_charge_refunded(provider: str, obj: dict[str, Any]) -> None:
             _event(locked, "refunded_at_provider", None, extra, charge=obj.get("id"))
 
 
-def _on_dispute_created(provider: str, obj: dict[str, Any]) -> None:
+def _on_dispute_created(provider: str, obj: dict[str, Any], created: int = 0) -> None:
     payment = _payment_by_intent(provider, obj.get("payment_intent") or "")
     if payment is None:
         return
@@ -845,7 +876,7 @@ def _on_dispute_created(provider: str, obj: dict[str, Any]) -> None:
         )
 
 
-def _on_dispute_closed(provider: str, obj: dict[str, Any]) -> None:
+def _on_dispute_closed(provider: str, obj: dict[str, Any], created: int = 0) -> None:
     payment = _payment_by_intent(provider, obj.get("payment_intent") or "")
     if payment is None:
         return
@@ -859,7 +890,7 @@ def _on_dispute_closed(provider: str, obj: dict[str, Any]) -> None:
         _event(locked, "dispute_closed", None, None, dispute=obj["id"], status=obj.get("status"))
 
 
-def _on_setup_succeeded(provider: str, obj: dict[str, Any]) -> None:
+def _on_setup_succeeded(provider: str, obj: dict[str, Any], created: int = 0) -> None:
     from billing.gateways.stripe import _setup
 
     payment = Payment.objects.filter(provider=provider, setup_id=obj["id"]).first()
@@ -867,10 +898,18 @@ def _on_setup_succeeded(provider: str, obj: dict[str, Any]) -> None:
         payment_apply_setup(payment.pk, _setup(obj), source="webhook")
 
 
-def _on_account_updated(provider: str, obj: dict[str, Any]) -> None:
-    PayoutAccount.objects.filter(provider=provider, account_id=obj["id"]).update(
+def _on_account_updated(provider: str, obj: dict[str, Any], created: int = 0) -> None:
+    """Each event carries a snapshot of the account; events come in any order, so an older
+    snapshot never overwrites a newer one."""
+    status_at = datetime.fromtimestamp(created, tz=UTC)
+    PayoutAccount.objects.filter(
+        Q(status_at__isnull=True) | Q(status_at__lte=status_at),
+        provider=provider,
+        account_id=obj["id"],
+    ).update(
         details_submitted=bool(obj.get("details_submitted")),
         payouts_enabled=bool(obj.get("payouts_enabled")),
+        status_at=status_at,
         updated_at=timezone.now(),
     )
 

@@ -68,7 +68,7 @@ def _intent(obj: Any) -> Intent:
 
 
 def _setup(obj: Any) -> Setup:
-    data = obj.to_dict()
+    data = obj.to_dict() if hasattr(obj, "to_dict") else dict(obj)
     return Setup(
         id=data["id"],
         status=data["status"],

@@ -50,7 +50,7 @@ from billing.models import (
     Settlement,
     WebhookEvent,
 )
-from billing.pricing import format_money, platform_fee
+from billing.pricing import call_charge, format_money, platform_fee
 
 logger = logging.getLogger(__name__)
 
@@ -410,6 +410,53 @@ def payment_settle(
             _payment_release(locked, f"settlement: {rule}")
     payment.refresh_from_db()
     return settlement
+
+
+def payment_settle_call(
+    payment: Payment,
+    *,
+    pricing: str,
+    price_minor: int,
+    cap_minor: int,
+    billable_seconds: int,
+    outcome: str = "completed",
+    no_show_fee_percent: int = 0,
+    currency: str,
+    actor: User | None = None,
+) -> Settlement:
+    """Settle a call from its inputs, inside the caller's transaction (the room close).
+
+    The pure `call_charge` turns the inputs into money; the settlement stores them with the
+    rule, so staff can see exactly why the number is what it is.
+    """
+    try:
+        charge = call_charge(
+            pricing=pricing,
+            price_minor=price_minor,
+            cap_minor=cap_minor,
+            billable_seconds=billable_seconds,
+            outcome=outcome,
+            no_show_fee_percent=no_show_fee_percent,
+        )
+    except ValueError as error:
+        raise PaymentRefused(f"The call cannot be priced: {error}.") from error
+    return payment_settle(
+        payment,
+        amount_minor=charge.amount_minor,
+        currency=currency,
+        rule=charge.rule,
+        inputs={
+            "pricing": pricing,
+            "price_minor": price_minor,
+            "cap_minor": cap_minor,
+            "billable_seconds": billable_seconds,
+            "outcome": outcome,
+            "no_show_fee_percent": no_show_fee_percent,
+            "rounding": "every started minute" if pricing == "per_minute" else "none",
+        },
+        explanation=charge.explanation,
+        actor=actor,
+    )
 
 
 def payment_release(payment: Payment, *, reason: str, actor: User | None = None) -> Settlement:

@@ -459,3 +459,59 @@ def test_an_expert_without_a_payout_account_is_not_paid_yet() -> None:
 
 def test_a_billing_error_is_the_base_of_every_refusal() -> None:
     assert issubclass(PaymentRefused, BillingError)
+
+
+# --- The room close's seam ------------------------------------------------------------------
+
+
+def test_a_call_is_settled_from_its_inputs_and_the_settlement_keeps_them() -> None:
+    payment = _authorized(6000)  # 30 min at 2.00 EUR
+    settlement = services.payment_settle_call(
+        payment,
+        pricing="per_minute",
+        price_minor=200,
+        cap_minor=6000,
+        billable_seconds=601,
+        currency="EUR",
+    )
+    assert (settlement.rule, settlement.amount_minor) == ("per_minute", 2200)
+    assert settlement.inputs["billable_seconds"] == 601
+    assert settlement.inputs["rounding"] == "every started minute"
+    assert "601 s connected = 11 started min × 200" in settlement.explanation
+    command = PaymentCommand.objects.get(payment=payment)
+    assert (command.kind, command.amount_minor) == ("capture", 2200)
+
+
+def test_a_client_no_show_captures_the_fee_and_an_expert_no_show_releases_the_hold() -> None:
+    client_absent, expert_absent = _authorized(9000), _authorized(9000)
+    inputs: dict[str, Any] = {
+        "pricing": "fixed",
+        "price_minor": 9000,
+        "cap_minor": 9000,
+        "billable_seconds": 0,
+        "no_show_fee_percent": 50,
+        "currency": "EUR",
+    }
+    services.payment_settle_call(client_absent, outcome="client_no_show", **inputs)
+    services.payment_settle_call(expert_absent, outcome="expert_no_show", **inputs)
+    assert _run_commands() == [CommandState.SUCCEEDED, CommandState.SUCCEEDED]
+    client_absent.refresh_from_db()
+    expert_absent.refresh_from_db()
+    assert (client_absent.state, client_absent.captured_minor) == (PaymentState.CAPTURED, 4500)
+    assert (expert_absent.state, expert_absent.released_minor) == (PaymentState.CANCELED, 9000)
+
+
+def test_a_call_that_cannot_be_priced_is_refused_and_writes_nothing() -> None:
+    payment = _authorized()
+    before = _rows()
+    with pytest.raises(PaymentRefused, match="cannot be priced: unknown outcome"):
+        services.payment_settle_call(
+            payment,
+            pricing="fixed",
+            price_minor=5000,
+            cap_minor=5000,
+            billable_seconds=100,
+            outcome="abandoned",
+            currency="EUR",
+        )
+    assert _rows() == before

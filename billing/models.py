@@ -100,6 +100,8 @@ class Payment(models.Model):
     setup_id = models.CharField(max_length=100, blank=True)
     customer_id = models.CharField(max_length=100, blank=True)
     payment_method_id = models.CharField(max_length=100, blank=True)
+    # The charge a capture made: payouts are transferred against it.
+    charge_id = models.CharField(max_length=100, blank=True)
     last_error = models.CharField(max_length=300, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)

@@ -127,6 +127,7 @@ def payment_checkout(payment_id: int) -> Checkout:
         and payment.state == PaymentState.PENDING
         and not (payment.intent_id)
     ):
+        setup = None
         if not payment.setup_id:
             setup = gateway.setup_create(
                 customer=payment.customer_id,
@@ -134,9 +135,10 @@ def payment_checkout(payment_id: int) -> Checkout:
                 idempotency_key=f"parley-payment-{payment.pk}-setup",
             )
             _payment_record_provider_id(payment, "setup_id", setup.id)
-        else:
+        if setup is None or setup.id != payment.setup_id:  # an earlier or racing request's
             setup = gateway.setup_retrieve(payment.setup_id)
         return Checkout(client_secret=setup.client_secret, saves_card=True)
+    intent = None
     if not payment.intent_id:
         intent = gateway.intent_create(
             amount_minor=payment.amount_minor,
@@ -146,25 +148,49 @@ def payment_checkout(payment_id: int) -> Checkout:
             idempotency_key=f"parley-payment-{payment.pk}-intent",
         )
         _payment_record_provider_id(payment, "intent_id", intent.id)
-    else:
+    if intent is None or intent.id != payment.intent_id:  # an earlier or racing request's
         intent = gateway.intent_retrieve(payment.intent_id)
     return Checkout(client_secret=intent.client_secret, saves_card=False)
 
 
 def _payment_check_payable(payment: Payment) -> None:
-    if payment.state not in UNPAID_STATES or Settlement.objects.filter(payment=payment).exists():
+    if Settlement.objects.filter(payment=payment).exists():
+        raise PaymentRefused("This booking is no longer waiting for payment; nothing is charged.")
+    if payment.state not in UNPAID_STATES:
         raise PaymentRefused(
             f"This payment is {payment.get_state_display().lower()}; there is nothing to pay."
+        )
+    if payment.state == PaymentState.CARD_SAVED and payment.hold_at is not None:
+        raise PaymentRefused(
+            f"Your card is saved; the hold is placed on {payment.hold_at:%d %B %H:%M} UTC. "
+            "There is nothing to pay now."
         )
 
 
 def _payment_record_provider_id(payment: Payment, field: str, value: str) -> None:
-    """Keep the first provider object created for a payment; a racing duplicate is dropped."""
+    """Keep the first provider object created for a payment, while it still waits for the
+    card. A racing duplicate is dropped; if the payment ended meanwhile (the reservation
+    expired while the intent was being created), the new intent is canceled at the provider
+    and the payer is told, so no hold can be placed on a purchase that no longer exists."""
     with transaction.atomic():
-        changed = Payment.objects.filter(pk=payment.pk, **{field: ""}).update(**{field: value})
+        changed = (
+            Payment.objects.filter(pk=payment.pk, state__in=UNPAID_STATES, **{field: ""})
+            .exclude(settlement__isnull=False)
+            .update(**{field: value})
+        )
         if changed:
             _event(payment, f"{field.removesuffix('_id')}_created", None, None, provider_id=value)
     payment.refresh_from_db()
+    if getattr(payment, field) == value:
+        return
+    if field == "intent_id":
+        try:
+            gateway_for(payment.provider).intent_cancel(
+                value, idempotency_key=f"parley-orphan-{value}-cancel"
+            )
+        except GatewayError:
+            logger.warning("payment %s: could not cancel unused intent %s", payment.pk, value)
+    _payment_check_payable(payment)
 
 
 def payment_local_card(payment_id: int, *, card_number: str) -> Payment:
@@ -253,8 +279,16 @@ def payment_apply_intent(payment_id: int, intent: Intent, *, source: str) -> Pay
             # The cancel was heard before the authorization (webhooks come in any order): the
             # hold existed, and all of it was given back.
             payment.authorized_minor = payment.released_minor = payment.amount_minor
-            payment.save(update_fields=["authorized_minor", "released_minor", "updated_at"])
+            ended_without_intent = not payment.intent_id
+            payment.intent_id = intent.id
+            payment.save(
+                update_fields=["authorized_minor", "released_minor", "intent_id", "updated_at"]
+            )
             _event(payment, "authorized_late", None, payment.amount_minor, source=source)
+            if ended_without_intent:
+                # The payment ended before this intent was known, so nobody canceled it at
+                # the provider: do it now, so the client's card is not left with a hold.
+                _command_write(payment, CommandKind.CANCEL, 0, "released: authorized after the end")
             return payment
         if target is None or not _moves_forward(payment.state, target):
             return payment
@@ -272,6 +306,7 @@ def payment_apply_intent(payment_id: int, intent: Intent, *, source: str) -> Pay
                 captured = _capture_amount_decided(payment)
             payment.captured_minor = captured
             payment.released_minor = payment.authorized_minor - captured
+            payment.charge_id = intent.charge or payment.charge_id
             _commands_mark_done(payment, CommandKind.CAPTURE, intent.id)
         if target == PaymentState.CANCELED:
             payment.released_minor = payment.authorized_minor - payment.captured_minor
@@ -593,6 +628,8 @@ def _command_send(gateway: Any, command: PaymentCommand) -> Intent | str:
         destination=command.destination,
         idempotency_key=key,
         metadata={"payment": str(payment.pk), "command": str(command.pk)},
+        # Tied to the client's charge, the transfer waits for its funds instead of failing.
+        source_transaction=payment.charge_id,
     )
 
 
@@ -689,7 +726,7 @@ def payment_hold_place(payment_id: int) -> Payment:
     """
     now = timezone.now()
     leased = Payment.objects.filter(
-        pk=payment_id, state=PaymentState.CARD_SAVED, hold_at__lte=now
+        pk=payment_id, state=PaymentState.CARD_SAVED, hold_at__lte=now, intent_id=""
     ).update(hold_at=now + timedelta(minutes=10))
     payment = Payment.objects.select_related("payer").get(pk=payment_id)
     if not leased or Settlement.objects.filter(payment=payment).exists():
@@ -889,11 +926,12 @@ def _on_charge_refunded(provider: str, obj: dict[str, Any], created: int = 0) ->
         )
     with transaction.atomic():
         locked = Payment.objects.select_for_update().get(pk=payment.pk)
-        captured = obj.get("amount_captured")
-        if captured is None:
-            captured = locked.captured_minor
-        # Stripe counts the uncaptured rest of a partial capture as refunded on the charge.
-        refunded = int(obj.get("amount_refunded") or 0) - (int(obj["amount"]) - int(captured))
+        refunded = int(obj.get("amount_refunded") or 0)
+        if "amount_captured" not in obj:
+            # Before API 2025-03-31.basil (and in localstripe, which has no amount_captured)
+            # the uncaptured rest of a partial capture was counted as refunded too.
+            refunded -= int(obj["amount"]) - locked.captured_minor
+        refunded = min(refunded, locked.captured_minor)
         if locked.state == PaymentState.CAPTURED and refunded > locked.refunded_minor:
             extra = refunded - locked.refunded_minor
             locked.refunded_minor = refunded

@@ -17,7 +17,7 @@ from django.db import transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
-from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods, require_POST
 
@@ -88,7 +88,7 @@ def pay(request: HttpRequest, payment_id: int) -> HttpResponse:
         checkout=checkout,
         publishable_key=settings.STRIPE_PUBLISHABLE_KEY,
         return_url=request.build_absolute_uri(
-            reverse("billing:pay_return", args=[payment.pk]) + f"?next={next_url}"
+            reverse("billing:pay_return", args=[payment.pk]) + "?" + urlencode({"next": next_url})
         ),
     )
     return render(request, "billing/pay.html", context)
@@ -127,7 +127,8 @@ def pay_return(request: HttpRequest, payment_id: int) -> HttpResponse:
         return redirect(_next_url(request))
     if payment.state in services.UNPAID_STATES and payment.last_error:
         messages.error(request, f"The card was not accepted: {payment.last_error}")
-        return redirect(reverse("billing:pay", args=[payment.pk]) + f"?next={_next_url(request)}")
+        query = urlencode({"next": _next_url(request)})
+        return redirect(reverse("billing:pay", args=[payment.pk]) + "?" + query)
     return _paid(request, payment, _next_url(request))
 
 

@@ -225,8 +225,9 @@ HOLD_LATER_AFTER_DAYS = env_int("HOLD_LATER_AFTER_DAYS", 6)
 HOLD_BEFORE_HOURS = env_int("HOLD_BEFORE_HOURS", 24)
 # A seat whose hold is still not placed this long before the start is released.
 UNPAID_RELEASE_BEFORE_HOURS = env_int("UNPAID_RELEASE_BEFORE_HOURS", 2)
-# How long one worker owns a payment command while it talks to the provider.
-PAYMENT_COMMAND_LEASE_SECONDS = env_int("PAYMENT_COMMAND_LEASE_SECONDS", 60)
+# How long one worker owns a payment command while it talks to the provider: longer than a
+# Stripe call with its retries can take (3 × 20 s), so no second worker resends meanwhile.
+PAYMENT_COMMAND_LEASE_SECONDS = env_int("PAYMENT_COMMAND_LEASE_SECONDS", 120)
 
 # --- WebRTC ICE servers ---------------------------------------------------------------------
 STUN_URLS = env_list("STUN_URLS")

@@ -21,7 +21,7 @@ from accounts.models import User
 from accounts.selectors import users_blocked_between
 from billing import selectors as billing_selectors
 from billing import services as billing
-from billing.models import Payment
+from billing.models import Payment, PaymentState
 from billing.pricing import format_money
 from rooms import emails, selectors
 from rooms.availability import Slot, candidate_slots
@@ -190,6 +190,15 @@ def group_seat_reserve(client: User, room_id: int) -> Seat:
     """Take a seat in a published group session, if one is left."""
     now = timezone.now()
     with transaction.atomic():
+        # Payments first (the lock order): the client's own stale reservation here may be
+        # released below.
+        billing.payments_lock(
+            list(
+                Seat.objects.filter(
+                    room_id=room_id, client=client, state=SeatState.RESERVED
+                ).values_list("payment_id", flat=True)
+            )
+        )
         # The row lock serialises seat-takers of this room: count and insert cannot interleave.
         room = (
             Room.objects.select_for_update(of=("self",))
@@ -358,7 +367,9 @@ def _seat_money_on_cancel(
     """The cancellation's money, in its transaction: the late fee captured, or a release."""
     if seat.payment is None:
         return
-    if fee == 0:
+    if fee == 0 or seat.payment.state != PaymentState.AUTHORIZED:
+        # Nothing to charge, or no hold left to charge it from (a hold the provider let
+        # lapse): the cancellation still goes through and releases whatever remains.
         billing.payment_release(seat.payment, reason=seat.cancel_reason, actor=actor)
         return
     billing.payment_settle(
@@ -435,7 +446,8 @@ def seat_reschedule(seat_id: int, *, actor: User, new_start: datetime) -> Room:
         raise InvalidTransition(
             "Your card hold cannot stretch that far ahead. Pick a time before "
             f"{timezone.localtime(valid_until, ZoneInfo(actor.time_zone)):%A %d %B %H:%M}, "
-            "or cancel (free until 24 h before) and book the new time."
+            f"or cancel (free until {settings.FREE_CANCELLATION_HOURS} h before) and book the "
+            "new time."
         )
     offering = room.offering
     # The new start must be one the offering offers now; the session keeps the length and

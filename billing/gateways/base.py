@@ -47,6 +47,7 @@ class Intent:
     customer: str = ""
     error: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
+    charge: str = ""
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,7 @@ class Gateway(Protocol):
         destination: str,
         idempotency_key: str,
         metadata: dict[str, str],
+        source_transaction: str = "",
     ) -> str: ...
 
     def account_create(self, *, email: str, idempotency_key: str) -> str: ...

@@ -47,6 +47,7 @@ def _intent(row: LocalIntent, error: str = "") -> Intent:
         customer=row.customer,
         error=error,
         metadata={str(k): str(v) for k, v in row.metadata.items()},
+        charge=f"lch_{row.id.removeprefix('lpi_')}" if row.status == "succeeded" else "",
     )
 
 
@@ -268,6 +269,7 @@ class LocalGateway:
         destination: str,
         idempotency_key: str,
         metadata: dict[str, str],
+        source_transaction: str = "",
     ) -> str:
         def transfer(_: LocalIntent | None) -> tuple[None, str, int]:
             return None, f"{_token('ltr')} to {destination}", amount_minor

@@ -6,13 +6,14 @@ payment calls; Connect (accounts, links, transfers) is Stripe-only.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import stripe
 from django.conf import settings
-from stripe.params import PaymentIntentCreateParams
+from stripe.params import PaymentIntentCreateParams, TransferCreateParams
 
 from billing.gateways.base import (
     BadSignature,
@@ -25,8 +26,14 @@ from billing.gateways.base import (
     WebhookMessage,
 )
 
+logger = logging.getLogger(__name__)
+
 # Webhooks older than this are refused as replays (Stripe's own default tolerance).
 WEBHOOK_TOLERANCE_SECONDS = 300
+# One request's time limit; with the retries it stays well inside a command's lease
+# (PAYMENT_COMMAND_LEASE_SECONDS), so no second worker resends while one still waits.
+REQUEST_TIMEOUT_SECONDS = 20
+NETWORK_RETRIES = 2
 
 
 @contextmanager
@@ -37,11 +44,24 @@ def _translated_errors() -> Iterator[None]:
     except stripe.CardError as error:
         raise CardDeclined(error.user_message or "The card was declined.") from error
     except stripe.InvalidRequestError as error:
-        raise UnexpectedState(error.user_message or str(error)) from error
-    except (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError) as error:
-        raise ProviderUnavailable(str(error) or type(error).__name__) from error
+        # Stripe's developer text (with its request id) goes to the log, not to people.
+        logger.warning("Stripe refused a request: %s", error)
+        code = f" ({error.code})" if error.code else ""
+        raise UnexpectedState(f"The payment provider refused the request{code}.") from error
+    except (
+        stripe.APIConnectionError,
+        stripe.RateLimitError,
+        stripe.APIError,
+        # The same key still in flight from another worker: wait and ask again.
+        stripe.IdempotencyError,
+    ) as error:
+        logger.warning("Stripe unavailable: %s", error)
+        raise ProviderUnavailable(type(error).__name__) from error
     except stripe.StripeError as error:
-        raise GatewayError(str(error) or type(error).__name__) from error
+        logger.error("Stripe error: %s", error)
+        raise GatewayError(
+            f"The payment provider answered with an error ({type(error).__name__})."
+        ) from error
 
 
 def _intent(obj: Any) -> Intent:
@@ -53,6 +73,7 @@ def _intent(obj: Any) -> Intent:
             captured = charge["amount_captured"]
     error = data.get("last_payment_error") or {}
     method = data.get("payment_method") or ""
+    charge = data.get("latest_charge") or ""
     return Intent(
         id=data["id"],
         status=data["status"],
@@ -64,6 +85,7 @@ def _intent(obj: Any) -> Intent:
         customer=data.get("customer") or "",
         error=(error.get("message") or error.get("code") or "") if isinstance(error, dict) else "",
         metadata=dict(data.get("metadata") or {}),
+        charge=charge if isinstance(charge, str) else str(charge.get("id", "")),
     )
 
 
@@ -114,6 +136,9 @@ class StripeGateway:
             params["payment_method"] = payment_method
             params["confirm"] = True
             params["off_session"] = True
+            # Automatic payment methods (the API's default) would ask for a return_url that
+            # an off-session charge never uses: no redirects, a saved card is all it can be.
+            params["automatic_payment_methods"] = {"enabled": True, "allow_redirects": "never"}
         with _translated_errors():
             intent = self.client.v1.payment_intents.create(
                 params=params, options={"idempotency_key": idempotency_key}
@@ -172,15 +197,19 @@ class StripeGateway:
         destination: str,
         idempotency_key: str,
         metadata: dict[str, str],
+        source_transaction: str = "",
     ) -> str:
+        params: TransferCreateParams = {
+            "amount": amount_minor,
+            "currency": currency.lower(),
+            "destination": destination,
+            "metadata": metadata,
+        }
+        if source_transaction:
+            params["source_transaction"] = source_transaction
         with _translated_errors():
             transfer = self.client.v1.transfers.create(
-                params={
-                    "amount": amount_minor,
-                    "currency": currency.lower(),
-                    "destination": destination,
-                    "metadata": metadata,
-                },
+                params=params,
                 options={"idempotency_key": idempotency_key},
             )
         return str(transfer.id)
@@ -242,6 +271,6 @@ def stripe_client(http_client: Any = None) -> stripe.StripeClient:
         settings.STRIPE_SECRET_KEY,
         base_addresses={"api": base} if base else None,
         # Retries reuse the request's idempotency key, so they cannot double an effect.
-        max_network_retries=2,
-        http_client=http_client,
+        max_network_retries=NETWORK_RETRIES,
+        http_client=http_client or stripe.new_default_http_client(timeout=REQUEST_TIMEOUT_SECONDS),
     )

@@ -171,7 +171,7 @@ def test_releasing_a_payment_never_sent_to_the_provider_ends_it_without_a_comman
     payment.refresh_from_db()
     assert payment.state == PaymentState.CANCELED
     assert not PaymentCommand.objects.exists()
-    with pytest.raises(PaymentRefused, match="nothing to pay"):
+    with pytest.raises(PaymentRefused, match="no longer waiting for payment"):
         services.payment_checkout(payment.pk)
 
 
@@ -515,3 +515,53 @@ def test_a_call_that_cannot_be_priced_is_refused_and_writes_nothing() -> None:
             currency="EUR",
         )
     assert _rows() == before
+
+
+# --- Races the review found -----------------------------------------------------------------
+
+
+def test_a_payment_that_ends_while_its_intent_is_created_leaves_no_intent_to_pay(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    payment = _open()
+    create = LocalGateway.intent_create
+
+    def create_then_expire(self: LocalGateway, **kwargs: Any) -> Any:
+        intent = create(self, **kwargs)
+        # Meanwhile the reservation expired and the sweep released the payment.
+        services.payment_release(Payment.objects.get(pk=payment.pk), reason="expired")
+        return intent
+
+    monkeypatch.setattr(LocalGateway, "intent_create", create_then_expire)
+    with pytest.raises(PaymentRefused, match="no longer waiting for payment"):
+        services.payment_checkout(payment.pk)
+    payment.refresh_from_db()
+    assert (payment.state, payment.intent_id) == (PaymentState.CANCELED, "")
+    assert list(LocalIntent.objects.values_list("status", flat=True)) == ["canceled"]
+
+
+def test_a_hold_on_an_intent_unknown_when_the_payment_ended_is_canceled() -> None:
+    payment = _open()
+    services.payment_release(payment, reason="expired")
+    stray = LocalGateway().intent_create(
+        amount_minor=5000,
+        currency="EUR",
+        metadata={"payment": str(payment.pk)},
+        idempotency_key="s",
+    )
+    intent = LocalGateway().intent_confirm_card(stray.id, card_number=TEST_CARD)
+    services.payment_apply_intent(payment.pk, intent, source="webhook")
+    assert _run_commands() == [CommandState.SUCCEEDED]
+    payment.refresh_from_db()
+    assert (payment.state, payment.authorized_minor, payment.released_minor) == (
+        PaymentState.CANCELED,
+        5000,
+        5000,
+    )
+    assert LocalIntent.objects.get(pk=stray.id).status == "canceled"
+
+
+def test_a_saved_card_waiting_for_its_hold_has_nothing_to_pay_on_the_pay_page() -> None:
+    payment = _card_saved(timezone.now() + dt.timedelta(days=9))
+    with pytest.raises(PaymentRefused, match="Your card is saved"):
+        services.payment_checkout(payment.pk)

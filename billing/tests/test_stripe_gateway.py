@@ -899,7 +899,10 @@ def test_payout_after_the_dispute_window_is_transferred_to_the_experts_account(
         "destination": ACCOUNT,
         "metadata[payment]": str(payment.pk),
         "metadata[command]": str(command.pk),
+        # Tied to the client's charge, so the transfer waits for its funds.
+        "source_transaction": payment.charge_id,
     }
+    assert payment.charge_id.startswith("ch_")
     assert sent.headers["Idempotency-Key"] == command.idempotency_key
     assert sent.headers["Idempotency-Key"] == f"parley-command-{command.pk}"
     assert _event_kinds(payment)[-2:] == ["transfer_requested", "transfer_sent"]

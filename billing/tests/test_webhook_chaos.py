@@ -169,13 +169,14 @@ def _charge_object(refunded: int) -> dict[str, Any]:
         "object": "charge",
         "amount": 3000,
         "amount_captured": 1800,
-        # Stripe counts the uncaptured 12.00 of the partial capture as refunded, too.
+        # Since API 2025-03-31.basil a partial capture no longer counts the uncaptured rest
+        # as refunded: amount_refunded is the refunds alone.
         "amount_refunded": refunded,
         "captured": True,
         "currency": "eur",
         "paid": True,
         "payment_intent": "pi_chaos_A",
-        "refunded": refunded == 3000,
+        "refunded": refunded == 1800,
         "status": "succeeded",
     }
 
@@ -213,11 +214,11 @@ def _events(world: World) -> list[dict[str, Any]]:
             _intent_object(world, "A", "succeeded", 3000, received=1800, method="pm_chaos_A"),
         ),
         # No handler: acknowledged and stored, nothing else.
-        ("charge.captured", _charge_object(refunded=1200)),
+        ("charge.captured", _charge_object(refunded=0)),
         # Refunded 5.00 and then 2.00 more from Stripe's dashboard.
-        ("charge.refunded", _charge_object(refunded=1700)),
+        ("charge.refunded", _charge_object(refunded=500)),
         ("charge.dispute.created", _dispute_object("needs_response")),
-        ("charge.refunded", _charge_object(refunded=1900)),
+        ("charge.refunded", _charge_object(refunded=700)),
         ("charge.dispute.closed", _dispute_object("won")),
         (
             "payment_intent.amount_capturable_updated",

@@ -1,13 +1,13 @@
 from __future__ import annotations
 
 import datetime as dt
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import pytest
 import time_machine
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 
 from accounts.models import Block, User
 from accounts.tests.factories import UserFactory
@@ -15,6 +15,7 @@ from rooms import selectors, services
 from rooms.errors import BookingRefused, RoomsError, SlotTaken
 from rooms.models import Offering, Room, RoomEvent, RoomKind, RoomState, Seat, SeatState
 from rooms.tests.factories import NOW, OfferingFactory, expert_create, seat_pay
+from rooms.tests.races import race
 
 pytestmark = pytest.mark.django_db
 
@@ -77,41 +78,13 @@ def test_postgresql_refuses_two_live_rooms_of_one_expert_that_overlap(offering: 
     clash.save()
 
 
-def _race(count: int, action: Callable[[int], object]) -> list[str]:
-    """Run `action(i)` in `count` threads released at once; collect "ok" or the error text."""
-    barrier = threading.Barrier(count)
-    outcomes: list[str] = []
-    lock = threading.Lock()
-
-    def run(index: int) -> None:
-        try:
-            barrier.wait()
-            action(index)
-            result = "ok"
-        except RoomsError as error:
-            result = str(error)
-        except Exception as error:  # anything else is a bug the test must show
-            result = f"crashed: {error!r}"
-        finally:
-            connection.close()
-        with lock:
-            outcomes.append(result)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    return outcomes
-
-
 @pytest.mark.django_db(transaction=True)
 def test_fifty_clients_racing_for_one_slot_get_one_room_and_49_taken_answers(
     offering: Offering,
 ) -> None:
     clients = [UserFactory.create() for _ in range(50)]
 
-    outcomes = _race(50, lambda i: _book(clients[i], offering))
+    outcomes = race([partial(_book, client, offering) for client in clients])
 
     assert outcomes.count("ok") == 1
     assert outcomes.count("This slot was just taken. Pick another time.") == 49
@@ -126,7 +99,7 @@ def test_twenty_clients_racing_for_a_group_of_three_get_three_seats() -> None:
     room = services.group_room_publish(expert, group, SLOT)
     clients = [UserFactory.create() for _ in range(20)]
 
-    outcomes = _race(20, lambda i: services.group_seat_reserve(clients[i], room.pk))
+    outcomes = race([partial(services.group_seat_reserve, client, room.pk) for client in clients])
 
     assert outcomes.count("ok") == 3
     assert outcomes.count("This session is full.") == 17

@@ -4,20 +4,18 @@ cancel move the money through billing's services."""
 from __future__ import annotations
 
 import datetime as dt
-import threading
 from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 import pytest
 import time_machine
-from django.db import connection
 
 from accounts.models import OutboundEmail
 from accounts.tests.factories import UserFactory
 from billing import services as billing
 from billing.errors import BillingError
-from billing.gateways.local import TEST_CARD
+from billing.gateways.local import TEST_CARD, LocalGateway
 from billing.models import (
     CommandKind,
     CommandState,
@@ -27,7 +25,7 @@ from billing.models import (
     PaymentState,
 )
 from rooms import services
-from rooms.errors import InvalidTransition, RoomsError
+from rooms.errors import InvalidTransition
 from rooms.models import Offering, Room, RoomEvent, RoomState, Seat, SeatState
 from rooms.tests.factories import (
     NOW,
@@ -36,6 +34,7 @@ from rooms.tests.factories import (
     seat_pay,
     weekdays_available,
 )
+from rooms.tests.races import race
 
 UTC = dt.UTC
 SLOT = dt.datetime(2026, 12, 3, 10, 0, tzinfo=UTC)  # 50 h after NOW
@@ -215,33 +214,6 @@ class TestHoldsPlacedLater:
         assert _payment(seat).state == PaymentState.CANCELED
 
 
-def _race(actions: list[Callable[[], object]]) -> list[str]:
-    barrier = threading.Barrier(len(actions))
-    outcomes: list[str] = []
-    lock = threading.Lock()
-
-    def run(action: Callable[[], object]) -> None:
-        try:
-            barrier.wait()
-            action()
-            result = "ok"
-        except (RoomsError, BillingError) as error:
-            result = f"refused: {error}"
-        except Exception as error:  # a deadlock or any other crash is what this test looks for
-            result = f"crashed: {error!r}"
-        finally:
-            connection.close()
-        with lock:
-            outcomes.append(result)
-
-    threads = [threading.Thread(target=run, args=(action,)) for action in actions]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    return outcomes
-
-
 @pytest.mark.django_db(transaction=True)
 def test_paying_while_the_client_cancels_never_deadlocks_and_ends_consistent() -> None:
     """The provider's answer enters through the payment, the client's cancel through the room:
@@ -257,7 +229,7 @@ def test_paying_while_the_client_cancels_never_deadlocks_and_ends_consistent() -
         assert seat.payment_id is not None
         payment_id, seat_id = seat.payment_id, seat.pk
         billing.payment_checkout(payment_id)
-        outcomes = _race(
+        outcomes = race(
             [
                 partial(billing.payment_local_card, payment_id, card_number=TEST_CARD),
                 partial(services.seat_cancel, seat_id, actor=client),
@@ -271,3 +243,17 @@ def test_paying_while_the_client_cancels_never_deadlocks_and_ends_consistent() -
         _run_commands()
         payment.refresh_from_db()
         assert payment.state == PaymentState.CANCELED, (round_, outcomes)
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("frozen_now")
+def test_a_late_cancel_whose_hold_lapsed_at_the_provider_still_cancels(offering: Offering) -> None:
+    seat = seat_pay(services.booking_reserve(UserFactory.create(), offering, SLOT))
+    payment = _payment(seat)
+    lapsed = LocalGateway().intent_cancel(payment.intent_id, idempotency_key="lapsed")
+    billing.payment_apply_intent(payment.pk, lapsed, source="webhook")
+    with time_machine.travel(SLOT - dt.timedelta(hours=3), tick=False):
+        services.seat_cancel(seat.pk, actor=seat.client, expected_fee_minor=6000)
+    seat.refresh_from_db()
+    assert seat.state == SeatState.CANCELED
+    assert _payment(seat).settlement.rule == "released"

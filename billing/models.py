@@ -1,7 +1,7 @@
 """Payments as running totals plus an append-only event log; commands to send to the provider;
 settlements; the webhook inbox; and the built-in local provider's own ledger.
 
-Every amount is an integer in minor units of the payment's currency. billing/services.py is
+Every amount is an integer in minor units of the payment's currency. billing/services/ is
 the only writer of payment state.
 """
 

@@ -108,6 +108,7 @@ def main(argv: list[str]) -> int:
     from django.db import connection
 
     from billing import services
+    from billing.services import commands
 
     _record_capture_requests(args.name, args.log)
     if args.die_after_send:
@@ -116,7 +117,7 @@ def main(argv: list[str]) -> int:
             _log(args.log, worker=args.name, died_before_recording=command.pk)
             os._exit(KILLED_EXIT_STATUS)
 
-        services._command_succeed = die
+        commands._command_succeed = die
 
     # Connect before the barrier, so the race is between the commands, not the connects.
     connection.ensure_connection()

@@ -28,6 +28,7 @@ from billing.models import (
     PaymentState,
     PayoutAccount,
     Settlement,
+    WebhookEvent,
 )
 
 pytestmark = pytest.mark.django_db
@@ -565,3 +566,30 @@ def test_a_saved_card_waiting_for_its_hold_has_nothing_to_pay_on_the_pay_page() 
     payment = _card_saved(timezone.now() + dt.timedelta(days=9))
     with pytest.raises(PaymentRefused, match="Your card is saved"):
         services.payment_checkout(payment.pk)
+
+
+def test_a_webhook_whose_handler_breaks_keeps_the_error_and_counts_the_attempt(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    event = WebhookEvent.objects.create(
+        provider="stripe",
+        event_id="evt_broken",
+        type="account.updated",
+        payload={"object": {"id": "acct_1"}, "created": 1},
+    )
+
+    def broken(provider: str, obj: dict[str, Any], created: int = 0) -> None:
+        raise RuntimeError("handler bug")
+
+    monkeypatch.setitem(services.WEBHOOK_HANDLERS, "account.updated", broken)
+    assert services.webhook_process(event.pk) is False
+    event.refresh_from_db()
+    assert (event.attempts, event.last_error, event.processed_at) == (
+        1,
+        "RuntimeError: handler bug",
+        None,
+    )
+    assert services.webhooks_pending_ids() == [event.pk]
+    monkeypatch.undo()
+    assert services.webhook_process(event.pk) is True
+    assert services.webhooks_pending_ids() == []

@@ -1,0 +1,174 @@
+"""Sending the command outbox to the provider: leased, keyed, reconciled, retried."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from billing.gateways import gateway_for
+from billing.gateways.base import (
+    GatewayError,
+    Intent,
+    ProviderUnavailable,
+    UnexpectedState,
+)
+from billing.models import (
+    CommandKind,
+    CommandState,
+    Payment,
+    PaymentCommand,
+)
+from billing.services.payments import payment_apply_intent
+from billing.services.records import (
+    event_write,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def command_execute(command_id: int) -> str:
+    """Send one command to the provider and record the outcome. Safe to run twice, and from
+    two workers at once: a lease (a conditional UPDATE) lets one send at a time, and the
+    idempotency key makes a repeat of the same request harmless at the provider.
+
+    Returns the command's state afterwards.
+    """
+    now = timezone.now()
+    leased = PaymentCommand.objects.filter(
+        Q(leased_until__isnull=True) | Q(leased_until__lt=now),
+        pk=command_id,
+        state=CommandState.PENDING,
+    ).update(
+        leased_until=now + timedelta(seconds=settings.PAYMENT_COMMAND_LEASE_SECONDS),
+        attempts=F("attempts") + 1,
+    )
+    command = PaymentCommand.objects.select_related("payment").get(pk=command_id)
+    if not leased:
+        return command.state
+    gateway = gateway_for(command.payment.provider)
+    try:
+        outcome = _command_send(gateway, command)
+    except UnexpectedState as error:
+        # The provider refused for the object's state. It may be that an earlier attempt of
+        # this very command succeeded and its answer was lost: ask, never resend differently.
+        outcome = _command_reconcile(gateway, command, str(error))
+    except ProviderUnavailable as error:
+        _command_retry_later(command, str(error))
+        return CommandState.PENDING
+    except GatewayError as error:
+        _command_fail(command, str(error))
+        return CommandState.FAILED
+    if isinstance(outcome, str) and outcome.startswith("failed:"):
+        _command_fail(command, outcome.removeprefix("failed:"))
+        return CommandState.FAILED
+    _command_succeed(command, outcome)
+    return CommandState.SUCCEEDED
+
+
+def _command_send(gateway: Any, command: PaymentCommand) -> Intent | str:
+    payment = command.payment
+    key = command.idempotency_key
+    if command.kind == CommandKind.CAPTURE:
+        return gateway.intent_capture(  # type: ignore[no-any-return]
+            payment.intent_id, amount_minor=command.amount_minor, idempotency_key=key
+        )
+    if command.kind == CommandKind.CANCEL:
+        return gateway.intent_cancel(payment.intent_id, idempotency_key=key)  # type: ignore[no-any-return]
+    if command.kind == CommandKind.REFUND:
+        return gateway.refund_create(  # type: ignore[no-any-return]
+            payment.intent_id,
+            amount_minor=command.amount_minor,
+            idempotency_key=key,
+            metadata={"payment": str(payment.pk), "command": str(command.pk)},
+        )
+    return gateway.transfer_create(  # type: ignore[no-any-return]
+        amount_minor=command.amount_minor,
+        currency=payment.currency,
+        destination=command.destination,
+        idempotency_key=key,
+        metadata={"payment": str(payment.pk), "command": str(command.pk)},
+        # Tied to the client's charge, the transfer waits for its funds instead of failing.
+        source_transaction=payment.charge_id,
+    )
+
+
+def _command_reconcile(gateway: Any, command: PaymentCommand, error: str) -> Intent | str:
+    """What the provider holds decides: the effect is there (success) or it cannot be."""
+    if command.kind not in (CommandKind.CAPTURE, CommandKind.CANCEL):
+        return f"failed:{error}"
+    intent: Intent = gateway.intent_retrieve(command.payment.intent_id)
+    wanted = "succeeded" if command.kind == CommandKind.CAPTURE else "canceled"
+    if intent.status == wanted:
+        return intent
+    return f"failed:{error} (the provider holds it as {intent.status})"
+
+
+def _command_succeed(command: PaymentCommand, outcome: Intent | str) -> None:
+    if isinstance(outcome, Intent):
+        # Applying the intent marks this command done in the same transaction.
+        payment_apply_intent(command.payment_id, outcome, source=f"command {command.pk}")
+    with transaction.atomic():
+        payment = Payment.objects.select_for_update().get(pk=command.payment_id)
+        changed = PaymentCommand.objects.filter(pk=command.pk, state=CommandState.PENDING).update(
+            state=CommandState.SUCCEEDED,
+            finished_at=timezone.now(),
+            provider_ref=outcome.id if isinstance(outcome, Intent) else outcome,
+            leased_until=None,
+            last_error="",
+        )
+        if changed and command.kind in (CommandKind.REFUND, CommandKind.TRANSFER):
+            event_write(
+                payment, f"{command.kind}_sent", None, command.amount_minor, ref=str(outcome)
+            )
+
+
+def _command_fail(command: PaymentCommand, error: str) -> None:
+    with transaction.atomic():
+        payment = Payment.objects.select_for_update().get(pk=command.payment_id)
+        changed = PaymentCommand.objects.filter(pk=command.pk, state=CommandState.PENDING).update(
+            state=CommandState.FAILED,
+            finished_at=timezone.now(),
+            leased_until=None,
+            last_error=error[:300],
+        )
+        if not changed:
+            return
+        if command.kind == CommandKind.REFUND:
+            # The refund did not happen: it no longer counts against the charge.
+            Payment.objects.filter(pk=payment.pk).update(
+                refunded_minor=F("refunded_minor") - command.amount_minor
+            )
+        event_write(
+            payment, f"{command.kind}_failed", None, command.amount_minor or None, error=error
+        )
+    logger.error("payment command %s failed: %s", command.pk, error)
+
+
+def _command_retry_later(command: PaymentCommand, error: str) -> None:
+    delay = min(2 ** min(command.attempts, 10) * 5, 3600)
+    PaymentCommand.objects.filter(pk=command.pk, state=CommandState.PENDING).update(
+        leased_until=None,
+        next_attempt_at=timezone.now() + timedelta(seconds=delay),
+        last_error=error[:300],
+    )
+    logger.warning(
+        "payment command %s: provider unavailable (%s); retry in %s s", command.pk, error, delay
+    )
+
+
+def commands_due_ids(now: datetime | None = None, limit: int = 500) -> list[int]:
+    """Pending commands whose time has come and that no worker holds (the beat sweep)."""
+    now = now or timezone.now()
+    return list(
+        PaymentCommand.objects.filter(
+            Q(leased_until__isnull=True) | Q(leased_until__lt=now),
+            state=CommandState.PENDING,
+            next_attempt_at__lte=now,
+        ).values_list("pk", flat=True)[:limit]
+    )

@@ -1,0 +1,91 @@
+"""Experts' payout accounts and the transfers of their share after the dispute window."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.models import User
+from billing.gateways import gateway_for
+from billing.models import (
+    CommandKind,
+    Payment,
+    PaymentCommand,
+    PaymentState,
+    PayoutAccount,
+    Settlement,
+)
+from billing.pricing import platform_fee
+from billing.services.records import (
+    command_write,
+)
+
+
+def payouts_due_create(now: datetime | None = None) -> int:
+    """Write a transfer for every settlement past its dispute window with no hold on it,
+    whose expert can be paid (beat). The unique transfer per payment makes it safe to repeat."""
+    now = now or timezone.now()
+    due = Settlement.objects.filter(
+        payout_due_at__lte=now,
+        payout_held=False,
+        payout_minor__gt=0,
+        payment__state=PaymentState.CAPTURED,
+        payment__payee__payout_account__payouts_enabled=True,
+    ).exclude(payment__commands__kind=CommandKind.TRANSFER)
+    created = 0
+    for settlement_id in due.values_list("pk", flat=True)[:500]:
+        with transaction.atomic():
+            settlement = Settlement.objects.select_related("payment").get(pk=settlement_id)
+            payment = Payment.objects.select_for_update().get(pk=settlement.payment_id)
+            if (
+                settlement.payout_held
+                or payment.commands.filter(kind=CommandKind.TRANSFER).exists()
+            ):
+                continue
+            # What the expert earns shrinks with what was refunded to the client.
+            refunded_share = payment.refunded_minor - platform_fee(
+                payment.refunded_minor, settings.PLATFORM_FEE_PERCENT
+            )
+            amount = settlement.payout_minor - refunded_share
+            if amount <= 0:
+                continue
+            account = PayoutAccount.objects.get(user_id=payment.payee_id)
+            command = command_write(
+                payment, CommandKind.TRANSFER, amount, "payout after the dispute window"
+            )
+            PaymentCommand.objects.filter(pk=command.pk).update(destination=account.account_id)
+            created += 1
+    return created
+
+
+def payout_account_link(user: User, *, refresh_url: str, return_url: str) -> str:
+    """Where the expert goes to connect (or finish connecting) their payout account."""
+    gateway = gateway_for(settings.PAYMENT_PROVIDER)
+    account = PayoutAccount.objects.filter(user=user).first()
+    if account is None:
+        account_id = gateway.account_create(
+            email=user.email, idempotency_key=f"parley-user-{user.pk}-payout-account"
+        )
+        account, _ = PayoutAccount.objects.get_or_create(
+            user=user, defaults={"provider": gateway.name, "account_id": account_id}
+        )
+    return gateway.account_link(account.account_id, refresh_url=refresh_url, return_url=return_url)
+
+
+def payout_account_refresh(user: User) -> PayoutAccount | None:
+    """Read the account's status from the provider (after the expert returns from it)."""
+    account = PayoutAccount.objects.filter(user=user).first()
+    if account is None:
+        return None
+    details, payouts = gateway_for(account.provider).account_status(account.account_id)
+    PayoutAccount.objects.filter(pk=account.pk).update(
+        details_submitted=details,
+        payouts_enabled=payouts,
+        status_at=timezone.now(),
+        updated_at=timezone.now(),
+    )
+    account.refresh_from_db()
+    return account

@@ -1,0 +1,42 @@
+"""What every billing service shares: the payment event log and the command outbox writer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import transaction
+
+from accounts.models import User
+from billing.models import (
+    CommandKind,
+    Payment,
+    PaymentCommand,
+    PaymentEvent,
+    PaymentState,
+)
+
+HOLD_ENDING_COMMANDS = (CommandKind.CAPTURE, CommandKind.CANCEL)
+
+
+# States from which a payment has no hold yet.
+UNPAID_STATES = (PaymentState.PENDING, PaymentState.CARD_SAVED)
+
+
+def event_write(
+    payment: Payment, kind: str, actor: User | None, amount_minor: int | None, **data: Any
+) -> PaymentEvent:
+    return PaymentEvent.objects.create(
+        payment=payment, kind=kind, actor=actor, amount_minor=amount_minor, data=data
+    )
+
+
+def command_write(payment: Payment, kind: str, amount_minor: int, reason: str) -> PaymentCommand:
+    from billing.tasks import command_execute_task
+
+    command = PaymentCommand.objects.create(
+        payment=payment, kind=kind, amount_minor=amount_minor, reason=reason[:200]
+    )
+    event_write(payment, f"{kind}_requested", None, amount_minor or None, command=command.pk)
+    # robust: a broker that is down must not undo the decision; the sweep sends it later.
+    transaction.on_commit(lambda: command_execute_task.delay(command.pk), robust=True)
+    return command

@@ -1,0 +1,208 @@
+"""Deciding the money inside the caller's transaction: settlements, releases, refunds.
+
+Each decision is written as a PaymentCommand; the provider is called after commit.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.models import User
+from billing.errors import PaymentRefused
+from billing.models import (
+    CommandKind,
+    Payment,
+    PaymentCommand,
+    PaymentState,
+    Settlement,
+)
+from billing.pricing import call_charge, format_money, platform_fee
+from billing.services.records import (
+    UNPAID_STATES,
+    command_write,
+    event_write,
+)
+
+
+def payments_lock(payment_ids: list[int]) -> None:
+    """Lock payments for the rest of the caller's transaction, in one order.
+
+    Payments are locked before the rows that point to them (seats, rooms): the provider's
+    answers enter through the payment, so every writer takes the payment first and no two
+    writers wait for each other in a circle.
+    """
+    ids = sorted({pk for pk in payment_ids if pk is not None})
+    if ids:
+        list(Payment.objects.select_for_update().filter(pk__in=ids).order_by("pk").values("pk"))
+
+
+def payment_settle(
+    payment: Payment,
+    *,
+    amount_minor: int,
+    currency: str,
+    rule: str,
+    inputs: dict[str, Any],
+    explanation: str,
+    actor: User | None = None,
+) -> Settlement:
+    """Decide what the payment finally costs, inside the caller's transaction, and write the
+    capture (amount > 0) or cancel (0) command. The first settlement stands: settling again
+    returns it unchanged, so a room closed twice captures once.
+    """
+    with transaction.atomic():
+        locked = Payment.objects.select_for_update().get(pk=payment.pk)
+        existing = Settlement.objects.filter(payment=locked).first()
+        if existing is not None:
+            if (existing.amount_minor, existing.rule) != (amount_minor, rule):
+                raise PaymentRefused(
+                    f"This payment is already settled ({existing.explanation}); a settlement "
+                    "is final. A refund gives money back."
+                )
+            return existing
+        if currency != locked.currency:
+            raise PaymentRefused(
+                f"The settlement is in {currency} but the payment is in {locked.currency}."
+            )
+        if amount_minor < 0:
+            raise PaymentRefused("A settlement cannot be negative.")
+        if amount_minor > 0 and locked.state != PaymentState.AUTHORIZED:
+            raise PaymentRefused(
+                f"Nothing can be charged: the payment is {locked.get_state_display().lower()}."
+            )
+        if amount_minor > locked.authorized_minor:
+            raise PaymentRefused(
+                f"The settlement {format_money(amount_minor, currency)} is more than the hold "
+                f"of {format_money(locked.authorized_minor, currency)}."
+            )
+        fee = platform_fee(amount_minor, settings.PLATFORM_FEE_PERCENT)
+        settlement = Settlement.objects.create(
+            payment=locked,
+            rule=rule,
+            amount_minor=amount_minor,
+            platform_fee_minor=fee,
+            payout_minor=amount_minor - fee,
+            currency=currency,
+            inputs=inputs,
+            explanation=explanation[:300],
+            payout_due_at=timezone.now() + timedelta(hours=settings.PAYOUT_DELAY_HOURS),
+        )
+        event_write(locked, "settled", actor, amount_minor, rule=rule, explanation=explanation)
+        if amount_minor > 0:
+            command_write(locked, CommandKind.CAPTURE, amount_minor, f"settlement: {rule}")
+        else:
+            _payment_release(locked, f"settlement: {rule}")
+    payment.refresh_from_db()
+    return settlement
+
+
+def payment_settle_call(
+    payment: Payment,
+    *,
+    pricing: str,
+    price_minor: int,
+    cap_minor: int,
+    billable_seconds: int,
+    outcome: str = "completed",
+    no_show_fee_percent: int = 0,
+    currency: str,
+    actor: User | None = None,
+) -> Settlement:
+    """Settle a call from its inputs, inside the caller's transaction (the room close).
+
+    The pure `call_charge` turns the inputs into money; the settlement stores them with the
+    rule, so staff can see exactly why the number is what it is.
+    """
+    try:
+        charge = call_charge(
+            pricing=pricing,
+            price_minor=price_minor,
+            cap_minor=cap_minor,
+            billable_seconds=billable_seconds,
+            outcome=outcome,
+            no_show_fee_percent=no_show_fee_percent,
+        )
+    except ValueError as error:
+        raise PaymentRefused(f"The call cannot be priced: {error}.") from error
+    return payment_settle(
+        payment,
+        amount_minor=charge.amount_minor,
+        currency=currency,
+        rule=charge.rule,
+        inputs={
+            "pricing": pricing,
+            "price_minor": price_minor,
+            "cap_minor": cap_minor,
+            "billable_seconds": billable_seconds,
+            "outcome": outcome,
+            "no_show_fee_percent": no_show_fee_percent,
+            "rounding": "every started minute" if pricing == "per_minute" else "none",
+        },
+        explanation=charge.explanation,
+        actor=actor,
+    )
+
+
+def payment_release(payment: Payment, *, reason: str, actor: User | None = None) -> Settlement:
+    """Nothing is owed (cancellation in time, expert canceled, reservation expired): the hold,
+    if any, is canceled. Inside the caller's transaction."""
+    return payment_settle(
+        payment,
+        amount_minor=0,
+        currency=payment.currency,
+        rule="released",
+        inputs={"reason": reason},
+        explanation=f"Released in full: {reason}.",
+        actor=actor,
+    )
+
+
+def _payment_release(payment: Payment, reason: str) -> None:
+    if payment.intent_id:
+        command_write(payment, CommandKind.CANCEL, 0, reason)
+    elif payment.state in UNPAID_STATES:
+        # Nothing exists at the provider to cancel (the card was never asked for, or only
+        # saved for later): the payment ends here.
+        old, payment.state = payment.state, PaymentState.CANCELED
+        payment.save(update_fields=["state", "updated_at"])
+        event_write(payment, PaymentState.CANCELED, None, 0, old=old, reason=reason)
+
+
+def payment_refund(
+    payment_id: int, *, amount_minor: int, currency: str, reason: str, actor: User | None
+) -> PaymentCommand:
+    """Give back part or all of what was charged. The refund is counted when decided, so two
+    refunds decided at once can never exceed the charge (the database checks it too)."""
+    if not reason.strip():
+        raise PaymentRefused("Say why the money is refunded; the client and staff see it.")
+    with transaction.atomic():
+        payment = Payment.objects.select_for_update().get(pk=payment_id)
+        if currency != payment.currency:
+            raise PaymentRefused(
+                f"The refund is in {currency} but the payment is in {payment.currency}."
+            )
+        if amount_minor <= 0:
+            raise PaymentRefused("The refund must be more than zero.")
+        if payment.state != PaymentState.CAPTURED:
+            raise PaymentRefused(
+                f"Only a charged payment can be refunded; this one is "
+                f"{payment.get_state_display().lower()}."
+            )
+        if amount_minor > payment.refundable_minor:
+            raise PaymentRefused(
+                f"At most {format_money(payment.refundable_minor, currency)} can be refunded "
+                f"(charged {format_money(payment.captured_minor, currency)}, already refunded "
+                f"{format_money(payment.refunded_minor, currency)})."
+            )
+        payment.refunded_minor += amount_minor
+        payment.save(update_fields=["refunded_minor", "updated_at"])
+        command = command_write(payment, CommandKind.REFUND, amount_minor, reason)
+        event_write(
+            payment, "refund_decided", actor, amount_minor, reason=reason, command=command.pk
+        )
+    return command

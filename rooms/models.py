@@ -177,7 +177,7 @@ class RoomState(models.TextChoices):
     CANCELED = "canceled", "Canceled"
 
 
-# The room state machine (PRODUCT.md). rooms/services.py is its only writer.
+# The room state machine (PRODUCT.md). rooms/services/ is its only writer.
 ROOM_TRANSITIONS: dict[str, frozenset[str]] = {
     RoomState.SCHEDULED: frozenset({RoomState.OPEN, RoomState.CANCELED}),
     RoomState.OPEN: frozenset({RoomState.LIVE, RoomState.CLOSED, RoomState.CANCELED}),

@@ -644,7 +644,7 @@ def booking_grid(
     overrides: Sequence[DateOverride],
     length: timedelta,
 ) -> list[Slot]:
-    """The slots rooms.services._slot_check_policy looks `slot_start` up in: the candidate
+    """The slots rooms.services.booking.slot_check_policy looks `slot_start` up in: the candidate
     slots of the expert's local day of `slot_start` and a day either side, with the overrides of
     those days only (selectors.date_overrides reads a date range)."""
     local_day = slot_start.astimezone(zone).date()

@@ -1,0 +1,49 @@
+"""Every state change of offerings, availability, rooms and seats — one module per entity,
+this package the one door.
+
+Room and seat states change only here, each through a guarded transition (a row lock or a
+conditional UPDATE) that also writes a RoomEvent. Emails are written to the outbox inside the
+same transaction and sent after commit.
+"""
+
+from rooms.services.booking import (
+    NO_OVERLAP_CONSTRAINT,
+    booking_reserve,
+    group_room_publish,
+    group_seat_reserve,
+    reservations_expire,
+    seat_confirm,
+    seat_payment_authorized,
+    seat_payment_card_saved,
+)
+from rooms.services.changes import (
+    reminders_queue,
+    room_cancel_by_expert,
+    seat_cancel,
+    seat_reschedule,
+)
+from rooms.services.offerings import (
+    availability_override_add,
+    availability_override_delete,
+    availability_replace_weekly,
+    offering_save,
+)
+
+__all__ = [
+    "NO_OVERLAP_CONSTRAINT",
+    "availability_override_add",
+    "availability_override_delete",
+    "availability_replace_weekly",
+    "booking_reserve",
+    "group_room_publish",
+    "group_seat_reserve",
+    "offering_save",
+    "reminders_queue",
+    "reservations_expire",
+    "room_cancel_by_expert",
+    "seat_cancel",
+    "seat_confirm",
+    "seat_payment_authorized",
+    "seat_payment_card_saved",
+    "seat_reschedule",
+]

@@ -1,0 +1,367 @@
+"""Booking: reservations, group seats, confirmation by payment, and expiry.
+
+Every write is guarded in the database (row locks in the documented order, the exclusion
+constraint) and leaves a RoomEvent; emails go to the outbox inside the transaction.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from allauth.account.models import EmailAddress
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from accounts.models import User
+from accounts.selectors import users_blocked_between
+from billing import services as billing
+from billing.models import Payment
+from rooms import emails, selectors
+from rooms.availability import Slot, candidate_slots
+from rooms.errors import BookingRefused, RoomsError, SlotTaken
+from rooms.models import (
+    Offering,
+    Room,
+    RoomKind,
+    RoomState,
+    Seat,
+    SeatState,
+)
+from rooms.services.records import (
+    event_write,
+    expert_calendar_lock,
+    room_transition,
+    seat_transition,
+)
+
+NO_OVERLAP_CONSTRAINT = "room_expert_no_overlap"
+
+
+def booking_reserve(client: User, offering: Offering, slot_start: datetime) -> Seat:
+    """Reserve a private slot: a scheduled room and a seat held for payment for a few minutes.
+
+    Checks come first and say exactly what is wrong; the database has the last word on
+    overlap (exclusion constraint), so two clients racing for one slot get one room.
+    """
+    _booking_check_people(client, offering.expert)
+    _booking_check_offering(offering, group=False)
+    now = timezone.now()
+    slot = slot_check_policy(offering, slot_start, now)
+    try:
+        with transaction.atomic():
+            room = _room_create(offering, slot, RoomKind.PRIVATE, now)
+            seat = Seat.objects.create(
+                room=room,
+                client=client,
+                reserved_until=_hold_until(now),
+                payment=_payment_open(room, client, now),
+            )
+            event_write(room, "booked", client, seat=seat.pk, starts_at=slot.starts_at.isoformat())
+    except SlotTaken:
+        raise SlotTaken(slot_alternatives(offering, slot_start)) from None
+    return seat
+
+
+def group_room_publish(expert: User, offering: Offering, starts_at: datetime) -> Room:
+    """The expert opens a group session at a time of their choosing; clients then take seats."""
+    if offering.expert_id != expert.pk:
+        raise RoomsError("This offering belongs to another expert.")
+    if not selectors.expert_is_approved(expert):
+        raise RoomsError("Only approved experts can sell sessions.")
+    _booking_check_offering(offering, group=True)
+    now = timezone.now()
+    # Arithmetic on an aware local datetime is wall-clock arithmetic (wrong across DST).
+    starts_at = starts_at.astimezone(UTC)
+    if starts_at <= now:
+        raise BookingRefused("That time has already passed. Pick a time in the future.")
+    if starts_at > now + timedelta(days=offering.horizon_days):
+        raise BookingRefused(
+            f"Sessions can be published at most {offering.horizon_days} days ahead."
+        )
+    try:
+        with transaction.atomic():
+            room = _room_create(
+                offering, Slot(starts_at, starts_at + offering.length), RoomKind.GROUP, now
+            )
+            event_write(room, "published", expert, capacity=room.capacity)
+    except SlotTaken:
+        raise BookingRefused(
+            "You already have a session at that time (buffers included). Pick another time."
+        ) from None
+    return room
+
+
+def _room_create(offering: Offering, slot: Slot, kind: str, now: datetime) -> Room:
+    """A scheduled room for `slot`, or SlotTaken when the expert's calendar has no room for
+    it (buffers included). Runs inside the caller's transaction."""
+    expert = offering.expert
+    policy = selectors.offering_policy(offering)
+    blocked_from, blocked_until = slot.blocked_range(policy.buffer_before, policy.buffer_after)
+    expert_calendar_lock(expert)
+    rooms_release_stale(expert, blocked_from, blocked_until, now)
+    if selectors.rooms_blocking(expert, blocked_from, blocked_until).exists():
+        raise SlotTaken()
+    try:
+        with transaction.atomic():
+            return Room.objects.create(
+                expert=expert,
+                offering=offering,
+                kind=kind,
+                title=offering.title,
+                starts_at=slot.starts_at,
+                ends_at=slot.ends_at,
+                blocked_from=blocked_from,
+                blocked_until=blocked_until,
+                capacity=1 if kind == RoomKind.PRIVATE else offering.capacity,
+                **_terms(offering),
+            )
+    except IntegrityError as error:
+        if NO_OVERLAP_CONSTRAINT not in str(error):
+            raise
+        raise SlotTaken() from None
+
+
+def group_seat_reserve(client: User, room_id: int) -> Seat:
+    """Take a seat in a published group session, if one is left."""
+    now = timezone.now()
+    with transaction.atomic():
+        # Payments first (the lock order): the client's own stale reservation here may be
+        # released below.
+        billing.payments_lock(
+            list(
+                Seat.objects.filter(
+                    room_id=room_id, client=client, state=SeatState.RESERVED
+                ).values_list("payment_id", flat=True)
+            )
+        )
+        # The row lock serialises seat-takers of this room: count and insert cannot interleave.
+        room = (
+            Room.objects.select_for_update(of=("self",))
+            .select_related("offering", "expert")
+            .get(pk=room_id)
+        )
+        _booking_check_people(client, room.expert)
+        if room.kind != RoomKind.GROUP:
+            raise BookingRefused("This session is private; book a time from the expert's page.")
+        if room.state != RoomState.SCHEDULED or room.starts_at <= now:
+            raise BookingRefused("This session is no longer open for booking.")
+        notice = timedelta(minutes=room.offering.notice_minutes if room.offering else 0)
+        if room.starts_at < now + notice:
+            raise BookingRefused("This session starts too soon to book a seat.")
+        _seats_expire_stale(Seat.objects.filter(room=room, client=client), now)
+        if Seat.objects.holding_place().filter(room=room, client=client).exists():
+            raise BookingRefused("You already have a seat in this session.")
+        if selectors.seats_holding(room) >= room.capacity:
+            raise BookingRefused("This session is full.")
+        seat = Seat.objects.create(
+            room=room,
+            client=client,
+            reserved_until=_hold_until(now),
+            payment=_payment_open(room, client, now),
+        )
+        event_write(room, "seat_reserved", client, seat=seat.pk)
+    return seat
+
+
+def _payment_open(room: Room, client: User, now: datetime) -> Payment:
+    """The payment a new seat waits for: a hold of the seat's maximum, placed now, or for a
+    session further out than a card hold lasts, a saved card and a hold placed later."""
+    hold_at = None
+    if room.starts_at - now > timedelta(days=settings.HOLD_LATER_AFTER_DAYS):
+        hold_at = room.starts_at - timedelta(hours=settings.HOLD_BEFORE_HOURS)
+    return billing.payment_open(
+        payer=client,
+        payee=room.expert,
+        amount_minor=room.max_amount_minor,
+        currency=room.currency,
+        description=f"{room.title} with {room.expert.display_name}, "
+        f"{room.starts_at:%Y-%m-%d %H:%M} UTC",
+        hold_at=hold_at,
+    )
+
+
+def seat_payment_authorized(payment: Payment) -> None:
+    """billing: the seat's hold is authorized. Confirm the seat, or if it can no longer be
+    confirmed (the reservation expired or was canceled meanwhile), give the hold back."""
+    seat = Seat.objects.filter(payment=payment).first()
+    if seat is None:
+        return
+    try:
+        seat_confirm(seat.pk)
+    except BookingRefused as error:
+        billing.payment_release(payment, reason=f"the seat could not be confirmed: {error}")
+
+
+def seat_payment_card_saved(payment: Payment) -> None:
+    """billing: the card is saved and the hold will be placed later. The seat stays reserved
+    until a little before the start; if the hold is still missing then, it is released."""
+    seat = Seat.objects.select_related("room").filter(payment=payment).first()
+    if seat is None:
+        return
+    with transaction.atomic():
+        release_at = seat.room.starts_at - timedelta(hours=settings.UNPAID_RELEASE_BEFORE_HOURS)
+        changed = Seat.objects.filter(
+            pk=seat.pk, state=SeatState.RESERVED, reserved_until__gt=timezone.now()
+        ).update(reserved_until=release_at)
+        if changed:
+            event_write(
+                seat.room, "card_saved", seat.client, seat=seat.pk, hold_at=str(payment.hold_at)
+            )
+        else:
+            billing.payment_release(payment, reason="the reservation had already ended")
+
+
+def seat_confirm(seat_id: int, *, actor: User | None = None) -> Seat:
+    """The hold is authorized for a reservation: the seat is the client's. Safe to call twice.
+
+    Called by billing's `payment_authorized` signal (see `seat_payment_authorized`).
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        seat = Seat.objects.select_for_update(of=("self",)).select_related("room").get(pk=seat_id)
+        if seat.state == SeatState.CONFIRMED:
+            return seat
+        if seat.state == SeatState.CANCELED:
+            raise BookingRefused("This booking was canceled; it cannot be confirmed.")
+        if seat.state != SeatState.RESERVED or seat.reserved_until <= now:
+            raise BookingRefused(
+                "This reservation expired before it was confirmed, and the time was released. "
+                "Book again to get a new slot."
+            )
+        seat_transition(seat, SeatState.CONFIRMED, confirmed_at=now)
+        event_write(seat.room, "seat_confirmed", actor or seat.client, seat=seat.pk)
+        emails.booking_confirmed(seat)
+    return seat
+
+
+def reservations_expire(now: datetime | None = None) -> int:
+    """Mark reservations past their time expired and free their private rooms (beat sweep)."""
+    now = now or timezone.now()
+    stale = Seat.objects.filter(state=SeatState.RESERVED, reserved_until__lte=now)
+    expired = 0
+    for seat_id in stale.values_list("pk", flat=True)[:1000]:
+        with transaction.atomic():
+            expired += _seats_expire_stale(Seat.objects.filter(pk=seat_id), now)
+    return expired
+
+
+def _terms(offering: Offering) -> dict[str, Any]:
+    return {
+        "pricing": offering.pricing,
+        "price_minor": offering.price_minor,
+        "currency": offering.currency,
+        "late_cancel_fee_percent": offering.late_cancel_fee_percent,
+        "no_show_fee_percent": offering.no_show_fee_percent,
+    }
+
+
+def _hold_until(now: datetime) -> datetime:
+    return now + timedelta(minutes=settings.RESERVATION_HOLD_MINUTES)
+
+
+def _booking_check_people(client: User, expert: User) -> None:
+    if client.pk == expert.pk:
+        raise BookingRefused("You cannot book your own session.")
+    if not EmailAddress.objects.filter(user=client, verified=True).exists():
+        raise BookingRefused("Verify your email address before booking; check your inbox.")
+    if not selectors.expert_is_approved(expert):
+        raise BookingRefused("This expert is not taking bookings.")
+    if users_blocked_between(client.pk, expert.pk):
+        raise BookingRefused("You cannot book this expert.")
+
+
+def _booking_check_offering(offering: Offering, *, group: bool) -> None:
+    if not offering.is_active:
+        raise BookingRefused("This offering is not available for booking any more.")
+    if group and offering.capacity < 2:
+        raise BookingRefused("This offering is private; clients book it from your free times.")
+    if not group and offering.capacity > 1:
+        raise BookingRefused("This is a group offering: take a seat in one of its sessions.")
+
+
+def slot_check_policy(offering: Offering, slot_start: datetime, now: datetime) -> Slot:
+    """The slot starting at `slot_start`, or a refusal that says which rule it breaks."""
+    if timezone.is_naive(slot_start):
+        raise BookingRefused("The time must include its time zone.")
+    policy = selectors.offering_policy(offering)
+    if slot_start <= now:
+        raise BookingRefused("That time has already passed. Pick a time in the future.")
+    if slot_start < now + policy.notice:
+        raise BookingRefused(
+            f"This session needs at least {_duration(policy.notice)} notice. Pick a later time."
+        )
+    if slot_start > now + policy.horizon:
+        raise BookingRefused(
+            f"This session can be booked at most {offering.horizon_days} days ahead."
+        )
+    zone = selectors.expert_zone(offering.expert)
+    local_day = slot_start.astimezone(zone).date()
+    offered = candidate_slots(
+        zone=zone,
+        first_day=local_day - timedelta(days=1),
+        last_day=local_day + timedelta(days=1),
+        weekly=selectors.weekly_intervals(offering.expert),
+        overrides=selectors.date_overrides(
+            offering.expert, local_day - timedelta(days=1), local_day + timedelta(days=1)
+        ),
+        length=policy.length,
+    )
+    slot = next((slot for slot in offered if slot.starts_at == slot_start), None)
+    if slot is None:
+        raise BookingRefused(
+            "That time is outside the expert's availability. Pick one of the listed times."
+        )
+    return slot
+
+
+def _duration(delta: timedelta) -> str:
+    minutes = int(delta.total_seconds() // 60)
+    if minutes % 60 == 0:
+        hours = minutes // 60
+        return f"{hours} hour{'s' if hours != 1 else ''}'"
+    return f"{minutes} minutes'"
+
+
+def slot_alternatives(offering: Offering, around: datetime) -> list[datetime]:
+    return [slot.starts_at for slot in selectors.nearest_free_slots(offering, around)]
+
+
+def rooms_release_stale(expert: User, start: datetime, end: datetime, now: datetime) -> None:
+    """Expire reservations past their time on private rooms in [start, end), freeing them."""
+    stale = Seat.objects.filter(
+        room__expert=expert,
+        room__kind=RoomKind.PRIVATE,
+        room__state=RoomState.SCHEDULED,
+        room__blocked_from__lt=end,
+        room__blocked_until__gt=start,
+    )
+    _seats_expire_stale(stale, now)
+
+
+def _seats_expire_stale(seats: QuerySet[Seat], now: datetime) -> int:
+    """Expire the given seats that are reservations past their time; cancel their private
+    rooms. Conditional UPDATEs: a sweep and a booking doing this at once expire each seat once."""
+    expired = 0
+    for seat in seats.filter(state=SeatState.RESERVED, reserved_until__lte=now).select_related(
+        "room", "payment"
+    ):
+        # Payment, room, then seat: the lock order every writer follows.
+        billing.payments_lock([seat.payment_id] if seat.payment_id else [])
+        seat.room = Room.objects.select_for_update().get(pk=seat.room_id)
+        changed = Seat.objects.filter(
+            pk=seat.pk, state=SeatState.RESERVED, reserved_until__lte=now
+        ).update(state=SeatState.EXPIRED)
+        if not changed:
+            continue
+        expired += 1
+        event_write(seat.room, "reservation_expired", None, seat=seat.pk)
+        if seat.payment is not None:
+            billing.payment_release(seat.payment, reason="the reservation expired unpaid")
+        room = seat.room
+        if room.kind == RoomKind.PRIVATE and room.state == RoomState.SCHEDULED:
+            if not Seat.objects.holding_place().filter(room=room).exists():
+                room_transition(room, RoomState.CANCELED, None, reason="reservation_expired")
+    return expired

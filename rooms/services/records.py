@@ -1,0 +1,67 @@
+"""The guarded transitions and the event log every rooms service shares.
+
+Room and seat states change only through `room_transition` and `seat_transition` (a
+conditional UPDATE from the allowed sources, then an event).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from accounts.models import User
+from rooms.errors import InvalidTransition
+from rooms.models import (
+    ROOM_TRANSITIONS,
+    SEAT_TRANSITIONS,
+    Room,
+    RoomEvent,
+    RoomState,
+    Seat,
+    SeatState,
+)
+
+
+def room_transition(room: Room, target: str, actor: User | None, *, reason: str = "") -> None:
+    sources = [state for state, targets in ROOM_TRANSITIONS.items() if target in targets]
+    changed = Room.objects.filter(pk=room.pk, state__in=sources).update(
+        state=target, cancel_reason=reason if target == RoomState.CANCELED else room.cancel_reason
+    )
+    if changed != 1:
+        current = Room.objects.values_list("state", flat=True).get(pk=room.pk)
+        if current == target:
+            return
+        raise InvalidTransition(
+            f"This session is {RoomState(current).label.lower()}; "
+            f"it cannot become {RoomState(target).label.lower()}."
+        )
+    old = room.state
+    room.state = target
+    if target == RoomState.CANCELED:
+        room.cancel_reason = reason
+    event_write(room, "state_changed", actor, old=old, new=target, reason=reason)
+
+
+def seat_transition(seat: Seat, target: str, **fields: Any) -> None:
+    sources = [state for state, targets in SEAT_TRANSITIONS.items() if target in targets]
+    changed = Seat.objects.filter(pk=seat.pk, state__in=sources).update(state=target, **fields)
+    if changed != 1:
+        current = Seat.objects.values_list("state", flat=True).get(pk=seat.pk)
+        raise InvalidTransition(f"This booking is already {SeatState(current).label.lower()}.")
+    seat.state = target
+    for name, value in fields.items():
+        setattr(seat, name, value)
+
+
+def event_write(room: Room, kind: str, actor: User | None, **data: Any) -> RoomEvent:
+    return RoomEvent.objects.create(room=room, kind=kind, actor=actor, data=data)
+
+
+def expert_calendar_lock(expert: User) -> None:
+    """Serialise changes to one expert's calendar for the rest of the transaction.
+
+    The exclusion constraint alone is correct but, with many inserts of one range in flight,
+    PostgreSQL can resolve their waits with a deadlock error instead of a constraint error.
+    Queuing on the expert's row first lets the overlap check decide every race cleanly; the
+    constraint stays as the backstop (and is all SQLite needs: it serialises writers anyway).
+    """
+    list(User.objects.select_for_update().filter(pk=expert.pk).values_list("pk", flat=True))

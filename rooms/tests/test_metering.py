@@ -1,0 +1,70 @@
+"""Metering is interval arithmetic; a brute-force count of seconds is the reference."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from rooms.metering import billable_seconds, intersect, to_seconds, total, union
+
+seconds = st.integers(min_value=0, max_value=600)
+intervals = st.lists(
+    st.tuples(seconds, seconds).map(lambda pair: (min(pair), max(pair))), max_size=8
+)
+
+
+def _brute(*sets: list[tuple[int, int]]) -> int:
+    covered = [
+        {second for start, end in one_set for second in range(start, end)} for one_set in sets
+    ]
+    return len(set.intersection(*covered))
+
+
+@given(
+    window=st.tuples(seconds, seconds).map(lambda pair: (min(pair), max(pair))),
+    expert=intervals,
+    client=intervals,
+    media=intervals,
+)
+def test_billable_seconds_equal_a_second_by_second_count(
+    window: tuple[int, int],
+    expert: list[tuple[int, int]],
+    client: list[tuple[int, int]],
+    media: list[tuple[int, int]],
+) -> None:
+    got = billable_seconds(
+        live_window=window, expert_presence=expert, client_presence=client, media_links=media
+    )
+    assert got == _brute([window], expert, client, media)
+
+
+@given(a=intervals, b=intervals)
+def test_union_and_intersection_agree_with_sets(
+    a: list[tuple[int, int]], b: list[tuple[int, int]]
+) -> None:
+    assert total(union(a + b)) == len(
+        {s for x, y in a for s in range(x, y)} | {s for x, y in b for s in range(x, y)}
+    )
+    assert total(intersect(a, b)) == _brute(a, b)
+    merged = union(a)
+    assert all(left[1] < right[0] for left, right in zip(merged, merged[1:], strict=False))
+
+
+def test_a_reconnect_gap_is_not_billed_and_overlapping_reports_are_not_billed_twice() -> None:
+    # The client dropped from 300 to 320; two media reports overlap from 100 to 200.
+    got = billable_seconds(
+        live_window=(0, 600),
+        expert_presence=[(0, 600)],
+        client_presence=[(0, 300), (320, 600)],
+        media_links=[(0, 200), (100, 300), (325, 600)],
+    )
+    assert got == 300 + 275
+
+
+def test_partial_seconds_never_round_up_into_a_billed_second() -> None:
+    start = dt.datetime(2026, 12, 1, 10, 0, 0, 400_000, tzinfo=dt.UTC)
+    end = dt.datetime(2026, 12, 1, 10, 0, 59, 900_000, tzinfo=dt.UTC)
+    first, last = to_seconds(start, end)
+    assert last - first == 58

@@ -17,6 +17,8 @@ app.conf.beat_schedule = {
     # Reservations are also ignored at read time once past; the sweep frees their rooms.
     "rooms-reservations-expire": {"task": "rooms.tasks.reservations_expire", "schedule": 30.0},
     "rooms-reminders-queue": {"task": "rooms.tasks.reminders_queue", "schedule": 60.0},
+    # The room state machine's timed transitions; tasks at the exact moments do the same.
+    "rooms-advance": {"task": "rooms.tasks.rooms_advance", "schedule": 10.0},
     # Payment commands and webhook events whose task was lost, or that wait for a retry.
     "billing-commands-send-due": {"task": "billing.tasks.commands_send_due", "schedule": 30.0},
     "billing-webhooks-process-pending": {

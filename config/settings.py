@@ -304,3 +304,12 @@ CSRF_FAILURE_VIEW = "config.errors.csrf_failure"
 RESERVATION_HOLD_MINUTES = env_int("RESERVATION_HOLD_MINUTES", 10)
 # A client who cancels at least this many hours before the start pays nothing.
 FREE_CANCELLATION_HOURS = env_int("FREE_CANCELLATION_HOURS", 24)
+
+# --- The room (PRODUCT.md: Room states, Presence, Close) ----------------------------------
+LOBBY_OPENS_MINUTES = env_int("LOBBY_OPENS_MINUTES", 10)
+# Ten minutes after the start, a side that never joined is a no-show.
+NO_SHOW_MINUTES = env_int("NO_SHOW_MINUTES", 10)
+# After being live, a room nobody is in for this long closes (LiveKit's empty_timeout).
+EMPTY_TIMEOUT_SECONDS = env_int("EMPTY_TIMEOUT_SECONDS", 300)
+# Heartbeats every 5 s; a connection silent for 15 s is stale (LiveKit's numbers).
+HEARTBEAT_STALE_SECONDS = env_int("HEARTBEAT_STALE_SECONDS", 15)

@@ -177,6 +177,16 @@ class RoomState(models.TextChoices):
     CANCELED = "canceled", "Canceled"
 
 
+class CloseReason(models.TextChoices):
+    COMPLETED = "completed", "Completed"
+    ENDED_BY_EXPERT = "ended_by_expert", "Ended by the expert"
+    TIME_LIMIT = "time_limit", "The paid time was reached"
+    EMPTY = "empty", "Everyone had left"
+    EXPERT_NO_SHOW = "expert_no_show", "The expert did not join"
+    CLIENT_NO_SHOW = "client_no_show", "No client joined"
+    TERMINATED_BY_STAFF = "terminated_by_staff", "Ended by Parley staff"
+
+
 # The room state machine (PRODUCT.md). rooms/services/ is its only writer.
 ROOM_TRANSITIONS: dict[str, frozenset[str]] = {
     RoomState.SCHEDULED: frozenset({RoomState.OPEN, RoomState.CANCELED}),
@@ -211,6 +221,11 @@ class Room(models.Model):
     capacity = models.PositiveSmallIntegerField(default=1)
     state = models.CharField(max_length=10, choices=RoomState.choices, default=RoomState.SCHEDULED)
     cancel_reason = models.CharField(max_length=40, blank=True)
+    opened_at = models.DateTimeField(null=True, blank=True)
+    # The live window: from the first moment the expert and a seat holder were both present.
+    live_at = models.DateTimeField(null=True, blank=True)
+    closed_at = models.DateTimeField(null=True, blank=True)
+    close_reason = models.CharField(max_length=24, choices=CloseReason.choices, blank=True)
     # Bumped on every reschedule: calendar apps replace an invite with a higher SEQUENCE.
     sequence = models.PositiveIntegerField(default=0)
     pricing = models.CharField(max_length=16, choices=Pricing.choices)
@@ -238,6 +253,12 @@ class Room(models.Model):
             ),
             models.CheckConstraint(
                 condition=Q(state__in=RoomState.values), name="room_state_valid"
+            ),
+            # A closed room always says why and when; no other room has a close reason.
+            models.CheckConstraint(
+                condition=(Q(state=RoomState.CLOSED, closed_at__isnull=False) & ~Q(close_reason=""))
+                | (~Q(state=RoomState.CLOSED) & Q(close_reason="")),
+                name="room_closed_has_reason",
             ),
             # The no-overlap exclusion constraint is PostgreSQL-only SQL: see migration 0002.
         ]
@@ -346,3 +367,71 @@ class Seat(models.Model):
 
     def __str__(self) -> str:
         return f"Seat {self.pk} of room {self.room_id} ({self.state})"
+
+
+class Presence(models.Model):
+    """One connection of one participant to a room, as the server saw it.
+
+    A participant has at most one open presence per room: a new connection replaces the old
+    one. A connection whose heartbeats stop is closed by the sweeper at its last heartbeat,
+    so a process that dies leaves no ghost.
+    """
+
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="presences")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="presences"
+    )
+    connection_id = models.CharField(max_length=64, unique=True)
+    process = models.CharField(max_length=100, blank=True)
+    opened_at = models.DateTimeField()
+    last_heartbeat_at = models.DateTimeField()
+    closed_at = models.DateTimeField(null=True, blank=True)
+    close_reason = models.CharField(max_length=24, blank=True)
+
+    class Meta:
+        ordering = ["opened_at", "pk"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["room", "user"],
+                condition=Q(closed_at__isnull=True),
+                name="presence_one_open_per_participant",
+            ),
+            models.CheckConstraint(
+                condition=Q(closed_at__isnull=True) | Q(closed_at__gte=models.F("opened_at")),
+                name="presence_ends_after_it_starts",
+            ),
+        ]
+        indexes = [models.Index(fields=["room", "user"]), models.Index(fields=["closed_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} in room {self.room_id} from {self.opened_at:%H:%M:%S}"
+
+
+class MediaLink(models.Model):
+    """An interval in which the expert and one client had working media, as one side said."""
+
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="media_links")
+    client = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    reported_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    started_at = models.DateTimeField()
+    ended_at = models.DateTimeField(null=True, blank=True)
+    candidate_type = models.CharField(max_length=10, blank=True)
+
+    class Meta:
+        ordering = ["started_at", "pk"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["room", "client", "reported_by"],
+                condition=Q(ended_at__isnull=True),
+                name="media_link_one_open_per_reporter",
+            ),
+            models.CheckConstraint(
+                condition=Q(ended_at__isnull=True) | Q(ended_at__gte=models.F("started_at")),
+                name="media_link_ends_after_it_starts",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"media {self.room_id}/{self.client_id} from {self.started_at:%H:%M:%S}"

@@ -13,3 +13,10 @@ def reservations_expire() -> int:
 @shared_task
 def reminders_queue() -> int:
     return services.reminders_queue()
+
+
+@shared_task
+def rooms_advance() -> dict[str, int]:
+    """Open lobbies, close rooms at their time limit, on no-shows and when empty (beat every
+    10 s, and scheduled for the exact moments of each room)."""
+    return services.rooms_advance()

@@ -28,6 +28,13 @@ from rooms.services.offerings import (
     availability_replace_weekly,
     offering_save,
 )
+from rooms.services.room_state import (
+    room_close,
+    room_mark_live,
+    room_open,
+    rooms_advance,
+    seat_meter,
+)
 
 __all__ = [
     "NO_OVERLAP_CONSTRAINT",
@@ -41,6 +48,11 @@ __all__ = [
     "reminders_queue",
     "reservations_expire",
     "room_cancel_by_expert",
+    "room_close",
+    "room_mark_live",
+    "room_open",
+    "rooms_advance",
+    "seat_meter",
     "seat_cancel",
     "seat_confirm",
     "seat_payment_authorized",

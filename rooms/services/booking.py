@@ -36,6 +36,7 @@ from rooms.services.records import (
     room_transition,
     seat_transition,
 )
+from rooms.services.room_state import room_timers_schedule
 
 NO_OVERLAP_CONSTRAINT = "room_expert_no_overlap"
 
@@ -106,7 +107,7 @@ def _room_create(offering: Offering, slot: Slot, kind: str, now: datetime) -> Ro
         raise SlotTaken()
     try:
         with transaction.atomic():
-            return Room.objects.create(
+            room = Room.objects.create(
                 expert=expert,
                 offering=offering,
                 kind=kind,
@@ -118,6 +119,8 @@ def _room_create(offering: Offering, slot: Slot, kind: str, now: datetime) -> Ro
                 capacity=1 if kind == RoomKind.PRIVATE else offering.capacity,
                 **_terms(offering),
             )
+            room_timers_schedule(room)
+            return room
     except IntegrityError as error:
         if NO_OVERLAP_CONSTRAINT not in str(error):
             raise

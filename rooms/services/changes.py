@@ -38,6 +38,7 @@ from rooms.services.records import (
     room_transition,
     seat_transition,
 )
+from rooms.services.room_state import room_timers_schedule
 
 
 def seat_cancel(seat_id: int, *, actor: User, expected_fee_minor: int | None = None) -> Seat:
@@ -223,6 +224,7 @@ def seat_reschedule(seat_id: int, *, actor: User, new_start: datetime) -> Room:
                 new_starts_at=slot.starts_at.isoformat(),
             )
             emails.booking_rescheduled(seat, locked)
+            room_timers_schedule(locked)
     except SlotTaken:
         raise SlotTaken(slot_alternatives(offering, new_start)) from None
     except IntegrityError as error:

@@ -21,11 +21,15 @@ from rooms.models import (
 )
 
 
-def room_transition(room: Room, target: str, actor: User | None, *, reason: str = "") -> None:
+def room_transition(
+    room: Room, target: str, actor: User | None, *, reason: str = "", **fields: Any
+) -> None:
+    """Move the room to `target` from any allowed source, with `fields` set in the same
+    UPDATE (the check constraints see the new state and its fields together)."""
     sources = [state for state, targets in ROOM_TRANSITIONS.items() if target in targets]
-    changed = Room.objects.filter(pk=room.pk, state__in=sources).update(
-        state=target, cancel_reason=reason if target == RoomState.CANCELED else room.cancel_reason
-    )
+    if target == RoomState.CANCELED:
+        fields["cancel_reason"] = reason
+    changed = Room.objects.filter(pk=room.pk, state__in=sources).update(state=target, **fields)
     if changed != 1:
         current = Room.objects.values_list("state", flat=True).get(pk=room.pk)
         if current == target:
@@ -36,8 +40,8 @@ def room_transition(room: Room, target: str, actor: User | None, *, reason: str 
         )
     old = room.state
     room.state = target
-    if target == RoomState.CANCELED:
-        room.cancel_reason = reason
+    for name, value in fields.items():
+        setattr(room, name, value)
     event_write(room, "state_changed", actor, old=old, new=target, reason=reason)
 
 

@@ -1,0 +1,254 @@
+"""The room's life after booking: the lobby opens, the call goes live, the room closes.
+
+Closing is one transaction: the room's state, every seat's settlement (through billing's
+`payment_settle_call`, which writes the capture or cancel command) and the events commit
+together or not at all. Closing twice, or from two processes at once, settles once: the
+payments and the room are locked first, and a closed room is returned as it is.
+
+Timed transitions run from `rooms_advance` (the beat sweep every 10 s, and a task scheduled
+for the exact moment); both may run at once without harm.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from accounts.models import User
+from billing import services as billing
+from billing.models import PaymentState
+from rooms import metering
+from rooms.errors import InvalidTransition
+from rooms.models import (
+    CloseReason,
+    MediaLink,
+    Presence,
+    Room,
+    RoomState,
+    Seat,
+    SeatState,
+)
+from rooms.services.records import event_write, room_transition, seat_transition
+
+
+def room_timers_schedule(room: Room) -> None:
+    """After commit, ask Celery to advance the room at its exact moments (lobby opening,
+    no-show check, paid end); the beat sweep every 10 s is the safety net for lost ones."""
+    from rooms.tasks import rooms_advance as advance_task
+
+    moments = (
+        room.starts_at - timedelta(minutes=settings.LOBBY_OPENS_MINUTES),
+        room.starts_at + timedelta(minutes=settings.NO_SHOW_MINUTES),
+        room.ends_at,
+    )
+
+    def schedule() -> None:
+        for moment in moments:
+            advance_task.apply_async(eta=moment)
+
+    transaction.on_commit(schedule, robust=True)
+
+
+def room_open(room_id: int, *, now: datetime | None = None) -> bool:
+    """Open the lobby (from start − LOBBY_OPENS_MINUTES). Returns whether this call did it."""
+    now = now or timezone.now()
+    lobby = timedelta(minutes=settings.LOBBY_OPENS_MINUTES)
+    with transaction.atomic():
+        changed = Room.objects.filter(
+            pk=room_id, state=RoomState.SCHEDULED, starts_at__lte=now + lobby
+        ).update(state=RoomState.OPEN, opened_at=now)
+        if changed:
+            room = Room.objects.get(pk=room_id)
+            event_write(room, "state_changed", None, old=RoomState.SCHEDULED, new=RoomState.OPEN)
+    return bool(changed)
+
+
+def room_mark_live(room_id: int, *, at: datetime) -> bool:
+    """The expert and a seat holder are both present for the first time: the live window
+    starts. Returns whether this call did it (a second call changes nothing)."""
+    with transaction.atomic():
+        changed = Room.objects.filter(pk=room_id, state=RoomState.OPEN).update(
+            state=RoomState.LIVE, live_at=at
+        )
+        if changed:
+            room = Room.objects.get(pk=room_id)
+            event_write(room, "state_changed", None, old=RoomState.OPEN, new=RoomState.LIVE)
+    return bool(changed)
+
+
+def room_close(
+    room_id: int, *, reason: str, actor: User | None = None, now: datetime | None = None
+) -> Room:
+    """Close the room and settle every seat, in one transaction; safe to call any number of
+    times from anywhere (the first close stands)."""
+    if reason not in CloseReason.values:
+        raise InvalidTransition(f"{reason!r} is not a reason a room closes for.")
+    now = now or timezone.now()
+    with transaction.atomic():
+        # The lock order of every writer: payments, then the room, then its seats.
+        billing.payments_lock(
+            list(
+                Seat.objects.filter(
+                    room_id=room_id, state__in=(SeatState.RESERVED, SeatState.CONFIRMED)
+                )
+                .exclude(payment=None)
+                .values_list("payment_id", flat=True)
+            )
+        )
+        room = Room.objects.select_for_update().get(pk=room_id)
+        if room.state == RoomState.CLOSED:
+            return room
+        if room.state not in (RoomState.OPEN, RoomState.LIVE):
+            raise InvalidTransition(
+                f"This session is {RoomState(room.state).label.lower()}; only an open or live "
+                "room can close."
+            )
+        Presence.objects.filter(room=room, closed_at__isnull=True).update(
+            closed_at=now, close_reason="room_closed"
+        )
+        MediaLink.objects.filter(room=room, ended_at__isnull=True).update(ended_at=now)
+        settled = [_seat_settle(room, seat, now, actor) for seat in _seats_to_settle(room)]
+        room_transition(
+            room, RoomState.CLOSED, actor, reason=reason, closed_at=now, close_reason=reason
+        )
+        event_write(room, "closed", actor, reason=reason, seats=settled)
+        if reason == CloseReason.EXPERT_NO_SHOW:
+            # Staff follow up on every expert no-show (moderation lists these events).
+            event_write(room, "expert_no_show", None, expert=room.expert_id)
+    return room
+
+
+def _seats_to_settle(room: Room) -> list[Seat]:
+    return list(
+        Seat.objects.select_for_update(of=("self",))
+        .filter(room=room, state__in=(SeatState.RESERVED, SeatState.CONFIRMED))
+        .select_related("payment", "client")
+    )
+
+
+def _seat_settle(room: Room, seat: Seat, now: datetime, actor: User | None) -> dict[str, Any]:
+    """Price one seat from what the server saw, and hand it to billing."""
+    if seat.state == SeatState.RESERVED:
+        # Never paid: the reservation ends with the room, and so does its payment.
+        seat_transition(seat, SeatState.EXPIRED)
+        if seat.payment is not None:
+            billing.payment_release(seat.payment, reason="the session ended before payment")
+        return {"seat": seat.pk, "outcome": "unpaid"}
+    inputs = seat_meter(room, seat, now)
+    if seat.payment is None:
+        return {"seat": seat.pk, **inputs}
+    if seat.payment.state != PaymentState.AUTHORIZED:
+        billing.payment_release(seat.payment, reason="no hold to charge at close", actor=actor)
+        return {"seat": seat.pk, **inputs, "charged_minor": 0}
+    settlement = billing.payment_settle_call(
+        seat.payment,
+        pricing=room.pricing,
+        price_minor=room.price_minor,
+        cap_minor=room.max_amount_minor,
+        billable_seconds=inputs["billable_seconds"],
+        outcome=inputs["outcome"],
+        no_show_fee_percent=room.no_show_fee_percent,
+        currency=room.currency,
+        actor=actor,
+    )
+    return {"seat": seat.pk, **inputs, "charged_minor": settlement.amount_minor}
+
+
+def seat_meter(room: Room, seat: Seat, now: datetime) -> dict[str, Any]:
+    """What the server saw of this seat: its outcome and billable seconds, with the inputs."""
+    expert = _presence_intervals(room, room.expert_id, now)
+    client = _presence_intervals(room, seat.client_id, now)
+    media = [
+        metering.to_seconds(link.started_at, link.ended_at or now)
+        for link in MediaLink.objects.filter(room=room, client_id=seat.client_id)
+    ]
+    window = metering.to_seconds(room.live_at, room.closed_at or now) if room.live_at else (0, 0)
+    billable = metering.billable_seconds(
+        live_window=window, expert_presence=expert, client_presence=client, media_links=media
+    )
+    if not metering.total(expert):
+        outcome = "expert_no_show"
+    elif not metering.total(client):
+        outcome = "client_no_show"
+    else:
+        outcome = "completed"
+    return {
+        "outcome": outcome,
+        "billable_seconds": billable,
+        "live_window": list(window),
+        "expert_presence": [list(i) for i in metering.union(expert)],
+        "client_presence": [list(i) for i in metering.union(client)],
+        "media_links": [list(i) for i in metering.union(media)],
+    }
+
+
+def _presence_intervals(room: Room, user_id: int, now: datetime) -> list[metering.Interval]:
+    stale = timedelta(seconds=settings.HEARTBEAT_STALE_SECONDS)
+    intervals = []
+    for presence in Presence.objects.filter(room=room, user_id=user_id):
+        end = presence.closed_at
+        if end is None:
+            # Still open: it lasts until now, unless its heartbeats stopped (then until the
+            # last one, as the sweeper would have closed it).
+            end = now if now - presence.last_heartbeat_at <= stale else presence.last_heartbeat_at
+        intervals.append(metering.to_seconds(presence.opened_at, end))
+    return intervals
+
+
+def rooms_advance(now: datetime | None = None) -> dict[str, int]:
+    """The timed transitions that are due (beat every 10 s, and tasks at the exact moment).
+
+    Each room moves in its own transaction through a guarded service, so two sweeps, or a
+    sweep and a task, running at once do each thing once.
+    """
+    now = now or timezone.now()
+    done = {"opened": 0, "closed": 0}
+    lobby = timedelta(minutes=settings.LOBBY_OPENS_MINUTES)
+    for room_id in Room.objects.filter(
+        state=RoomState.SCHEDULED, starts_at__lte=now + lobby
+    ).values_list("pk", flat=True)[:500]:
+        done["opened"] += room_open(room_id, now=now)
+    for room_id, reason in _rooms_due_to_close(now):
+        room = room_close(room_id, reason=reason, now=now)
+        done["closed"] += room.closed_at == now
+    return done
+
+
+def _rooms_due_to_close(now: datetime) -> list[tuple[int, str]]:
+    due: list[tuple[int, str]] = []
+    active = Room.objects.filter(state__in=(RoomState.OPEN, RoomState.LIVE))
+    for room_id in active.filter(ends_at__lte=now).values_list("pk", flat=True)[:500]:
+        due.append((room_id, CloseReason.TIME_LIMIT))
+    no_show_at = now - timedelta(minutes=settings.NO_SHOW_MINUTES)
+    for room in active.filter(state=RoomState.OPEN, starts_at__lte=no_show_at, ends_at__gt=now)[
+        :500
+    ]:
+        ever = set(Presence.objects.filter(room=room).values_list("user_id", flat=True))
+        holders = set(
+            Seat.objects.filter(room=room, state=SeatState.CONFIRMED).values_list(
+                "client_id", flat=True
+            )
+        )
+        if room.expert_id not in ever:
+            due.append((room.pk, CloseReason.EXPERT_NO_SHOW))
+        elif not ever & holders:
+            due.append((room.pk, CloseReason.CLIENT_NO_SHOW))
+    empty_since = now - timedelta(seconds=settings.EMPTY_TIMEOUT_SECONDS)
+    stale_before = now - timedelta(seconds=settings.HEARTBEAT_STALE_SECONDS)
+    for room in active.filter(state=RoomState.LIVE, ends_at__gt=now)[:500]:
+        presences = Presence.objects.filter(room=room)
+        # Someone is in (a connection still beating), or left less than the timeout ago
+        # (a stale connection counts as left at its last heartbeat).
+        recent = (
+            Q(closed_at__isnull=True, last_heartbeat_at__gt=stale_before)
+            | Q(closed_at__gt=empty_since)
+            | Q(closed_at__isnull=True, last_heartbeat_at__gt=empty_since)
+        )
+        if not presences.filter(recent).exists():
+            due.append((room.pk, CloseReason.EMPTY))
+    return due

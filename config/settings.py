@@ -313,3 +313,5 @@ NO_SHOW_MINUTES = env_int("NO_SHOW_MINUTES", 10)
 EMPTY_TIMEOUT_SECONDS = env_int("EMPTY_TIMEOUT_SECONDS", 300)
 # Heartbeats every 5 s; a connection silent for 15 s is stale (LiveKit's numbers).
 HEARTBEAT_STALE_SECONDS = env_int("HEARTBEAT_STALE_SECONDS", 15)
+# A reconnect within this long after a drop resumes in place (Daily and LiveKit wait ~20 s).
+RESUME_GRACE_SECONDS = env_int("RESUME_GRACE_SECONDS", 20)

@@ -19,4 +19,6 @@ def reminders_queue() -> int:
 def rooms_advance() -> dict[str, int]:
     """Open lobbies, close rooms at their time limit, on no-shows and when empty (beat every
     10 s, and scheduled for the exact moments of each room)."""
+    # Stale connections first, so an empty room is seen as empty.
+    services.presences_sweep_stale()
     return services.rooms_advance()

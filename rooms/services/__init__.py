@@ -28,6 +28,16 @@ from rooms.services.offerings import (
     availability_replace_weekly,
     offering_save,
 )
+from rooms.services.presence import (
+    Joined,
+    JoinRefused,
+    media_state_report,
+    presence_close,
+    presence_heartbeat,
+    presence_open,
+    presences_sweep_stale,
+    room_admission_check,
+)
 from rooms.services.room_state import (
     room_close,
     room_mark_live,
@@ -37,6 +47,14 @@ from rooms.services.room_state import (
 )
 
 __all__ = [
+    "JoinRefused",
+    "Joined",
+    "media_state_report",
+    "presence_close",
+    "presence_heartbeat",
+    "presence_open",
+    "presences_sweep_stale",
+    "room_admission_check",
     "NO_OVERLAP_CONSTRAINT",
     "availability_override_add",
     "availability_override_delete",

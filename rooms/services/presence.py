@@ -1,0 +1,188 @@
+"""Who is in a room, as the server sees it: connections, heartbeats, replacement, resume, and
+the media links the participants report.
+
+Presence lives in the database, never only in a process: several Daphne processes serve one
+room, and a process that dies leaves rows the sweeper closes at their last heartbeat.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.models import User
+from accounts.selectors import users_blocked_between
+from rooms.errors import RoomsError
+from rooms.models import MediaLink, Presence, Room, RoomState, Seat, SeatState
+from rooms.services.records import event_write
+from rooms.services.room_state import room_mark_live
+
+
+class JoinRefused(RoomsError):
+    """A connection the room does not admit; `code` is the reason in one word."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Joined:
+    presence: Presence
+    # The connection this one replaced (a reload, a second tab): told `replaced` and closed.
+    replaced_connection_id: str | None
+    # Back within the grace after a drop: peers see `peer_resumed`, not a new join.
+    resumed: bool
+    went_live: bool
+
+
+def room_admission_check(room: Room, user: User) -> None:
+    """Raise JoinRefused unless `user` may be in `room` now: its expert or a confirmed seat
+    holder, not blocked by the other side, and the room open or live."""
+    is_expert = room.expert_id == user.pk
+    if not is_expert:
+        seat = Seat.objects.filter(room=room, client=user).order_by("-pk").first()
+        if seat is None:
+            raise JoinRefused("not_participant", "This room is for its expert and its clients.")
+        if seat.state != SeatState.CONFIRMED:
+            raise JoinRefused("not_paid", "Your seat in this session is not paid.")
+        if users_blocked_between(user.pk, room.expert_id):
+            raise JoinRefused("blocked", "You cannot join this session.")
+    if room.state == RoomState.SCHEDULED:
+        raise JoinRefused("too_early", "The lobby opens 10 minutes before the start.")
+    if room.state in (RoomState.CLOSED, RoomState.CANCELED):
+        raise JoinRefused("room_ended", f"This session is {room.get_state_display().lower()}.")
+
+
+def presence_open(
+    room_id: int,
+    user: User,
+    *,
+    connection_id: str,
+    process: str = "",
+    now: datetime | None = None,
+) -> Joined:
+    """A connection joins: admitted or refused, replacing the user's older connection, and
+    starting the live window when the expert and a seat holder are first both in."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        room = Room.objects.select_for_update().get(pk=room_id)
+        room_admission_check(room, user)
+        mine = Presence.objects.select_for_update().filter(room=room, user=user)
+        old = mine.filter(closed_at__isnull=True).first()
+        grace = timedelta(seconds=settings.RESUME_GRACE_SECONDS)
+        last_closed = mine.filter(closed_at__isnull=False).order_by("-closed_at").first()
+        resumed = old is not None or (
+            last_closed is not None
+            and last_closed.closed_at is not None
+            and now - last_closed.closed_at <= grace
+        )
+        if old is not None:
+            Presence.objects.filter(pk=old.pk).update(closed_at=now, close_reason="replaced")
+        presence = Presence.objects.create(
+            room=room,
+            user=user,
+            connection_id=connection_id,
+            process=process,
+            opened_at=now,
+            last_heartbeat_at=now,
+        )
+        event_write(room, "presence_opened", user, connection=connection_id, resumed=resumed)
+        went_live = (
+            room.state == RoomState.OPEN
+            and _both_sides_in(room)
+            and room_mark_live(room.pk, at=now)
+        )
+    return Joined(presence, old.connection_id if old else None, resumed, went_live)
+
+
+def _both_sides_in(room: Room) -> bool:
+    inside = set(
+        Presence.objects.filter(room=room, closed_at__isnull=True).values_list("user_id", flat=True)
+    )
+    holders = Seat.objects.filter(room=room, state=SeatState.CONFIRMED, client_id__in=inside)
+    return room.expert_id in inside and holders.exists()
+
+
+def presence_heartbeat(connection_id: str, *, now: datetime | None = None) -> bool:
+    """A heartbeat; False when the connection is no longer open (replaced, swept, room closed),
+    so the consumer closes its socket."""
+    return bool(
+        Presence.objects.filter(connection_id=connection_id, closed_at__isnull=True).update(
+            last_heartbeat_at=now or timezone.now()
+        )
+    )
+
+
+def presence_close(connection_id: str, *, reason: str, now: datetime | None = None) -> bool:
+    """The socket closed; returns whether this call ended the presence."""
+    return bool(
+        Presence.objects.filter(connection_id=connection_id, closed_at__isnull=True).update(
+            closed_at=now or timezone.now(), close_reason=reason[:24]
+        )
+    )
+
+
+def presences_sweep_stale(now: datetime | None = None) -> int:
+    """Close connections silent for HEARTBEAT_STALE_SECONDS at their last heartbeat (a process
+    that died never ran its disconnect)."""
+    now = now or timezone.now()
+    stale = now - timedelta(seconds=settings.HEARTBEAT_STALE_SECONDS)
+    swept = 0
+    for presence in Presence.objects.filter(closed_at__isnull=True, last_heartbeat_at__lt=stale):
+        swept += Presence.objects.filter(pk=presence.pk, closed_at__isnull=True).update(
+            closed_at=presence.last_heartbeat_at, close_reason="stale"
+        )
+    return swept
+
+
+MEDIA_STATES = ("connected", "disconnected")
+CANDIDATE_TYPES = ("host", "srflx", "prflx", "relay", "")
+
+
+def media_state_report(
+    room_id: int,
+    reporter: User,
+    *,
+    peer_id: int,
+    state: str,
+    candidate_type: str = "",
+    now: datetime | None = None,
+) -> MediaLink | None:
+    """One side says its media with a peer went up or down. Links are kept per reporter, so
+    either side's report counts (their union is what metering reads)."""
+    if state not in MEDIA_STATES:
+        raise RoomsError(f"Media state must be one of {', '.join(MEDIA_STATES)}.")
+    if candidate_type not in CANDIDATE_TYPES:
+        raise RoomsError("Unknown ICE candidate type.")
+    now = now or timezone.now()
+    room = Room.objects.get(pk=room_id)
+    pair = {reporter.pk, peer_id}
+    if room.expert_id not in pair or len(pair) != 2:
+        raise RoomsError("Media is reported between the expert and one client.")
+    client_id = (pair - {room.expert_id}).pop()
+    if not Seat.objects.filter(room=room, client_id=client_id, state=SeatState.CONFIRMED).exists():
+        raise RoomsError("That peer has no seat in this room.")
+    with transaction.atomic():
+        open_link = (
+            MediaLink.objects.select_for_update()
+            .filter(room=room, client_id=client_id, reported_by=reporter, ended_at__isnull=True)
+            .first()
+        )
+        if state == "connected":
+            if open_link is not None:
+                return open_link
+            return MediaLink.objects.create(
+                room=room,
+                client_id=client_id,
+                reported_by=reporter,
+                started_at=now,
+                candidate_type=candidate_type,
+            )
+        if open_link is not None:
+            MediaLink.objects.filter(pk=open_link.pk).update(ended_at=now)
+        return None

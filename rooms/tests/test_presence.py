@@ -1,0 +1,157 @@
+"""Presence: who is admitted, one connection per participant, resume within the grace, the
+stale sweep, and the media links that metering reads."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+import time_machine
+
+from accounts.models import Block
+from accounts.tests.factories import UserFactory
+from rooms import services
+from rooms.errors import RoomsError
+from rooms.models import MediaLink, Offering, Presence, Room, RoomState, Seat
+from rooms.services import JoinRefused
+from rooms.tests.factories import NOW, seat_pay
+
+UTC = dt.UTC
+START = dt.datetime(2026, 12, 1, 14, 0, tzinfo=UTC)
+
+pytestmark = pytest.mark.django_db
+
+
+def _at(seconds: float) -> dt.datetime:
+    return START + dt.timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def seat(offering: Offering) -> Seat:
+    with time_machine.travel(NOW, tick=False):
+        seat = seat_pay(services.booking_reserve(UserFactory.create(), offering, START))
+    with time_machine.travel(_at(-600), tick=False):
+        services.rooms_advance()
+    return seat
+
+
+def _room(seat: Seat) -> Room:
+    return Room.objects.get(pk=seat.room_id)
+
+
+def test_the_expert_and_a_paid_client_are_admitted_and_the_call_goes_live(seat: Seat) -> None:
+    room = _room(seat)
+    expert = services.presence_open(room.pk, room.expert, connection_id="e1", now=_at(0))
+    assert not expert.went_live
+    client = services.presence_open(room.pk, seat.client, connection_id="c1", now=_at(5))
+    assert client.went_live
+    room.refresh_from_db()
+    assert (room.state, room.live_at) == (RoomState.LIVE, _at(5))
+
+
+@pytest.mark.parametrize(
+    ("who", "code"),
+    [("stranger", "not_participant"), ("unpaid", "not_paid"), ("blocked", "blocked")],
+)
+def test_someone_the_room_does_not_admit_is_refused_with_a_reason(
+    seat: Seat, offering: Offering, who: str, code: str
+) -> None:
+    room = _room(seat)
+    user = seat.client
+    if who == "stranger":
+        user = UserFactory.create()
+    elif who == "unpaid":
+        Seat.objects.filter(pk=seat.pk).update(state="canceled")
+    else:
+        Block.objects.create(blocker=room.expert, blocked=seat.client)
+    with pytest.raises(JoinRefused) as refused:
+        services.presence_open(room.pk, user, connection_id="x", now=_at(0))
+    assert refused.value.code == code
+    assert not Presence.objects.exists()
+
+
+def test_a_room_not_open_yet_or_ended_refuses_everyone(seat: Seat) -> None:
+    room = _room(seat)
+    Room.objects.filter(pk=room.pk).update(state=RoomState.SCHEDULED)
+    with pytest.raises(JoinRefused, match="lobby opens") as early:
+        services.presence_open(room.pk, room.expert, connection_id="e", now=_at(-900))
+    assert early.value.code == "too_early"
+    Room.objects.filter(pk=room.pk).update(state=RoomState.OPEN)
+    services.room_close(room.pk, reason="ended_by_expert", now=_at(1))
+    with pytest.raises(JoinRefused) as ended:
+        services.presence_open(room.pk, room.expert, connection_id="e2", now=_at(2))
+    assert ended.value.code == "room_ended"
+
+
+def test_a_second_connection_replaces_the_first_and_is_a_resume(seat: Seat) -> None:
+    room = _room(seat)
+    services.presence_open(room.pk, seat.client, connection_id="tab1", now=_at(0))
+    second = services.presence_open(room.pk, seat.client, connection_id="tab2", now=_at(30))
+    assert (second.replaced_connection_id, second.resumed) == ("tab1", True)
+    assert not services.presence_heartbeat("tab1", now=_at(31))
+    assert services.presence_heartbeat("tab2", now=_at(31))
+    first = Presence.objects.get(connection_id="tab1")
+    assert (first.closed_at, first.close_reason) == (_at(30), "replaced")
+
+
+def test_a_reconnect_within_twenty_seconds_resumes_and_later_is_a_new_join(seat: Seat) -> None:
+    room = _room(seat)
+    services.presence_open(room.pk, seat.client, connection_id="a", now=_at(0))
+    services.presence_close("a", reason="network", now=_at(10))
+    assert services.presence_open(room.pk, seat.client, connection_id="b", now=_at(30)).resumed
+    services.presence_close("b", reason="network", now=_at(40))
+    assert not services.presence_open(room.pk, seat.client, connection_id="c", now=_at(61)).resumed
+
+
+def test_a_silent_connection_is_swept_at_its_last_heartbeat(seat: Seat) -> None:
+    room = _room(seat)
+    services.presence_open(room.pk, seat.client, connection_id="a", now=_at(0))
+    services.presence_heartbeat("a", now=_at(5))
+    assert services.presences_sweep_stale(now=_at(19)) == 0
+    assert services.presences_sweep_stale(now=_at(21)) == 1
+    swept = Presence.objects.get(connection_id="a")
+    assert (swept.closed_at, swept.close_reason) == (_at(5), "stale")
+    assert services.presences_sweep_stale(now=_at(60)) == 0
+
+
+def test_media_reports_open_and_close_one_link_per_reporter(seat: Seat) -> None:
+    room = _room(seat)
+    expert = room.expert
+    for reporter, peer in ((seat.client, expert.pk), (expert, seat.client_id)):
+        services.media_state_report(
+            room.pk, reporter, peer_id=peer, state="connected", candidate_type="host", now=_at(0)
+        )
+        # A repeated "connected" keeps the open link.
+        services.media_state_report(room.pk, reporter, peer_id=peer, state="connected", now=_at(3))
+    services.media_state_report(
+        room.pk, seat.client, peer_id=expert.pk, state="disconnected", now=_at(9)
+    )
+    links = {
+        (link.reported_by_id, link.started_at, link.ended_at) for link in MediaLink.objects.all()
+    }
+    assert links == {(seat.client_id, _at(0), _at(9)), (expert.pk, _at(0), None)}
+
+
+@pytest.mark.parametrize(
+    ("state", "candidate", "peer", "message"),
+    [
+        ("up", "host", "expert", "Media state must be one of"),
+        ("connected", "carrier-pigeon", "expert", "Unknown ICE candidate type"),
+        ("connected", "host", "self", "between the expert and one client"),
+        ("connected", "host", "stranger", "between the expert and one client"),
+    ],
+)
+def test_a_wrong_media_report_is_refused_and_writes_nothing(
+    seat: Seat, state: str, candidate: str, peer: str, message: str
+) -> None:
+    room = _room(seat)
+    peer_id = {
+        "expert": room.expert_id,
+        "self": seat.client_id,
+        "stranger": UserFactory.create().pk,
+    }[peer]
+    with pytest.raises(RoomsError, match=message):
+        services.media_state_report(
+            room.pk, seat.client, peer_id=peer_id, state=state, candidate_type=candidate
+        )
+    assert not MediaLink.objects.exists()

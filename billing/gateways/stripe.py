@@ -64,7 +64,7 @@ def _translated_errors() -> Iterator[None]:
         ) from error
 
 
-def _intent(obj: Any) -> Intent:
+def intent_from_stripe(obj: Any) -> Intent:
     data = obj.to_dict() if hasattr(obj, "to_dict") else dict(obj)
     captured = data.get("amount_received")
     if captured is None and data.get("status") == "succeeded":
@@ -89,7 +89,7 @@ def _intent(obj: Any) -> Intent:
     )
 
 
-def _setup(obj: Any) -> Setup:
+def setup_from_stripe(obj: Any) -> Setup:
     data = obj.to_dict() if hasattr(obj, "to_dict") else dict(obj)
     return Setup(
         id=data["id"],
@@ -143,11 +143,11 @@ class StripeGateway:
             intent = self.client.v1.payment_intents.create(
                 params=params, options={"idempotency_key": idempotency_key}
             )
-        return _intent(intent)
+        return intent_from_stripe(intent)
 
     def intent_retrieve(self, intent_id: str) -> Intent:
         with _translated_errors():
-            return _intent(self.client.v1.payment_intents.retrieve(intent_id))
+            return intent_from_stripe(self.client.v1.payment_intents.retrieve(intent_id))
 
     def intent_capture(self, intent_id: str, *, amount_minor: int, idempotency_key: str) -> Intent:
         with _translated_errors():
@@ -156,14 +156,14 @@ class StripeGateway:
                 params={"amount_to_capture": amount_minor},
                 options={"idempotency_key": idempotency_key},
             )
-        return _intent(intent)
+        return intent_from_stripe(intent)
 
     def intent_cancel(self, intent_id: str, *, idempotency_key: str) -> Intent:
         with _translated_errors():
             intent = self.client.v1.payment_intents.cancel(
                 intent_id, options={"idempotency_key": idempotency_key}
             )
-        return _intent(intent)
+        return intent_from_stripe(intent)
 
     def refund_create(
         self, intent_id: str, *, amount_minor: int, idempotency_key: str, metadata: dict[str, str]
@@ -183,11 +183,11 @@ class StripeGateway:
                 params={"customer": customer, "usage": "off_session", "metadata": metadata},
                 options={"idempotency_key": idempotency_key},
             )
-        return _setup(setup)
+        return setup_from_stripe(setup)
 
     def setup_retrieve(self, setup_id: str) -> Setup:
         with _translated_errors():
-            return _setup(self.client.v1.setup_intents.retrieve(setup_id))
+            return setup_from_stripe(self.client.v1.setup_intents.retrieve(setup_id))
 
     def transfer_create(
         self,

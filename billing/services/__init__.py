@@ -15,17 +15,14 @@ Rules kept here (PRODUCT.md, Money):
 
 from billing.services.commands import command_execute, commands_due_ids
 from billing.services.payments import (
-    INTENT_STATES,
     Checkout,
     holds_due_ids,
-    pay_again_email,
     payment_apply_intent,
     payment_apply_setup,
     payment_checkout,
     payment_hold_place,
     payment_local_card,
     payment_open,
-    payment_record_failure,
     payment_sync,
 )
 from billing.services.payouts import (
@@ -50,21 +47,18 @@ from billing.services.webhooks import (
 
 __all__ = [
     "HOLD_ENDING_COMMANDS",
-    "INTENT_STATES",
     "UNPAID_STATES",
     "WEBHOOK_HANDLERS",
     "Checkout",
     "command_execute",
     "commands_due_ids",
     "holds_due_ids",
-    "pay_again_email",
     "payment_apply_intent",
     "payment_apply_setup",
     "payment_checkout",
     "payment_hold_place",
     "payment_local_card",
     "payment_open",
-    "payment_record_failure",
     "payment_refund",
     "payment_release",
     "payment_settle",

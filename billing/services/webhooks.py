@@ -98,7 +98,7 @@ def _payment_by_intent(provider: str, intent_id: str) -> Payment | None:
 
 
 def _on_intent(provider: str, obj: dict[str, Any], created: int = 0) -> None:
-    from billing.gateways.stripe import _intent
+    from billing.gateways.stripe import intent_from_stripe
 
     payment = _payment_by_intent(provider, obj["id"])
     if payment is None:
@@ -108,7 +108,7 @@ def _on_intent(provider: str, obj: dict[str, Any], created: int = 0) -> None:
         )
     if payment is None:
         return  # not one of ours (another integration on the same account)
-    payment_apply_intent(payment.pk, _intent(obj), source="webhook")
+    payment_apply_intent(payment.pk, intent_from_stripe(obj), source="webhook")
 
 
 def _on_charge_refunded(provider: str, obj: dict[str, Any], created: int = 0) -> None:
@@ -185,11 +185,11 @@ def _on_dispute_closed(provider: str, obj: dict[str, Any], created: int = 0) -> 
 
 
 def _on_setup_succeeded(provider: str, obj: dict[str, Any], created: int = 0) -> None:
-    from billing.gateways.stripe import _setup
+    from billing.gateways.stripe import setup_from_stripe
 
     payment = Payment.objects.filter(provider=provider, setup_id=obj["id"]).first()
     if payment is not None:
-        payment_apply_setup(payment.pk, _setup(obj), source="webhook")
+        payment_apply_setup(payment.pk, setup_from_stripe(obj), source="webhook")
 
 
 def _on_account_updated(provider: str, obj: dict[str, Any], created: int = 0) -> None:

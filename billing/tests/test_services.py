@@ -30,6 +30,7 @@ from billing.models import (
     Settlement,
     WebhookEvent,
 )
+from billing.tests.helpers import commands_run_pending
 
 pytestmark = pytest.mark.django_db
 
@@ -59,15 +60,6 @@ def _rows() -> tuple[int, ...]:
         PaymentCommand.objects.count(),
         Settlement.objects.count(),
     )
-
-
-def _run_commands() -> list[str]:
-    return [
-        services.command_execute(pk)
-        for pk in PaymentCommand.objects.filter(state=CommandState.PENDING).values_list(
-            "pk", flat=True
-        )
-    ]
 
 
 def _settle(payment: Payment, amount: int, rule: str = "fixed") -> Settlement:
@@ -132,7 +124,7 @@ def test_a_partial_settlement_captures_that_amount_and_releases_the_rest() -> No
     assert (settlement.platform_fee_minor, settlement.payout_minor) == (450, 2550)
     command = PaymentCommand.objects.get(payment=payment)
     assert (command.kind, command.amount_minor, command.state) == ("capture", 3000, "pending")
-    assert _run_commands() == [CommandState.SUCCEEDED]
+    assert commands_run_pending() == [CommandState.SUCCEEDED]
     payment.refresh_from_db()
     assert payment.state == PaymentState.CAPTURED
     assert (payment.captured_minor, payment.released_minor) == (3000, 2000)
@@ -159,7 +151,7 @@ def test_a_different_second_settlement_is_refused_and_writes_nothing() -> None:
 def test_a_zero_settlement_cancels_the_hold() -> None:
     payment = _authorized()
     services.payment_release(payment, reason="the expert canceled")
-    assert _run_commands() == [CommandState.SUCCEEDED]
+    assert commands_run_pending() == [CommandState.SUCCEEDED]
     payment.refresh_from_db()
     assert payment.state == PaymentState.CANCELED
     assert (payment.captured_minor, payment.released_minor) == (0, 5000)
@@ -199,7 +191,7 @@ def test_a_settlement_over_the_hold_in_another_currency_or_negative_writes_nothi
 def test_capturing_a_canceled_hold_is_refused_and_writes_nothing() -> None:
     payment = _authorized()
     services.payment_release(payment, reason="client canceled in time")
-    _run_commands()
+    commands_run_pending()
     before = _rows()
     with pytest.raises(PaymentRefused, match="already settled"):
         _settle(payment, 1000)
@@ -218,7 +210,7 @@ def test_an_unpaid_payment_cannot_be_charged() -> None:
 def _captured(amount: int = 5000, charged: int = 4000) -> Payment:
     payment = _authorized(amount)
     _settle(payment, charged)
-    _run_commands()
+    commands_run_pending()
     payment.refresh_from_db()
     return payment
 
@@ -270,7 +262,7 @@ def test_refunds_together_never_exceed_the_charge() -> None:
             payment.pk, amount_minor=1001, currency="EUR", reason="b", actor=None
         )
     services.payment_refund(payment.pk, amount_minor=1000, currency="EUR", reason="c", actor=None)
-    assert _run_commands() == [CommandState.SUCCEEDED, CommandState.SUCCEEDED]
+    assert commands_run_pending() == [CommandState.SUCCEEDED, CommandState.SUCCEEDED]
 
 
 def test_the_database_refuses_totals_that_do_not_add_up() -> None:
@@ -347,7 +339,7 @@ def test_an_authorization_arriving_after_the_release_is_given_back() -> None:
     intent = LocalGateway().intent_confirm_card(payment.intent_id, card_number=TEST_CARD)
     services.payment_apply_intent(payment.pk, intent, source="webhook")
     assert PaymentCommand.objects.filter(payment=payment, kind="cancel").count() == 1
-    _run_commands()
+    commands_run_pending()
     payment.refresh_from_db()
     assert payment.state == PaymentState.CANCELED
     assert LocalIntent.objects.get(pk=payment.intent_id).status == "canceled"
@@ -495,7 +487,7 @@ def test_a_client_no_show_captures_the_fee_and_an_expert_no_show_releases_the_ho
     }
     services.payment_settle_call(client_absent, outcome="client_no_show", **inputs)
     services.payment_settle_call(expert_absent, outcome="expert_no_show", **inputs)
-    assert _run_commands() == [CommandState.SUCCEEDED, CommandState.SUCCEEDED]
+    assert commands_run_pending() == [CommandState.SUCCEEDED, CommandState.SUCCEEDED]
     client_absent.refresh_from_db()
     expert_absent.refresh_from_db()
     assert (client_absent.state, client_absent.captured_minor) == (PaymentState.CAPTURED, 4500)
@@ -552,7 +544,7 @@ def test_a_hold_on_an_intent_unknown_when_the_payment_ended_is_canceled() -> Non
     )
     intent = LocalGateway().intent_confirm_card(stray.id, card_number=TEST_CARD)
     services.payment_apply_intent(payment.pk, intent, source="webhook")
-    assert _run_commands() == [CommandState.SUCCEEDED]
+    assert commands_run_pending() == [CommandState.SUCCEEDED]
     payment.refresh_from_db()
     assert (payment.state, payment.authorized_minor, payment.released_minor) == (
         PaymentState.CANCELED,

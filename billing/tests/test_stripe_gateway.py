@@ -711,17 +711,6 @@ class Recorder(HTTPClient):
             return json.dumps({"error": error}), 404, {"Request-Id": "req_recorder"}
         return json.dumps(answer), 200, {"Request-Id": "req_recorder"}
 
-    def request_stream(
-        self,
-        method: str,
-        url: str,
-        headers: Mapping[str, str] | None,
-        post_data: Any = None,
-        *,
-        _usage: list[str] | None = None,
-    ) -> tuple[Any, int, Mapping[str, str]]:
-        raise NotImplementedError("The recorder does not stream.")
-
     def close(self) -> None:
         pass
 

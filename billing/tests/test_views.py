@@ -20,6 +20,7 @@ from billing.models import (
     PayoutAccount,
     WebhookEvent,
 )
+from billing.tests.helpers import commands_run_pending
 from rooms.tests.factories import expert_create
 
 pytestmark = pytest.mark.django_db
@@ -151,8 +152,7 @@ def _captured() -> Payment:
     services.payment_settle(
         payment, amount_minor=10000, currency="EUR", rule="fixed", inputs={}, explanation="x"
     )
-    for pk in PaymentCommand.objects.values_list("pk", flat=True):
-        services.command_execute(pk)
+    commands_run_pending()
     payment.refresh_from_db()
     return payment
 

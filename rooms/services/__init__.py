@@ -43,7 +43,6 @@ from rooms.services.room_state import (
     room_mark_live,
     room_open,
     rooms_advance,
-    seat_meter,
 )
 
 __all__ = [
@@ -70,7 +69,6 @@ __all__ = [
     "room_mark_live",
     "room_open",
     "rooms_advance",
-    "seat_meter",
     "seat_cancel",
     "seat_confirm",
     "seat_payment_authorized",

@@ -57,28 +57,24 @@ def room_timers_schedule(room: Room) -> None:
 def room_open(room_id: int, *, now: datetime | None = None) -> bool:
     """Open the lobby (from start − LOBBY_OPENS_MINUTES). Returns whether this call did it."""
     now = now or timezone.now()
-    lobby = timedelta(minutes=settings.LOBBY_OPENS_MINUTES)
     with transaction.atomic():
-        changed = Room.objects.filter(
-            pk=room_id, state=RoomState.SCHEDULED, starts_at__lte=now + lobby
-        ).update(state=RoomState.OPEN, opened_at=now)
-        if changed:
-            room = Room.objects.get(pk=room_id)
-            event_write(room, "state_changed", None, old=RoomState.SCHEDULED, new=RoomState.OPEN)
-    return bool(changed)
+        room = Room.objects.select_for_update().get(pk=room_id)
+        lobby = timedelta(minutes=settings.LOBBY_OPENS_MINUTES)
+        if room.state != RoomState.SCHEDULED or room.starts_at > now + lobby:
+            return False
+        room_transition(room, RoomState.OPEN, None, opened_at=now)
+    return True
 
 
 def room_mark_live(room_id: int, *, at: datetime) -> bool:
     """The expert and a seat holder are both present for the first time: the live window
     starts. Returns whether this call did it (a second call changes nothing)."""
     with transaction.atomic():
-        changed = Room.objects.filter(pk=room_id, state=RoomState.OPEN).update(
-            state=RoomState.LIVE, live_at=at
-        )
-        if changed:
-            room = Room.objects.get(pk=room_id)
-            event_write(room, "state_changed", None, old=RoomState.OPEN, new=RoomState.LIVE)
-    return bool(changed)
+        room = Room.objects.select_for_update().get(pk=room_id)
+        if room.state != RoomState.OPEN:
+            return False
+        room_transition(room, RoomState.LIVE, None, live_at=at)
+    return True
 
 
 def room_close(

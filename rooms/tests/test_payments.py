@@ -24,6 +24,7 @@ from billing.models import (
     PaymentCommand,
     PaymentState,
 )
+from billing.tests.helpers import commands_run_pending
 from rooms import services
 from rooms.errors import InvalidTransition
 from rooms.models import Offering, Room, RoomEvent, RoomState, Seat, SeatState
@@ -39,11 +40,6 @@ from rooms.tests.races import race
 UTC = dt.UTC
 SLOT = dt.datetime(2026, 12, 3, 10, 0, tzinfo=UTC)  # 50 h after NOW
 FAR = dt.datetime(2026, 12, 15, 10, 0, tzinfo=UTC)  # two weeks out: the card is saved first
-
-
-def _run_commands() -> list[str]:
-    ids = PaymentCommand.objects.filter(state=CommandState.PENDING).values_list("pk", flat=True)
-    return [billing.command_execute(pk) for pk in ids]
 
 
 def _payment(seat: Seat) -> Payment:
@@ -85,7 +81,7 @@ class TestBookingPayments:
         services.seat_cancel(seat.pk, actor=seat.client, expected_fee_minor=0)
         command = PaymentCommand.objects.get()
         assert (command.kind, command.amount_minor) == (CommandKind.CANCEL, 0)
-        assert _run_commands() == [CommandState.SUCCEEDED]
+        assert commands_run_pending() == [CommandState.SUCCEEDED]
         payment = _payment(seat)
         assert (payment.state, payment.captured_minor, payment.released_minor) == (
             PaymentState.CANCELED,
@@ -105,7 +101,7 @@ class TestBookingPayments:
         assert (settlement.rule, settlement.amount_minor) == ("late_cancel", 6000)
         assert settlement.inputs["late_cancel_fee_percent"] == 50
         assert "Canceled 3.0 h before the start" in settlement.explanation
-        assert _run_commands() == [CommandState.SUCCEEDED]
+        assert commands_run_pending() == [CommandState.SUCCEEDED]
         payment.refresh_from_db()
         assert (payment.state, payment.captured_minor, payment.released_minor) == (
             PaymentState.CAPTURED,
@@ -121,7 +117,7 @@ class TestBookingPayments:
         unpaid = services.group_seat_reserve(UserFactory.create(), room.pk)
         with time_machine.travel(SLOT - dt.timedelta(hours=1), tick=False):
             services.room_cancel_by_expert(room.pk, actor=expert)
-        _run_commands()
+        commands_run_pending()
         assert _payment(paid).state == PaymentState.CANCELED
         assert _payment(paid).released_minor == 12000
         # The unpaid seat's payment never reached the provider's hold: it simply ends.
@@ -133,7 +129,7 @@ class TestBookingPayments:
         billing.payment_checkout(_payment(seat).pk)  # the pay page was opened, never used
         with time_machine.travel(NOW + dt.timedelta(minutes=11), tick=False):
             assert services.reservations_expire() == 1
-        _run_commands()
+        commands_run_pending()
         payment = _payment(seat)
         assert payment.state == PaymentState.CANCELED
         assert LocalIntent.objects.get(pk=payment.intent_id).status == "canceled"
@@ -151,7 +147,7 @@ class TestBookingPayments:
         assert seat.state == SeatState.EXPIRED
         assert payment.settlement.amount_minor == 0
         assert "could not be confirmed" in payment.settlement.inputs["reason"]
-        _run_commands()
+        commands_run_pending()
         payment.refresh_from_db()
         assert payment.state == PaymentState.CANCELED
 
@@ -240,7 +236,7 @@ def test_paying_while_the_client_cancels_never_deadlocks_and_ends_consistent() -
         payment = _payment(seat)
         # However the race went, a canceled seat never keeps a hold.
         assert seat.state == SeatState.CANCELED
-        _run_commands()
+        commands_run_pending()
         payment.refresh_from_db()
         assert payment.state == PaymentState.CANCELED, (round_, outcomes)
 

@@ -13,15 +13,15 @@ django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from config.routing import websocket_urlpatterns  # noqa: E402
+from config.websocket import SameSiteOrigin  # noqa: E402
 
 
 def websocket_stack(routes: list[Any]) -> Any:
     """WebSocket routes behind the checks every socket gets: an Origin from ALLOWED_HOSTS
     (a page on another site cannot open a socket with our cookies) and the session's user."""
-    return AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(routes)))
+    return SameSiteOrigin(AuthMiddlewareStack(URLRouter(routes)))
 
 
 application = ProtocolTypeRouter(

@@ -126,7 +126,9 @@ if REDIS_URL:
     CHANNEL_LAYERS: dict[str, Any] = {
         "default": {
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL]},
+            # Pub/sub channels are server-wide, not per Redis database: deployments (and test
+            # runs) sharing one Redis server keep apart by prefix.
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": env_str("CHANNEL_LAYER_PREFIX", "parley")},
         }
     }
     CACHES: dict[str, Any] = {
@@ -315,3 +317,12 @@ EMPTY_TIMEOUT_SECONDS = env_int("EMPTY_TIMEOUT_SECONDS", 300)
 HEARTBEAT_STALE_SECONDS = env_int("HEARTBEAT_STALE_SECONDS", 15)
 # A reconnect within this long after a drop resumes in place (Daily and LiveKit wait ~20 s).
 RESUME_GRACE_SECONDS = env_int("RESUME_GRACE_SECONDS", 20)
+HEARTBEAT_SECONDS = env_int("HEARTBEAT_SECONDS", 5)
+# Signaling limits per connection (docs/SIGNALING.md): a message's size, a second's messages,
+# and how often one peer's call-quality summary is stored.
+SIGNALING_MAX_MESSAGE_BYTES = env_int("SIGNALING_MAX_MESSAGE_BYTES", 65_536)
+SIGNALING_MAX_MESSAGES_PER_SECOND = env_int("SIGNALING_MAX_MESSAGES_PER_SECOND", 50)
+STATS_MIN_INTERVAL_SECONDS = env_int("STATS_MIN_INTERVAL_SECONDS", 5)
+# TURN credentials last until the room's end plus this, and never longer than the maximum.
+TURN_VALID_AFTER_END_MINUTES = env_int("TURN_VALID_AFTER_END_MINUTES", 10)
+TURN_CREDENTIAL_MAX_SECONDS = env_int("TURN_CREDENTIAL_MAX_SECONDS", 7200)

@@ -12,6 +12,10 @@ class InvalidTransition(RoomsError):
     pass
 
 
+class NotAllowed(RoomsError):
+    """The action exists, but not for this person (a client ending the expert's session)."""
+
+
 class BookingRefused(RoomsError):
     pass
 

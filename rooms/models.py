@@ -435,3 +435,37 @@ class MediaLink(models.Model):
 
     def __str__(self) -> str:
         return f"media {self.room_id}/{self.client_id} from {self.started_at:%H:%M:%S}"
+
+
+class CallStats(models.Model):
+    """A participant's periodic summary of its connection to one peer (from getStats), kept
+    for call-quality analytics: round trip, loss, bitrates and the kind of ICE path."""
+
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="call_stats")
+    reporter = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    peer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+    rtt_ms = models.FloatField()
+    packet_loss = models.FloatField(help_text="Share of packets lost, 0 to 1.")
+    bitrate_in_kbps = models.FloatField()
+    bitrate_out_kbps = models.FloatField()
+    candidate_type = models.CharField(max_length=10, blank=True)
+
+    class Meta:
+        ordering = ["created_at", "pk"]
+        indexes = [models.Index(fields=["room", "reporter", "peer", "created_at"])]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(rtt_ms__gte=0)
+                & Q(packet_loss__gte=0)
+                & Q(packet_loss__lte=1)
+                & Q(bitrate_in_kbps__gte=0)
+                & Q(bitrate_out_kbps__gte=0),
+                name="call_stats_in_range",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"stats {self.reporter_id}→{self.peer_id} in room {self.room_id}"

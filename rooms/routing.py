@@ -1,7 +1,13 @@
-"""WebSocket routes owned by rooms (signaling lives under /ws/rooms/)."""
+"""WebSocket routes owned by rooms: the signaling socket of each room."""
 
 from __future__ import annotations
 
 from typing import Any
 
-websocket_urlpatterns: list[Any] = []
+from django.urls import path
+
+from rooms.consumers import RoomConsumer
+
+websocket_urlpatterns: list[Any] = [
+    path("ws/rooms/<int:room_id>/", RoomConsumer.as_asgi()),
+]

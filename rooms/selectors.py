@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import zoneinfo
 from datetime import date, datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db.models import Count, Exists, OuterRef, Q, QuerySet
@@ -12,11 +13,13 @@ from django.utils import timezone
 from accounts.models import ExpertProfile, ExpertStatus, User
 from billing.pricing import cancellation_fee
 from rooms.availability import DateOverride, Policy, Slot, WeeklyInterval, bookable_slots
+from rooms.ice import ice_servers
 from rooms.models import (
     AvailabilityOverride,
     AvailabilityRule,
     Offering,
     OverrideKind,
+    Presence,
     Room,
     RoomKind,
     RoomState,
@@ -159,3 +162,55 @@ def seat_cancellation_fee(seat: Seat, now: datetime | None = None) -> int:
         hours_before_start=(room.starts_at - now).total_seconds() / 3600,
         free_hours=settings.FREE_CANCELLATION_HOURS,
     )
+
+
+def participant(room: Room, user: User) -> dict[str, Any]:
+    """How a participant appears to the others in the signaling protocol."""
+    role = "expert" if user.pk == room.expert_id else "client"
+    return {"id": user.pk, "name": user.display_name, "role": role}
+
+
+def room_welcome(room_id: int, user: User, *, resumed: bool, now: datetime) -> dict[str, Any]:
+    """The `welcome` message of docs/SIGNALING.md: who you are, who else is in (or dropped and
+    still within the grace to come back), the ICE servers, the room's state and times."""
+    room = Room.objects.get(pk=room_id)
+    grace_start = now - timedelta(seconds=settings.RESUME_GRACE_SECONDS)
+    status: dict[int, str] = {}
+    # Oldest first, so each participant's latest connection decides.
+    for user_id, closed_at, reason in (
+        Presence.objects.filter(room=room)
+        .filter(Q(closed_at__isnull=True) | Q(closed_at__gte=grace_start))
+        .exclude(user_id=user.pk)
+        .order_by("opened_at", "pk")
+        .values_list("user_id", "closed_at", "close_reason")
+    ):
+        if status.get(user_id) == "present":
+            continue
+        if closed_at is None:
+            status[user_id] = "present"
+        elif reason in ("dropped", "stale"):
+            status[user_id] = "reconnecting"
+        else:
+            status.pop(user_id, None)
+    peers = [
+        {**participant(room, peer), "status": status[peer.pk]}
+        for peer in User.objects.filter(pk__in=status).order_by("pk")
+    ]
+    return {
+        "type": "welcome",
+        "you": participant(room, user),
+        "peers": peers,
+        "ice_servers": ice_servers(
+            room_id=room.pk, user_id=user.pk, room_ends_at=room.ends_at, now=now
+        ),
+        "room": {
+            "id": room.pk,
+            "state": room.state,
+            "starts_at": room.starts_at.isoformat(),
+            "ends_at": room.ends_at.isoformat(),
+            "live_at": room.live_at.isoformat() if room.live_at else None,
+        },
+        "server_time": now.isoformat(),
+        "resumed": resumed,
+        "heartbeat_seconds": settings.HEARTBEAT_SECONDS,
+    }

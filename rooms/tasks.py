@@ -22,3 +22,9 @@ def rooms_advance() -> dict[str, int]:
     # Stale connections first, so an empty room is seen as empty.
     services.presences_sweep_stale()
     return services.rooms_advance()
+
+
+@shared_task
+def presence_grace_end(room_id: int, user_id: int) -> bool:
+    """The grace after a participant's drop has passed: tell the peers if they are gone."""
+    return services.presence_grace_check(room_id, user_id)

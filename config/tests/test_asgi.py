@@ -60,10 +60,21 @@ async def test_socket_without_a_session_is_anonymous() -> None:
     assert message == {"email": None}
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [[(b"origin", b"https://evil.example")], [(b"origin", b"null")], []],
+    ids=["another site", "opaque origin", "no origin"],
+)
 @pytest.mark.django_db(transaction=True)
-async def test_socket_from_another_site_is_refused() -> None:
-    connected, _ = await _connect([(b"origin", b"https://evil.example")])
-    assert not connected
+async def test_socket_from_another_site_is_refused_with_a_reason(
+    headers: list[tuple[bytes, bytes]],
+) -> None:
+    communicator = WebsocketCommunicator(application, "/ws/whoami/", headers=headers)
+    connected, _ = await communicator.connect()
+    assert connected
+    error = await communicator.receive_json_from()
+    assert (error["type"], error["code"]) == ("error", "forbidden_origin")
+    assert await communicator.receive_output() == {"type": "websocket.close", "code": 4406}
 
 
 async def test_redis_channel_layer_delivers_between_two_processes_layers() -> None:

@@ -31,8 +31,10 @@ from rooms.services.offerings import (
 from rooms.services.presence import (
     Joined,
     JoinRefused,
+    call_stats_record,
     media_state_report,
     presence_close,
+    presence_grace_check,
     presence_heartbeat,
     presence_open,
     presences_sweep_stale,
@@ -40,6 +42,7 @@ from rooms.services.presence import (
 )
 from rooms.services.room_state import (
     room_close,
+    room_end_by_expert,
     room_mark_live,
     room_open,
     rooms_advance,
@@ -48,8 +51,10 @@ from rooms.services.room_state import (
 __all__ = [
     "JoinRefused",
     "Joined",
+    "call_stats_record",
     "media_state_report",
     "presence_close",
+    "presence_grace_check",
     "presence_heartbeat",
     "presence_open",
     "presences_sweep_stale",
@@ -66,6 +71,7 @@ __all__ = [
     "reservations_expire",
     "room_cancel_by_expert",
     "room_close",
+    "room_end_by_expert",
     "room_mark_live",
     "room_open",
     "rooms_advance",

@@ -16,8 +16,10 @@ from django.utils import timezone
 
 from accounts.models import User
 from accounts.selectors import users_blocked_between
+from rooms import broadcast
 from rooms.errors import RoomsError
-from rooms.models import MediaLink, Presence, Room, RoomState, Seat, SeatState
+from rooms.models import CallStats, MediaLink, Presence, Room, RoomState, Seat, SeatState
+from rooms.selectors import participant
 from rooms.services.records import event_write
 from rooms.services.room_state import room_mark_live
 
@@ -42,7 +44,9 @@ class Joined:
 
 def room_admission_check(room: Room, user: User) -> None:
     """Raise JoinRefused unless `user` may be in `room` now: its expert or a confirmed seat
-    holder, not blocked by the other side, and the room open or live."""
+    holder, not blocked by the other side, active, the room open or live and not full."""
+    if not user.is_active:
+        raise JoinRefused("blocked", "This account is suspended.")
     is_expert = room.expert_id == user.pk
     if not is_expert:
         seat = Seat.objects.filter(room=room, client=user).order_by("-pk").first()
@@ -56,6 +60,16 @@ def room_admission_check(room: Room, user: User) -> None:
         raise JoinRefused("too_early", "The lobby opens 10 minutes before the start.")
     if room.state in (RoomState.CLOSED, RoomState.CANCELED):
         raise JoinRefused("room_ended", f"This session is {room.get_state_display().lower()}.")
+    others = (
+        Presence.objects.filter(room=room, closed_at__isnull=True)
+        .exclude(user=user)
+        .values("user_id")
+        .distinct()
+        .count()
+    )
+    # The expert and one place per seat; only a seat changing hands could overfill it.
+    if others >= room.capacity + 1:
+        raise JoinRefused("room_full", "Every place in this session is taken.")
 
 
 def presence_open(
@@ -92,6 +106,17 @@ def presence_open(
             last_heartbeat_at=now,
         )
         event_write(room, "presence_opened", user, connection=connection_id, resumed=resumed)
+        if old is not None:
+            broadcast.participant_send(
+                room.pk, user.pk, {"type": "presence.replaced", "connection_id": old.connection_id}
+            )
+        if resumed:
+            broadcast.room_tell(
+                room.pk, {"type": "peer_resumed", "peer_id": user.pk}, about=user.pk
+            )
+        else:
+            peer = participant(room, user)
+            broadcast.room_tell(room.pk, {"type": "peer_joined", "peer": peer}, about=user.pk)
         went_live = (
             room.state == RoomState.OPEN
             and _both_sides_in(room)
@@ -118,13 +143,27 @@ def presence_heartbeat(connection_id: str, *, now: datetime | None = None) -> bo
     )
 
 
+PRESENCE_CLOSE_REASONS = ("left", "dropped")
+
+
 def presence_close(connection_id: str, *, reason: str, now: datetime | None = None) -> bool:
-    """The socket closed; returns whether this call ended the presence."""
-    return bool(
-        Presence.objects.filter(connection_id=connection_id, closed_at__isnull=True).update(
-            closed_at=now or timezone.now(), close_reason=reason[:24]
+    """The socket closed: the participant `left` (peers are told at once) or the connection
+    `dropped` (peers hear `peer_reconnecting`, and `peer_left` if the grace passes). Returns
+    whether this call ended the presence (a replaced or swept one is already ended)."""
+    if reason not in PRESENCE_CLOSE_REASONS:
+        raise RoomsError(f"A presence closes as one of: {', '.join(PRESENCE_CLOSE_REASONS)}.")
+    now = now or timezone.now()
+    with transaction.atomic():
+        presence = (
+            Presence.objects.select_for_update()
+            .filter(connection_id=connection_id, closed_at__isnull=True)
+            .first()
         )
-    )
+        if presence is None:
+            return False
+        Presence.objects.filter(pk=presence.pk).update(closed_at=now, close_reason=reason)
+        _presence_ended(presence, reason)
+    return True
 
 
 def presences_sweep_stale(now: datetime | None = None) -> int:
@@ -134,14 +173,81 @@ def presences_sweep_stale(now: datetime | None = None) -> int:
     stale = now - timedelta(seconds=settings.HEARTBEAT_STALE_SECONDS)
     swept = 0
     for presence in Presence.objects.filter(closed_at__isnull=True, last_heartbeat_at__lt=stale):
-        swept += Presence.objects.filter(pk=presence.pk, closed_at__isnull=True).update(
-            closed_at=presence.last_heartbeat_at, close_reason="stale"
-        )
+        with transaction.atomic():
+            if Presence.objects.filter(pk=presence.pk, closed_at__isnull=True).update(
+                closed_at=presence.last_heartbeat_at, close_reason="stale"
+            ):
+                swept += 1
+                _presence_ended(presence, "stale")
     return swept
+
+
+def _presence_ended(presence: Presence, reason: str) -> None:
+    """Tell the peers, after commit: gone for good, or gone for now with a grace to come back."""
+    room_id, user_id = presence.room_id, presence.user_id
+    if reason == "left":
+        event = {"type": "peer_left", "peer_id": user_id, "reason": "left"}
+        broadcast.room_tell(room_id, event, about=user_id)
+        return
+    broadcast.room_tell(room_id, {"type": "peer_reconnecting", "peer_id": user_id}, about=user_id)
+    from rooms.tasks import presence_grace_end
+
+    transaction.on_commit(
+        lambda: presence_grace_end.apply_async(
+            (room_id, user_id), countdown=settings.RESUME_GRACE_SECONDS + 1
+        ),
+        robust=True,
+    )
+
+
+def presence_grace_check(room_id: int, user_id: int, *, now: datetime | None = None) -> bool:
+    """The grace after a drop has passed: if the participant has not come back, the peers are
+    told they left. Returns whether they were told (safe to run any number of times)."""
+    now = now or timezone.now()
+    presences = Presence.objects.filter(room_id=room_id, user_id=user_id)
+    if presences.filter(closed_at__isnull=True).exists():
+        return False
+    last = presences.order_by("-closed_at").first()
+    grace = timedelta(seconds=settings.RESUME_GRACE_SECONDS)
+    if last is None or last.closed_at is None or now - last.closed_at < grace:
+        return False
+    if last.close_reason not in ("dropped", "stale"):
+        return False
+    event = {"type": "peer_left", "peer_id": user_id, "reason": "dropped"}
+    broadcast.room_tell(room_id, event, about=user_id)
+    return True
 
 
 MEDIA_STATES = ("connected", "disconnected")
 CANDIDATE_TYPES = ("host", "srflx", "prflx", "relay", "")
+
+
+def call_stats_record(
+    room_id: int,
+    reporter: User,
+    *,
+    peer_id: int,
+    rtt_ms: float,
+    packet_loss: float,
+    bitrate_in_kbps: float,
+    bitrate_out_kbps: float,
+    candidate_type: str = "",
+    now: datetime | None = None,
+) -> CallStats:
+    """Store one getStats summary of `reporter`'s connection to `peer_id`."""
+    if candidate_type not in CANDIDATE_TYPES:
+        raise RoomsError("Unknown ICE candidate type.")
+    return CallStats.objects.create(
+        room_id=room_id,
+        reporter=reporter,
+        peer_id=peer_id,
+        created_at=now or timezone.now(),
+        rtt_ms=rtt_ms,
+        packet_loss=packet_loss,
+        bitrate_in_kbps=bitrate_in_kbps,
+        bitrate_out_kbps=bitrate_out_kbps,
+        candidate_type=candidate_type,
+    )
 
 
 def media_state_report(

@@ -22,8 +22,8 @@ from django.utils import timezone
 from accounts.models import User
 from billing import services as billing
 from billing.models import PaymentState
-from rooms import metering
-from rooms.errors import InvalidTransition
+from rooms import broadcast, metering
+from rooms.errors import InvalidTransition, NotAllowed
 from rooms.models import (
     CloseReason,
     MediaLink,
@@ -74,7 +74,17 @@ def room_mark_live(room_id: int, *, at: datetime) -> bool:
         if room.state != RoomState.OPEN:
             return False
         room_transition(room, RoomState.LIVE, None, live_at=at)
+        broadcast.room_tell(room.pk, room_state_message(room))
     return True
+
+
+def room_state_message(room: Room) -> dict[str, Any]:
+    return {
+        "type": "room_state",
+        "state": room.state,
+        "live_at": room.live_at.isoformat() if room.live_at else None,
+        "ends_at": room.ends_at.isoformat(),
+    }
 
 
 def room_close(
@@ -116,7 +126,24 @@ def room_close(
         if reason == CloseReason.EXPERT_NO_SHOW:
             # Staff follow up on every expert no-show (moderation lists these events).
             event_write(room, "expert_no_show", None, expert=room.expert_id)
+        charges = {
+            str(seat["client"]): {
+                "amount_minor": seat.get("charged_minor", 0),
+                "currency": room.currency,
+                "billable_seconds": seat.get("billable_seconds", 0),
+            }
+            for seat in settled
+        }
+        # Every socket of the room hears why and what it cost, then closes.
+        broadcast.room_send(room.pk, {"type": "room.ended", "reason": reason, "charges": charges})
     return room
+
+
+def room_end_by_expert(room_id: int, user: User, *, now: datetime | None = None) -> Room:
+    """The expert's "end for everyone"."""
+    if not Room.objects.filter(pk=room_id, expert=user).exists():
+        raise NotAllowed("Only the session's expert can end it for everyone.")
+    return room_close(room_id, reason=CloseReason.ENDED_BY_EXPERT, actor=user, now=now)
 
 
 def _seats_to_settle(room: Room) -> list[Seat]:
@@ -134,13 +161,13 @@ def _seat_settle(room: Room, seat: Seat, now: datetime, actor: User | None) -> d
         seat_transition(seat, SeatState.EXPIRED)
         if seat.payment is not None:
             billing.payment_release(seat.payment, reason="the session ended before payment")
-        return {"seat": seat.pk, "outcome": "unpaid"}
-    inputs = seat_meter(room, seat, now)
+        return {"seat": seat.pk, "client": seat.client_id, "outcome": "unpaid"}
+    inputs = {"seat": seat.pk, "client": seat.client_id, **seat_meter(room, seat, now)}
     if seat.payment is None:
-        return {"seat": seat.pk, **inputs}
+        return inputs
     if seat.payment.state != PaymentState.AUTHORIZED:
         billing.payment_release(seat.payment, reason="no hold to charge at close", actor=actor)
-        return {"seat": seat.pk, **inputs, "charged_minor": 0}
+        return {**inputs, "charged_minor": 0}
     settlement = billing.payment_settle_call(
         seat.payment,
         pricing=room.pricing,
@@ -152,7 +179,7 @@ def _seat_settle(room: Room, seat: Seat, now: datetime, actor: User | None) -> d
         currency=room.currency,
         actor=actor,
     )
-    return {"seat": seat.pk, **inputs, "charged_minor": settlement.amount_minor}
+    return {**inputs, "charged_minor": settlement.amount_minor}
 
 
 def seat_meter(room: Room, seat: Seat, now: datetime) -> dict[str, Any]:

@@ -97,9 +97,9 @@ def test_a_second_connection_replaces_the_first_and_is_a_resume(seat: Seat) -> N
 def test_a_reconnect_within_twenty_seconds_resumes_and_later_is_a_new_join(seat: Seat) -> None:
     room = _room(seat)
     services.presence_open(room.pk, seat.client, connection_id="a", now=_at(0))
-    services.presence_close("a", reason="network", now=_at(10))
+    services.presence_close("a", reason="dropped", now=_at(10))
     assert services.presence_open(room.pk, seat.client, connection_id="b", now=_at(30)).resumed
-    services.presence_close("b", reason="network", now=_at(40))
+    services.presence_close("b", reason="dropped", now=_at(40))
     assert not services.presence_open(room.pk, seat.client, connection_id="c", now=_at(61)).resumed
 
 

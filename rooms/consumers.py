@@ -1,0 +1,267 @@
+"""The room's signaling socket, `/ws/rooms/<room id>/` (docs/SIGNALING.md).
+
+Thin by design: every frame goes through `rooms.protocol.message_read`, then to one small
+handler that makes one service call, or relays (SDP and ICE touch no database). Everything that
+must survive a process is in the database; what the consumer keeps in memory (who is in the
+room, its rate limit) is rebuilt from `welcome` and the broadcasts on every connect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+from datetime import datetime, timedelta
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from django.utils import timezone
+
+from rooms import broadcast, selectors, services
+from rooms.errors import NotAllowed, RoomsError
+from rooms.models import Room
+from rooms.protocol import VERSION, Message, ProtocolError, RateLimit, message_read
+
+PROCESS = f"{socket.gethostname()}:{os.getpid()}"
+
+# Close codes (docs/SIGNALING.md): a refusal at connect says its reason in the code too,
+# because Daphne sends no close-frame reason text.
+REFUSAL_CLOSE_CODES = {
+    "login_required": 4401,
+    "not_paid": 4402,
+    "not_participant": 4403,
+    "room_not_found": 4404,
+    "forbidden_origin": 4406,
+    "room_full": 4409,
+    "room_ended": 4410,
+    "blocked": 4423,
+    "too_early": 4425,
+}
+CLOSE_ENDED = 4000
+CLOSE_REPLACED = 4001
+CLOSE_REMOVED = 4002
+CLOSE_GONE = 4008
+WARNING_MINUTES = (5, 1)
+
+
+class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
+    room_id: int
+    admitted: bool = False
+    # Participants in the room as this socket knows them: signals may be addressed to them.
+    peers: set[int]
+
+    async def connect(self) -> None:
+        self.peers = set()
+        self.timers: list[asyncio.Task[None]] = []
+        self.limit = RateLimit(settings.SIGNALING_MAX_MESSAGES_PER_SECOND)
+        self.stats_sent: dict[int, float] = {}
+        self.room_id = int(self.scope["url_route"]["kwargs"]["room_id"])
+        self.user = self.scope.get("user")
+        await self.accept()
+        if self.user is None or not self.user.is_authenticated:
+            await self.refuse("login_required", "Log in to join this session.")
+            return
+        # In the groups before the presence exists, so nothing addressed to this participant
+        # after its join commits can miss it.
+        await self.channel_layer.group_add(broadcast.room_group(self.room_id), self.channel_name)
+        await self.channel_layer.group_add(self.own_group, self.channel_name)
+        try:
+            welcome = await database_sync_to_async(self.join)()
+        except Room.DoesNotExist:
+            await self.refuse("room_not_found", "There is no such session.")
+            return
+        except services.JoinRefused as refused:
+            await self.refuse(refused.code, str(refused))
+            return
+        self.admitted = True
+        self.peers = {peer["id"] for peer in welcome["peers"]}
+        await self.tell(welcome)
+        self.warnings_schedule(datetime.fromisoformat(welcome["room"]["ends_at"]))
+
+    @property
+    def own_group(self) -> str:
+        return broadcast.participant_group(self.room_id, self.user.pk)
+
+    def join(self) -> dict[str, Any]:
+        joined = services.presence_open(
+            self.room_id, self.user, connection_id=self.channel_name, process=PROCESS
+        )
+        return selectors.room_welcome(
+            self.room_id, self.user, resumed=joined.resumed, now=timezone.now()
+        )
+
+    async def refuse(self, code: str, message: str) -> None:
+        await self.error(code, message)
+        await self.leave_groups()
+        await self.close(code=REFUSAL_CLOSE_CODES[code])
+
+    async def disconnect(self, code: int) -> None:
+        for timer in self.timers:
+            timer.cancel()
+        await self.leave_groups()
+        if self.admitted:
+            self.admitted = False
+            await database_sync_to_async(services.presence_close)(
+                self.channel_name, reason="dropped"
+            )
+
+    async def leave_groups(self) -> None:
+        if getattr(self, "user", None) is None or not self.user.is_authenticated:
+            return
+        await self.channel_layer.group_discard(
+            broadcast.room_group(self.room_id), self.channel_name
+        )
+        await self.channel_layer.group_discard(self.own_group, self.channel_name)
+
+    # --- from the participant ----------------------------------------------------------------
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if not self.admitted:
+            return
+        if not self.limit.allow():
+            limit = settings.SIGNALING_MAX_MESSAGES_PER_SECOND
+            await self.error("rate_limited", f"At most {limit} messages a second; dropped.")
+            return
+        try:
+            message = message_read(
+                text_data, bytes_data, max_bytes=settings.SIGNALING_MAX_MESSAGE_BYTES
+            )
+            await HANDLERS[message.type](self, message)
+        except ProtocolError as error:
+            await self.error(error.code, error.message, error.ref)
+
+    async def on_heartbeat(self, message: Message) -> None:
+        alive = await database_sync_to_async(services.presence_heartbeat)(self.channel_name)
+        if not alive:
+            # Swept while silent, or closed by the room: this connection is over.
+            self.admitted = False
+            await self.close(code=CLOSE_GONE)
+            return
+        await self.tell({"type": "heartbeat_ack", "server_time": timezone.now().isoformat()})
+
+    async def on_signal(self, message: Message) -> None:
+        to = message.fields["to"]
+        self.peer_check(to, "signal")
+        await self.channel_layer.group_send(
+            broadcast.participant_group(self.room_id, to),
+            {"type": "peer.signal", "from": self.user.pk, "data": message.fields["data"]},
+        )
+
+    async def on_media_state(self, message: Message) -> None:
+        fields = message.fields
+        self.peer_check(fields["peer"], "media_state")
+        await self.service(
+            "media_state",
+            services.media_state_report,
+            self.room_id,
+            self.user,
+            peer_id=fields["peer"],
+            state=fields["state"],
+            candidate_type=fields["candidate_type"],
+        )
+
+    async def on_stats(self, message: Message) -> None:
+        fields = dict(message.fields)
+        peer = fields.pop("peer")
+        self.peer_check(peer, "stats")
+        now = asyncio.get_running_loop().time()
+        if now - self.stats_sent.get(peer, -1e9) < settings.STATS_MIN_INTERVAL_SECONDS:
+            every = settings.STATS_MIN_INTERVAL_SECONDS
+            raise ProtocolError(
+                "rate_limited", f"One stats summary per peer every {every} s.", "stats"
+            )
+        self.stats_sent[peer] = now
+        await self.service(
+            "stats", services.call_stats_record, self.room_id, self.user, peer_id=peer, **fields
+        )
+
+    async def on_end(self, message: Message) -> None:
+        # Every socket, this one included, hears `ended` after the close commits.
+        await self.service("end", services.room_end_by_expert, self.room_id, self.user)
+
+    async def on_leave(self, message: Message) -> None:
+        self.admitted = False
+        await database_sync_to_async(services.presence_close)(self.channel_name, reason="left")
+        await self.close(code=1000)
+
+    def peer_check(self, peer: int, ref: str) -> None:
+        if peer not in self.peers:
+            raise ProtocolError("peer_not_here", f"Participant {peer} is not in this room.", ref)
+
+    async def service(self, ref: str, function: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            await database_sync_to_async(function)(*args, **kwargs)
+        except NotAllowed as refused:
+            raise ProtocolError("not_allowed", str(refused), ref) from None
+        except RoomsError as refused:
+            raise ProtocolError("refused", str(refused), ref) from None
+
+    # --- from the channel layer --------------------------------------------------------------
+
+    async def room_event(self, event: dict[str, Any]) -> None:
+        message = event["event"]
+        about = event.get("about")
+        if about == self.user.pk:
+            return
+        if message["type"] in ("peer_joined",):
+            self.peers.add(message["peer"]["id"])
+        elif message["type"] in ("peer_resumed", "peer_reconnecting"):
+            self.peers.add(message["peer_id"])
+        elif message["type"] == "peer_left":
+            self.peers.discard(message["peer_id"])
+        await self.tell(message)
+
+    async def room_ended(self, event: dict[str, Any]) -> None:
+        self.admitted = False
+        charge = event["charges"].get(str(self.user.pk))
+        await self.tell({"type": "ended", "reason": event["reason"], "charge": charge})
+        await self.close(code=CLOSE_ENDED)
+
+    async def peer_signal(self, event: dict[str, Any]) -> None:
+        if event["from"] not in self.peers:
+            # Reached this socket before the broadcast of that peer's join: it is in the room
+            # (the server admitted it to send), so learn it now.
+            self.peers.add(event["from"])
+        await self.tell({"type": "signal", "from": event["from"], "data": event["data"]})
+
+    async def presence_replaced(self, event: dict[str, Any]) -> None:
+        if event["connection_id"] != self.channel_name:
+            return
+        self.admitted = False
+        await self.tell({"type": "replaced"})
+        await self.close(code=CLOSE_REPLACED)
+
+    # --- to the participant ------------------------------------------------------------------
+
+    async def tell(self, message: dict[str, Any]) -> None:
+        await self.send(text_data=json.dumps({"v": VERSION, **message}))
+
+    async def error(self, code: str, message: str, ref: str | None = None) -> None:
+        await self.tell({"type": "error", "code": code, "message": message, "ref": ref})
+
+    def warnings_schedule(self, ends_at: datetime) -> None:
+        now = timezone.now()
+        for minutes in WARNING_MINUTES:
+            delay = (ends_at - timedelta(minutes=minutes) - now).total_seconds()
+            if delay > 0:
+                self.timers.append(asyncio.create_task(self.warn(delay, minutes, ends_at)))
+
+    async def warn(self, delay: float, minutes: int, ends_at: datetime) -> None:
+        await asyncio.sleep(delay)
+        if self.admitted:
+            await self.tell(
+                {"type": "warning", "minutes_left": minutes, "ends_at": ends_at.isoformat()}
+            )
+
+
+HANDLERS = {
+    "heartbeat": RoomConsumer.on_heartbeat,
+    "signal": RoomConsumer.on_signal,
+    "media_state": RoomConsumer.on_media_state,
+    "stats": RoomConsumer.on_stats,
+    "end": RoomConsumer.on_end,
+    "leave": RoomConsumer.on_leave,
+}

@@ -1,0 +1,98 @@
+"""Helpers of the signaling tests: an open room with a paid seat, and sockets that log in the
+way a browser does (session cookie, our Origin) through the whole ASGI application."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import time_machine
+from channels.testing import WebsocketCommunicator
+from django.conf import settings
+from django.test import Client
+
+from accounts.models import User
+from accounts.tests.factories import UserFactory
+from config.asgi import application
+from rooms import services
+from rooms.models import Room, Seat
+from rooms.tests.factories import NOW, OfferingFactory, expert_create, seat_pay, weekdays_available
+
+START = dt.datetime(2026, 12, 1, 14, 0, tzinfo=dt.UTC)
+ORIGIN = (b"origin", b"http://testserver")
+
+
+@dataclass(frozen=True)
+class Call:
+    room: Room
+    seat: Seat
+    expert: User
+    client: User
+
+
+def call_create() -> Call:
+    """A private room whose lobby is open, its expert and a client who paid for the seat."""
+    expert = expert_create(time_zone="UTC")
+    weekdays_available(expert)
+    offering = OfferingFactory.create(expert=expert)
+    client = UserFactory.create()
+    with time_machine.travel(NOW, tick=False):
+        seat = seat_pay(services.booking_reserve(client, offering, START))
+    with time_machine.travel(START - dt.timedelta(minutes=10), tick=False):
+        services.rooms_advance()
+    return Call(Room.objects.get(pk=seat.room_id), seat, expert, client)
+
+
+def session_cookie(user: User) -> tuple[bytes, bytes]:
+    client = Client()
+    client.force_login(user)
+    value = client.cookies[settings.SESSION_COOKIE_NAME].value
+    return (b"cookie", f"{settings.SESSION_COOKIE_NAME}={value}".encode())
+
+
+class Socket:
+    """One participant's signaling socket."""
+
+    def __init__(self, room_id: int, cookie: tuple[bytes, bytes] | None, origin: Any = ORIGIN):
+        headers = [h for h in (origin, cookie) if h is not None]
+        self.communicator = WebsocketCommunicator(
+            application, f"/ws/rooms/{room_id}/", headers=headers
+        )
+
+    async def open(self) -> dict[str, Any]:
+        connected, _ = await self.communicator.connect()
+        assert connected
+        return await self.receive()
+
+    async def send(self, **message: Any) -> None:
+        await self.communicator.send_to(text_data=json.dumps({"v": 1, **message}))
+
+    async def send_raw(self, text: str) -> None:
+        await self.communicator.send_to(text_data=text)
+
+    async def receive(self, timeout: float = 3) -> dict[str, Any]:
+        message: dict[str, Any] = await self.communicator.receive_json_from(timeout)
+        return message
+
+    async def receive_type(self, kind: str, timeout: float = 3) -> dict[str, Any]:
+        """The next message of `kind`, skipping others (heartbeat acks, room state…)."""
+        while True:
+            message = await self.receive(timeout)
+            if message["type"] == kind:
+                return message
+
+    async def closed_with(self, timeout: float = 3) -> int | None:
+        """The close code the server sent (skipping messages before it)."""
+        while True:
+            output = await self.communicator.receive_output(timeout)
+            if output["type"] == "websocket.close":
+                code: int | None = output.get("code")
+                return code
+
+    async def silent(self) -> bool:
+        return bool(await self.communicator.receive_nothing(timeout=0.3))
+
+    async def close(self) -> None:
+        await self.communicator.disconnect()

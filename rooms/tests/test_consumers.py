@@ -260,6 +260,18 @@ async def test_a_swept_connection_is_closed_at_its_next_heartbeat(call: Call) ->
     assert await expert.closed_with() == 4008
 
 
+async def test_more_than_fifty_messages_a_second_are_dropped_with_an_error(call: Call) -> None:
+    expert, _ = await _sockets(call)
+    await expert.open()
+    for _ in range(60):
+        await expert.send_raw("[]")
+    codes = [(await expert.receive())["code"] for _ in range(60)]
+    # A burst of 50 is read (and refused for what it is); the rest is dropped.
+    assert codes[:50] == ["not_an_object"] * 50
+    assert "rate_limited" in codes[50:]
+    await expert.close()
+
+
 def _unpaid(call: Call) -> Socket:
     """A client whose seat in the room is reserved but not paid."""
     other = UserFactory.create()
@@ -272,6 +284,7 @@ def _unpaid(call: Call) -> Socket:
     [
         ("anonymous", "login_required", 4401),
         ("stranger", "not_participant", 4403),
+        ("another room's client", "not_participant", 4403),
         ("unpaid", "not_paid", 4402),
         ("closed room", "room_ended", 4410),
         ("scheduled room", "too_early", 4425),
@@ -288,6 +301,8 @@ async def test_a_socket_the_room_does_not_admit_is_refused_with_a_code_and_a_rea
             return Socket(room_id, None)
         if who == "stranger":
             return Socket(room_id, session_cookie(UserFactory.create()))
+        if who == "another room's client":
+            return Socket(room_id, session_cookie(call_create().client))
         if who == "unpaid":
             return _unpaid(call)
         if who == "closed room":

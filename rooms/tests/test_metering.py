@@ -7,7 +7,9 @@ import datetime as dt
 from hypothesis import given
 from hypothesis import strategies as st
 
+from billing.pricing import call_charge
 from rooms.metering import billable_seconds, intersect, to_seconds, total, union
+from rooms.models import Room
 
 seconds = st.integers(min_value=0, max_value=600)
 intervals = st.lists(
@@ -68,3 +70,49 @@ def test_partial_seconds_never_round_up_into_a_billed_second() -> None:
     end = dt.datetime(2026, 12, 1, 10, 0, 59, 900_000, tzinfo=dt.UTC)
     first, last = to_seconds(start, end)
     assert last - first == 58
+
+
+@given(
+    pricing=st.sampled_from(["fixed", "per_minute"]),
+    price_minor=st.integers(min_value=0, max_value=100_000),
+    minutes=st.integers(min_value=15, max_value=180),
+    outcome=st.sampled_from(["completed", "client_no_show", "expert_no_show"]),
+    no_show_fee_percent=st.integers(min_value=0, max_value=100),
+    window=st.tuples(seconds, seconds).map(lambda pair: (min(pair), max(pair) * 30)),
+    expert=intervals,
+    client=intervals,
+    media=intervals,
+)
+def test_a_settlement_never_exceeds_the_hold(
+    pricing: str,
+    price_minor: int,
+    minutes: int,
+    outcome: str,
+    no_show_fee_percent: int,
+    window: tuple[int, int],
+    expert: list[tuple[int, int]],
+    client: list[tuple[int, int]],
+    media: list[tuple[int, int]],
+) -> None:
+    # The hold is the room's maximum; the live window may open in the lobby, before the start,
+    # and so be longer than the booked length.
+    start = dt.datetime(2026, 12, 1, 14, 0, tzinfo=dt.UTC)
+    room = Room(
+        pricing=pricing,
+        price_minor=price_minor,
+        starts_at=start,
+        ends_at=start + dt.timedelta(minutes=minutes),
+    )
+    stretch = [(a * 30, b * 30) for a, b in expert]
+    seconds_billed = billable_seconds(
+        live_window=window, expert_presence=stretch, client_presence=client, media_links=media
+    )
+    charge = call_charge(
+        pricing=pricing,
+        price_minor=price_minor,
+        cap_minor=room.max_amount_minor,
+        billable_seconds=seconds_billed,
+        outcome=outcome,
+        no_show_fee_percent=no_show_fee_percent,
+    )
+    assert 0 <= charge.amount_minor <= room.max_amount_minor

@@ -1,24 +1,33 @@
-"""Metering: what a seat is billed for, as interval arithmetic in whole seconds.
+"""Metering: what a seat is billed for, as interval arithmetic on integers.
 
-Billable time (PRODUCT.md, What is billed) = the seconds inside the room's live window during
-which the client and the expert were both present AND their media link was up. Everything is
-half-open [start, end) on whole epoch seconds, so the arithmetic is exact and a brute-force
-second-by-second count gives the same number (the property tests check it).
+Billable time (PRODUCT.md, What is billed) = the time inside the room's live window during
+which the client and the expert were both present AND their media link was up. Intervals are
+half-open [start, end) on integer epoch microseconds, so union and intersection are exact (a
+brute-force count of units gives the same number; the property tests check it), and the total
+is rounded down to whole seconds once, at the end: a second is billed only when the pair had a
+whole second of it, and a resume — one presence closing and the next opening in the same
+instant — loses nothing to rounding (rounding each piece first would drop a second per resume).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 Interval = tuple[int, int]
+SECOND = 1_000_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
-def to_seconds(start: datetime, end: datetime) -> Interval:
-    """An aware datetime range as whole epoch seconds: a started second counts only once it
-    is complete, so rounding never bills a second nobody had."""
-    return math.ceil(start.timestamp()), math.floor(end.timestamp())
+def to_micros(start: datetime, end: datetime) -> Interval:
+    """An aware datetime range as integer epoch microseconds (exact: no float on the way)."""
+    return (start - _EPOCH) // _MICROSECOND, (end - _EPOCH) // _MICROSECOND
+
+
+def as_seconds(intervals: Iterable[Interval]) -> list[list[float]]:
+    """Merged intervals in epoch seconds, for people to read (settlement inputs)."""
+    return [[start / SECOND, end / SECOND] for start, end in union(intervals)]
 
 
 def union(intervals: Iterable[Interval]) -> list[Interval]:
@@ -53,14 +62,20 @@ def total(intervals: Iterable[Interval]) -> int:
     return sum(end - start for start, end in union(intervals))
 
 
-def billable_seconds(
+def billable_time(
     *,
     live_window: Interval,
     expert_presence: Iterable[Interval],
     client_presence: Iterable[Interval],
     media_links: Iterable[Interval],
 ) -> int:
-    """Seconds the pair was together with working media, inside the live window."""
+    """How long the pair was together with working media inside the live window, in the
+    intervals' own unit."""
     together = intersect(expert_presence, client_presence)
     connected = intersect(together, media_links)
     return total(intersect(connected, [live_window]))
+
+
+def whole_seconds(micros: int) -> int:
+    """Rounded down: a second nobody had in full is never billed."""
+    return micros // SECOND

@@ -187,11 +187,11 @@ def seat_meter(room: Room, seat: Seat, now: datetime) -> dict[str, Any]:
     expert = _presence_intervals(room, room.expert_id, now)
     client = _presence_intervals(room, seat.client_id, now)
     media = [
-        metering.to_seconds(link.started_at, link.ended_at or now)
+        metering.to_micros(link.started_at, link.ended_at or now)
         for link in MediaLink.objects.filter(room=room, client_id=seat.client_id)
     ]
-    window = metering.to_seconds(room.live_at, room.closed_at or now) if room.live_at else (0, 0)
-    billable = metering.billable_seconds(
+    window = metering.to_micros(room.live_at, room.closed_at or now) if room.live_at else (0, 0)
+    billable = metering.billable_time(
         live_window=window, expert_presence=expert, client_presence=client, media_links=media
     )
     if not metering.total(expert):
@@ -202,11 +202,13 @@ def seat_meter(room: Room, seat: Seat, now: datetime) -> dict[str, Any]:
         outcome = "completed"
     return {
         "outcome": outcome,
-        "billable_seconds": billable,
-        "live_window": list(window),
-        "expert_presence": [list(i) for i in metering.union(expert)],
-        "client_presence": [list(i) for i in metering.union(client)],
-        "media_links": [list(i) for i in metering.union(media)],
+        "billable_seconds": metering.whole_seconds(billable),
+        "billable_exact_seconds": billable / metering.SECOND,
+        "rounding": "the exact total, rounded down to whole seconds",
+        "live_window": metering.as_seconds([window]),
+        "expert_presence": metering.as_seconds(expert),
+        "client_presence": metering.as_seconds(client),
+        "media_links": metering.as_seconds(media),
     }
 
 
@@ -219,7 +221,7 @@ def _presence_intervals(room: Room, user_id: int, now: datetime) -> list[meterin
             # Still open: it lasts until now, unless its heartbeats stopped (then until the
             # last one, as the sweeper would have closed it).
             end = now if now - presence.last_heartbeat_at <= stale else presence.last_heartbeat_at
-        intervals.append(metering.to_seconds(presence.opened_at, end))
+        intervals.append(metering.to_micros(presence.opened_at, end))
     return intervals
 
 

@@ -8,7 +8,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from billing.pricing import call_charge
-from rooms.metering import billable_seconds, intersect, to_seconds, total, union
+from rooms.metering import (
+    SECOND,
+    billable_time,
+    intersect,
+    to_micros,
+    total,
+    union,
+    whole_seconds,
+)
 from rooms.models import Room
 
 seconds = st.integers(min_value=0, max_value=600)
@@ -36,7 +44,7 @@ def test_billable_seconds_equal_a_second_by_second_count(
     client: list[tuple[int, int]],
     media: list[tuple[int, int]],
 ) -> None:
-    got = billable_seconds(
+    got = billable_time(
         live_window=window, expert_presence=expert, client_presence=client, media_links=media
     )
     assert got == _brute([window], expert, client, media)
@@ -56,7 +64,7 @@ def test_union_and_intersection_agree_with_sets(
 
 def test_a_reconnect_gap_is_not_billed_and_overlapping_reports_are_not_billed_twice() -> None:
     # The client dropped from 300 to 320; two media reports overlap from 100 to 200.
-    got = billable_seconds(
+    got = billable_time(
         live_window=(0, 600),
         expert_presence=[(0, 600)],
         client_presence=[(0, 300), (320, 600)],
@@ -65,11 +73,24 @@ def test_a_reconnect_gap_is_not_billed_and_overlapping_reports_are_not_billed_tw
     assert got == 300 + 275
 
 
-def test_partial_seconds_never_round_up_into_a_billed_second() -> None:
-    start = dt.datetime(2026, 12, 1, 10, 0, 0, 400_000, tzinfo=dt.UTC)
-    end = dt.datetime(2026, 12, 1, 10, 0, 59, 900_000, tzinfo=dt.UTC)
-    first, last = to_seconds(start, end)
-    assert last - first == 58
+def _at(second: int, micro: int = 0) -> dt.datetime:
+    return dt.datetime(2026, 12, 1, 10, 0, second, micro, tzinfo=dt.UTC)
+
+
+def test_a_partial_second_is_never_billed() -> None:
+    first, last = to_micros(_at(0, 400_000), _at(59, 900_000))
+    assert last - first == 59 * SECOND + 500_000
+    assert whole_seconds(last - first) == 59
+
+
+def test_a_resume_in_the_middle_of_a_second_loses_no_second() -> None:
+    # One presence closes and the next opens at 10.5 s (a reconnect that replaced the old one).
+    presence = [to_micros(_at(0, 250_000), _at(10, 500_000)), to_micros(_at(10, 500_000), _at(21))]
+    whole = [to_micros(_at(0, 250_000), _at(21))]
+    got = billable_time(
+        live_window=whole[0], expert_presence=whole, client_presence=presence, media_links=whole
+    )
+    assert whole_seconds(got) == 20
 
 
 @given(
@@ -104,7 +125,7 @@ def test_a_settlement_never_exceeds_the_hold(
         ends_at=start + dt.timedelta(minutes=minutes),
     )
     stretch = [(a * 30, b * 30) for a, b in expert]
-    seconds_billed = billable_seconds(
+    seconds_billed = billable_time(
         live_window=window, expert_presence=stretch, client_presence=client, media_links=media
     )
     charge = call_charge(

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Makes sure PostgreSQL and Redis are installed (as root), running, and that PostgreSQL has
-# the role and database the tests use. Safe to run any number of times.
+# the role and database the tests use; installs coturn for the end-to-end call test. Safe to
+# run any number of times.
 set -euo pipefail
 
 PG_ROLE=${PG_ROLE:-parley}
@@ -25,6 +26,10 @@ apt_install() {
 missing=()
 command -v pg_ctlcluster >/dev/null || missing+=(postgresql)
 command -v redis-server >/dev/null || missing+=(redis-server)
+# The end-to-end call test (rooms/tests/test_call_e2e.py) starts its own coturn inside a
+# loopback-only network namespace (`ip`, `unshare`); coturn is never started here.
+command -v turnserver >/dev/null || missing+=(coturn)
+command -v ip >/dev/null || missing+=(iproute2)
 [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 
 # --- PostgreSQL ---------------------------------------------------------------------------

@@ -90,14 +90,27 @@ TEMPLATES = [
 # --- Database -------------------------------------------------------------------------------
 DATABASE_URL = env_str("DATABASE_URL")
 if DATABASE_URL:
-    # Persistent connections and ASGI do not mix (each async task may get its own thread),
-    # so connections close at the end of each request; health checks catch dead ones.
+    # Persistent connections and ASGI do not mix (each request's sync code may run in a thread
+    # of its own, and a connection kept per thread leaks), so connections close at the end of
+    # each request or consumer call; health checks catch dead ones.
     DATABASES: dict[str, Any] = {
         "default": dj_database_url.parse(DATABASE_URL, conn_max_age=0, conn_health_checks=True)
     }
     if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+        options = DATABASES["default"].setdefault("OPTIONS", {})
         # A database that does not answer must fail a request (and /healthz) quickly.
-        DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
+        options.setdefault("connect_timeout", 5)
+        # "Closing" returns the connection to a pool instead: opening a PostgreSQL connection
+        # costs more than a heartbeat's UPDATE, and a Daphne process makes one database call
+        # per socket every 5 s (bench/signaling.py). Sized per process; the server's
+        # max_connections must cover every process's max.
+        if env_bool("DATABASE_POOL", default=True):
+            options["pool"] = {
+                "min_size": env_int("DATABASE_POOL_MIN", 2),
+                "max_size": env_int("DATABASE_POOL_MAX", 10),
+                # As long as connecting may take (connect_timeout above).
+                "timeout": 5,
+            }
 else:
     VAR_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES = {

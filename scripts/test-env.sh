@@ -10,3 +10,4 @@ export STATIC_MANIFEST=0
 export ALLOWED_HOSTS=testserver,127.0.0.1,localhost
 export PARLEY_VAR_DIR=${PARLEY_VAR_DIR:-$PWD/var/test}
 export DJANGO_SETTINGS_MODULE=config.settings
+export DATABASE_POOL_MAX=${DATABASE_POOL_MAX:-20}

@@ -38,6 +38,7 @@ REFUSAL_CLOSE_CODES = {
     "room_full": 4409,
     "room_ended": 4410,
     "blocked": 4423,
+    "removed": 4424,
     "too_early": 4425,
 }
 CLOSE_ENDED = 4000
@@ -233,6 +234,11 @@ class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         self.admitted = False
         await self.tell({"type": "replaced"})
         await self.close(code=CLOSE_REPLACED)
+
+    async def presence_removed(self, event: dict[str, Any]) -> None:
+        self.admitted = False
+        await self.tell({"type": "removed", "reason": event["reason"]})
+        await self.close(code=CLOSE_REMOVED)
 
     # --- to the participant ------------------------------------------------------------------
 

@@ -18,7 +18,16 @@ from accounts.models import User
 from accounts.selectors import users_blocked_between
 from rooms import broadcast
 from rooms.errors import RoomsError
-from rooms.models import CallStats, MediaLink, Presence, Room, RoomState, Seat, SeatState
+from rooms.models import (
+    CallStats,
+    MediaLink,
+    Presence,
+    Room,
+    RoomEvent,
+    RoomState,
+    Seat,
+    SeatState,
+)
 from rooms.selectors import participant
 from rooms.services.records import event_write
 from rooms.services.room_state import room_mark_live
@@ -60,6 +69,8 @@ def room_admission_check(room: Room, user: User) -> None:
         raise JoinRefused("too_early", "The lobby opens 10 minutes before the start.")
     if room.state in (RoomState.CLOSED, RoomState.CANCELED):
         raise JoinRefused("room_ended", f"This session is {room.get_state_display().lower()}.")
+    if RoomEvent.objects.filter(room=room, kind="participant_removed", data__user=user.pk).exists():
+        raise JoinRefused("removed", "You were removed from this session.")
     others = (
         Presence.objects.filter(room=room, closed_at__isnull=True)
         .exclude(user=user)
@@ -141,6 +152,32 @@ def presence_heartbeat(connection_id: str, *, now: datetime | None = None) -> bo
             last_heartbeat_at=now or timezone.now()
         )
     )
+
+
+def participant_remove(
+    room_id: int,
+    user: User,
+    *,
+    reason: str,
+    actor: User | None = None,
+    now: datetime | None = None,
+) -> bool:
+    """Take a participant out of the room for good (staff, or a block between the pair): their
+    socket, on whichever process, is told `removed` and closed; the peers hear `peer_left`; they
+    are not admitted again. Returns whether they were in the room at that moment."""
+    if not reason.strip():
+        raise RoomsError("Say why the participant is removed.")
+    now = now or timezone.now()
+    with transaction.atomic():
+        room = Room.objects.select_for_update().get(pk=room_id)
+        closed = Presence.objects.filter(room=room, user=user, closed_at__isnull=True).update(
+            closed_at=now, close_reason="removed"
+        )
+        event_write(room, "participant_removed", actor, user=user.pk, reason=reason)
+        broadcast.participant_send(room.pk, user.pk, {"type": "presence.removed", "reason": reason})
+        event = {"type": "peer_left", "peer_id": user.pk, "reason": "removed"}
+        broadcast.room_tell(room.pk, event, about=user.pk)
+    return bool(closed)
 
 
 PRESENCE_CLOSE_REASONS = ("left", "dropped")

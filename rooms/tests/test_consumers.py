@@ -272,6 +272,40 @@ async def test_more_than_fifty_messages_a_second_are_dropped_with_an_error(call:
     await expert.close()
 
 
+async def test_a_removed_participant_is_told_closed_and_not_admitted_again(call: Call) -> None:
+    expert, client = await _both_in(call)
+    remove = database_sync_to_async(services.participant_remove)
+    assert await remove(call.room.pk, call.client, reason="Harassment reported by the expert")
+    removed = await client.receive_type("removed")
+    assert removed["reason"] == "Harassment reported by the expert"
+    assert await client.closed_with() == 4002
+    left = await expert.receive_type("peer_left")
+    assert (left["peer_id"], left["reason"]) == (call.client.pk, "removed")
+    again = Socket(call.room.pk, await database_sync_to_async(session_cookie)(call.client))
+    refused = await again.open()
+    assert (refused["type"], refused["code"]) == ("error", "removed")
+    assert await again.closed_with() == 4424
+    await expert.close()
+
+
+@pytest.mark.parametrize(("seconds_left", "minutes"), [(300.5, 5), (60.5, 1)])
+async def test_the_end_is_announced_five_and_one_minutes_before(
+    call: Call, seconds_left: float, minutes: int
+) -> None:
+    ends_at = timezone.now() + dt.timedelta(seconds=seconds_left)
+    starts_at = ends_at - dt.timedelta(hours=1)
+    await database_sync_to_async(Room.objects.filter(pk=call.room.pk).update)(
+        starts_at=starts_at, ends_at=ends_at, blocked_from=starts_at, blocked_until=ends_at
+    )
+    expert, _ = await _sockets(call)
+    await expert.open()
+    warning = await expert.receive_type("warning", timeout=5)
+    assert warning["minutes_left"] == minutes
+    assert dt.datetime.fromisoformat(warning["ends_at"]) == ends_at
+    assert await expert.silent()
+    await expert.close()
+
+
 def _unpaid(call: Call) -> Socket:
     """A client whose seat in the room is reserved but not paid."""
     other = UserFactory.create()

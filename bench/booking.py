@@ -49,12 +49,13 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from datetime import time as clock
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
+
+from _database import BenchError, django_setup, postgres_url_check, throwaway_database
 
 if TYPE_CHECKING:
     from accounts.models import User
@@ -75,7 +76,6 @@ BARRIER_TIMEOUT_S = 60.0
 # Bounds a scenario whose database hangs rather than answers.
 SCENARIO_TIMEOUT_S = 60.0
 MAX_ERROR_MESSAGES = 5
-POSTGRES_SCHEMES = ("postgres", "postgresql", "pgsql", "postgis")
 
 OK = "ok"
 TAKEN = "taken"
@@ -84,10 +84,6 @@ TAKEN_BY_CONSTRAINT = "taken_by_constraint"
 # A job does one measured operation and says how it ended (OK, TAKEN, TAKEN_BY_CONSTRAINT);
 # an exception is an error.
 Job = Callable[[], str]
-
-
-class BenchError(Exception):
-    """The bench cannot run; the message says why and what to do."""
 
 
 @dataclass(frozen=True)
@@ -151,54 +147,12 @@ def progress(message: str) -> None:
 # --- Database -------------------------------------------------------------------------------
 
 
-def database_url_check() -> None:
-    url = os.environ.get("DATABASE_URL", "")
-    if urlsplit(url).scheme not in POSTGRES_SCHEMES:
-        shown = urlsplit(url).scheme + "://…" if url else "not set"
-        raise BenchError(
-            f"DATABASE_URL is {shown}; this bench measures PostgreSQL only. "
-            "Point it at PostgreSQL (source scripts/test-env.sh, or run scripts/bench.sh)."
-        )
-
-
-def django_setup() -> None:
+def bench_django_setup() -> None:
     # The bench must not publish the confirmation emails' tasks to a real broker (see above).
     os.environ["CELERY_BROKER_URL"] = "memory://"
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-    import django
-
-    django.setup()
+    django_setup()
     # The memory broker has no host by design; kombu warns about that on every connection.
     logging.getLogger("kombu.connection").setLevel(logging.ERROR)
-    from django.db import connection
-
-    if connection.vendor != "postgresql":
-        raise BenchError(f"the database is {connection.vendor}, not PostgreSQL; check DATABASE_URL")
-
-
-@contextlib.contextmanager
-def throwaway_database() -> Iterator[str]:
-    """A migrated database of the bench's own, dropped on the way out whatever happens."""
-    from django.db import connection
-
-    real_name = str(connection.settings_dict["NAME"])
-    bench_name = f"test_{real_name}_bench"
-    connection.settings_dict["TEST"]["NAME"] = bench_name
-    progress(f"creating database {bench_name} (migrations)")
-    try:
-        # Migrations talk on stdout at times; stdout is for the results.
-        with contextlib.redirect_stdout(sys.stderr):
-            connection.creation.create_test_db(
-                verbosity=0, autoclobber=True, serialize=False, keepdb=False
-            )
-        yield bench_name
-    finally:
-        # Only once create_test_db has switched the connection over is there anything to drop;
-        # before that, NAME is still the real database, which must never be dropped.
-        if connection.settings_dict["NAME"] == bench_name:
-            progress(f"dropping database {bench_name}")
-            with contextlib.redirect_stdout(sys.stderr):
-                connection.creation.destroy_test_db(real_name, verbosity=0, keepdb=False)
 
 
 def workload_create(client_count: int, slot_count: int) -> Workload:
@@ -601,11 +555,11 @@ def main() -> int:
 
     logged = ErrorLogCounter()
     try:
-        database_url_check()
-        django_setup()
+        postgres_url_check()
+        bench_django_setup()
         # After setup: configuring logging replaces the root logger's handlers.
         logging.getLogger().addHandler(logged)
-        with throwaway_database():
+        with throwaway_database("bench", progress):
             results, errors = run(args.bookings)
     except BenchError as error:
         print(f"booking: {error}", file=sys.stderr)

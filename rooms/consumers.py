@@ -207,7 +207,7 @@ class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         about = event.get("about")
         if about == self.user.pk:
             return
-        if message["type"] in ("peer_joined",):
+        if message["type"] == "peer_joined":
             self.peers.add(message["peer"]["id"])
         elif message["type"] in ("peer_resumed", "peer_reconnecting"):
             self.peers.add(message["peer_id"])

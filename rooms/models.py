@@ -369,6 +369,11 @@ class Seat(models.Model):
         return f"Seat {self.pk} of room {self.room_id} ({self.state})"
 
 
+# How a presence ended when its participant may still come back within the grace: the socket
+# dropped, or the sweeper closed it after its heartbeats stopped.
+DROP_REASONS = ("dropped", "stale")
+
+
 class Presence(models.Model):
     """One connection of one participant to a room, as the server saw it.
 

@@ -15,6 +15,7 @@ from billing.pricing import cancellation_fee
 from rooms.availability import DateOverride, Policy, Slot, WeeklyInterval, bookable_slots
 from rooms.ice import ice_servers
 from rooms.models import (
+    DROP_REASONS,
     AvailabilityOverride,
     AvailabilityRule,
     Offering,
@@ -188,7 +189,7 @@ def room_welcome(room_id: int, user: User, *, resumed: bool, now: datetime) -> d
             continue
         if closed_at is None:
             status[user_id] = "present"
-        elif reason in ("dropped", "stale"):
+        elif reason in DROP_REASONS:
             status[user_id] = "reconnecting"
         else:
             status.pop(user_id, None)

@@ -19,6 +19,7 @@ from accounts.selectors import users_blocked_between
 from rooms import broadcast
 from rooms.errors import RoomsError
 from rooms.models import (
+    DROP_REASONS,
     CallStats,
     MediaLink,
     Presence,
@@ -28,6 +29,7 @@ from rooms.models import (
     Seat,
     SeatState,
 )
+from rooms.protocol import CANDIDATE_TYPES, MEDIA_STATES
 from rooms.selectors import participant
 from rooms.services.records import event_write
 from rooms.services.room_state import room_mark_live
@@ -248,15 +250,11 @@ def presence_grace_check(room_id: int, user_id: int, *, now: datetime | None = N
     grace = timedelta(seconds=settings.RESUME_GRACE_SECONDS)
     if last is None or last.closed_at is None or now - last.closed_at < grace:
         return False
-    if last.close_reason not in ("dropped", "stale"):
+    if last.close_reason not in DROP_REASONS:
         return False
     event = {"type": "peer_left", "peer_id": user_id, "reason": "dropped"}
     broadcast.room_tell(room_id, event, about=user_id)
     return True
-
-
-MEDIA_STATES = ("connected", "disconnected")
-CANDIDATE_TYPES = ("host", "srflx", "prflx", "relay", "")
 
 
 def call_stats_record(
@@ -272,7 +270,7 @@ def call_stats_record(
     now: datetime | None = None,
 ) -> CallStats:
     """Store one getStats summary of `reporter`'s connection to `peer_id`."""
-    if candidate_type not in CANDIDATE_TYPES:
+    if candidate_type and candidate_type not in CANDIDATE_TYPES:
         raise RoomsError("Unknown ICE candidate type.")
     return CallStats.objects.create(
         room_id=room_id,
@@ -300,7 +298,7 @@ def media_state_report(
     either side's report counts (their union is what metering reads)."""
     if state not in MEDIA_STATES:
         raise RoomsError(f"Media state must be one of {', '.join(MEDIA_STATES)}.")
-    if candidate_type not in CANDIDATE_TYPES:
+    if candidate_type and candidate_type not in CANDIDATE_TYPES:
         raise RoomsError("Unknown ICE candidate type.")
     now = now or timezone.now()
     room = Room.objects.get(pk=room_id)

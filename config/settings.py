@@ -234,6 +234,8 @@ if PAYMENT_PROVIDER == "stripe" and not STRIPE_SECRET_KEY:
 PLATFORM_FEE_PERCENT = env_int("PLATFORM_FEE_PERCENT", 15)
 # Experts are paid this long after the settlement, if no dispute is open (the dispute window).
 PAYOUT_DELAY_HOURS = env_int("PAYOUT_DELAY_HOURS", 72)
+# A client may dispute a settled seat for this long (PRODUCT.md, Safety).
+DISPUTE_WINDOW_HOURS = env_int("DISPUTE_WINDOW_HOURS", 72)
 # Card holds lapse after about 7 days (5 for Visa merchant-initiated): sessions further out
 # than this save the card and place the hold HOLD_BEFORE_HOURS before the start.
 HOLD_LATER_AFTER_DAYS = env_int("HOLD_LATER_AFTER_DAYS", 6)
@@ -331,6 +333,9 @@ HEARTBEAT_STALE_SECONDS = env_int("HEARTBEAT_STALE_SECONDS", 15)
 # A reconnect within this long after a drop resumes in place (Daily and LiveKit wait ~20 s).
 RESUME_GRACE_SECONDS = env_int("RESUME_GRACE_SECONDS", 20)
 HEARTBEAT_SECONDS = env_int("HEARTBEAT_SECONDS", 5)
+# How far back a `media_state: disconnected` report may date the end of a media link (a report
+# delayed in a dead connection's buffer; docs/SIGNALING.md).
+MEDIA_REPORT_MAX_DELAY_SECONDS = env_int("MEDIA_REPORT_MAX_DELAY_SECONDS", 60)
 # Signaling limits per connection (docs/SIGNALING.md): a message's size, a second's messages,
 # and how often one peer's call-quality summary is stored.
 SIGNALING_MAX_MESSAGE_BYTES = env_int("SIGNALING_MAX_MESSAGE_BYTES", 65_536)

@@ -13,6 +13,7 @@ urlpatterns = [
     path("", include("accounts.urls")),
     path("", include("rooms.urls")),
     path("", include("billing.urls")),
+    path("", include("moderation.urls")),
 ]
 
 handler400 = errors.bad_request

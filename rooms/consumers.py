@@ -162,6 +162,7 @@ class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             peer_id=fields["peer"],
             state=fields["state"],
             candidate_type=fields["candidate_type"],
+            since=fields.get("since"),
         )
 
     async def on_stats(self, message: Message) -> None:

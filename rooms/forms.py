@@ -195,3 +195,18 @@ class GroupSessionForm(forms.Form):
                 "the clocks skip it. Pick another time."
             )
         return moment
+
+
+class RatingForm(forms.Form):
+    stars = forms.TypedChoiceField(
+        label="How was the session?",
+        coerce=int,
+        choices=[(n, f"{n} star{'s' if n > 1 else ''}") for n in range(5, 0, -1)],
+        widget=forms.RadioSelect,
+    )
+    comment = forms.CharField(
+        label="Anything to add (optional)",
+        required=False,
+        max_length=1000,
+        widget=forms.Textarea(attrs={"rows": 2}),
+    )

@@ -474,3 +474,31 @@ class CallStats(models.Model):
 
     def __str__(self) -> str:
         return f"stats {self.reporter_id}→{self.peer_id} in room {self.room_id}"
+
+
+class Rating(models.Model):
+    """A client's rating of a session they were in, given after it closed; one per client per
+    room (giving it again replaces it)."""
+
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="ratings")
+    client = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="ratings_given"
+    )
+    expert = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="ratings_received"
+    )
+    stars = models.PositiveSmallIntegerField()
+    comment = models.TextField(max_length=1000, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        constraints = [
+            models.UniqueConstraint(fields=["room", "client"], name="rating_one_per_client"),
+            models.CheckConstraint(
+                condition=Q(stars__gte=1, stars__lte=5), name="rating_stars_1_to_5"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.stars}★ for room {self.room_id} by user {self.client_id}"

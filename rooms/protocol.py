@@ -12,6 +12,7 @@ import json
 import math
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 VERSION = 1
@@ -123,7 +124,25 @@ def _media_state(raw: dict[str, Any]) -> dict[str, Any]:
     state = raw.get("state")
     if state not in MEDIA_STATES:
         raise _bad("media_state", f"state must be one of: {', '.join(MEDIA_STATES)}.")
-    return {"peer": peer, "state": state, "candidate_type": _candidate_type(raw, "media_state")}
+    fields = {"peer": peer, "state": state, "candidate_type": _candidate_type(raw, "media_state")}
+    if raw.get("since") is not None:
+        if state != "disconnected":
+            raise _bad("media_state", "since goes only with state disconnected.")
+        fields["since"] = _moment(raw["since"], "since", "media_state")
+    return fields
+
+
+def _moment(value: Any, name: str, ref: str) -> datetime:
+    """An ISO 8601 time with its offset (naive times mean nothing across time zones)."""
+    if not isinstance(value, str) or len(value) > 40:
+        raise _bad(ref, f"{name} must be an ISO 8601 time with a UTC offset.")
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise _bad(ref, f"{name} must be an ISO 8601 time with a UTC offset.") from None
+    if moment.tzinfo is None:
+        raise _bad(ref, f"{name} must be an ISO 8601 time with a UTC offset.")
+    return moment
 
 
 def _stats(raw: dict[str, Any]) -> dict[str, Any]:

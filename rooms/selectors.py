@@ -11,6 +11,7 @@ from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from accounts.models import ExpertProfile, ExpertStatus, User
+from billing.models import Settlement
 from billing.pricing import cancellation_fee
 from rooms.availability import DateOverride, Policy, Slot, WeeklyInterval, bookable_slots
 from rooms.ice import ice_servers
@@ -214,4 +215,71 @@ def room_welcome(room_id: int, user: User, *, resumed: bool, now: datetime) -> d
         "server_time": now.isoformat(),
         "resumed": resumed,
         "heartbeat_seconds": settings.HEARTBEAT_SECONDS,
+    }
+
+
+def room_page_state(room: Room) -> dict[str, Any]:
+    """What the room page needs to say where a participant stands, before and without a
+    socket: state, times, and the terms that the running cost is computed from."""
+    now = timezone.now()
+    lobby_opens_at = room.starts_at - timedelta(minutes=settings.LOBBY_OPENS_MINUTES)
+    return {
+        "state": room.state,
+        "startsAt": room.starts_at.isoformat(),
+        "endsAt": room.ends_at.isoformat(),
+        "liveAt": room.live_at.isoformat() if room.live_at else None,
+        "lobbyOpensAt": lobby_opens_at.isoformat(),
+        "closeReason": room.close_reason,
+        "pricing": room.pricing,
+        "priceMinor": room.price_minor,
+        "capMinor": room.max_amount_minor,
+        "currency": room.currency,
+        "serverTime": now.isoformat(),
+    }
+
+
+CLOSE_REASON_TEXT = {
+    "completed": "The session has finished.",
+    "ended_by_expert": "The expert ended the session.",
+    "time_limit": "The booked time ran out.",
+    "empty": "Everyone had left the room for five minutes, so it closed.",
+    "expert_no_show": "The expert did not join within ten minutes of the start.",
+    "client_no_show": "The client did not join within ten minutes of the start.",
+    "terminated_by_staff": "Parley staff ended the session.",
+}
+
+
+def room_summary(room: Room, viewer: User) -> dict[str, Any]:
+    """After the close: why it ended and what each seat was charged, with the rule behind the
+    number. A client sees their own seat; the expert sees every seat and their payout."""
+    seats = Seat.objects.filter(room=room).exclude(payment=None).select_related("client")
+    if viewer.pk != room.expert_id:
+        seats = seats.filter(client=viewer)
+    settlements = {
+        s.payment_id: s
+        for s in Settlement.objects.filter(payment_id__in=[seat.payment_id for seat in seats])
+    }
+    lines = []
+    for seat in seats:
+        settlement = settlements.get(seat.payment_id) if seat.payment_id else None
+        if settlement is None:
+            continue
+        lines.append(
+            {
+                "client": seat.client,
+                "settlement": settlement,
+                "billable_seconds": settlement.inputs.get("billable_seconds", 0),
+                "dispute_until": settlement.created_at
+                + timedelta(hours=settings.DISPUTE_WINDOW_HOURS),
+            }
+        )
+    return {
+        "reason": room.close_reason,
+        "reason_text": CLOSE_REASON_TEXT.get(room.close_reason, room.get_close_reason_display()),
+        "lines": lines,
+        "total_minor": sum(line["settlement"].amount_minor for line in lines),
+        "payout_minor": sum(line["settlement"].payout_minor for line in lines),
+        "currency": room.currency,
+        "is_expert": viewer.pk == room.expert_id,
+        "closed_at": room.closed_at,
     }

@@ -6,6 +6,10 @@ app_name = "rooms"
 
 urlpatterns = [
     path("r/<int:room_id>/", views.join, name="join"),
+    path("r/<int:room_id>/state/", views.room_state, name="room_state"),
+    path("r/<int:room_id>/summary/", views.room_summary, name="room_summary"),
+    path("r/<int:room_id>/probe/", views.probe, name="probe"),
+    path("r/<int:room_id>/rate/", views.room_rate, name="room_rate"),
     path("me/sessions/", views.dashboard, name="dashboard"),
     path("book/<int:offering_id>/", views.offering_book, name="offering_book"),
     path("sessions/<int:room_id>/seat/", views.group_seat_take, name="group_seat_take"),

@@ -1,13 +1,17 @@
 from __future__ import annotations
 
+import json
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
+from channels.db import database_sync_to_async
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.http import HttpRequest, HttpResponse
+from django.db import transaction
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.middleware.csrf import get_token
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -23,19 +27,23 @@ from rooms.forms import (
     GroupSessionForm,
     OfferingForm,
     OverrideForm,
+    RatingForm,
     SlotChoiceForm,
     WeeklyAvailabilityForm,
 )
+from rooms.ice import ice_servers
 from rooms.models import (
     AvailabilityOverride,
     AvailabilityRule,
     Offering,
+    Rating,
     Room,
     RoomState,
     Seat,
     SeatState,
     Weekday,
 )
+from rooms.probe import ProbeRefused, probe_answer
 
 
 def _user(request: HttpRequest) -> User:
@@ -43,10 +51,10 @@ def _user(request: HttpRequest) -> User:
     return request.user
 
 
-@login_required
-def join(request: HttpRequest, room_id: int) -> HttpResponse:
+def _participant_room(user: User, room_id: int) -> tuple[Room, Seat | None]:
+    """The room behind a join link, for its expert or a client holding a place in it; anyone
+    else gets a page that says why (PermissionDenied renders templates/errors/403.html)."""
     room = get_object_or_404(Room.objects.select_related("expert"), pk=room_id)
-    user = _user(request)
     seat = Seat.objects.holding_place().filter(room=room, client=user).first()
     if room.expert_id != user.pk and seat is None:
         former = Seat.objects.filter(room=room, client=user).order_by("-pk").first()
@@ -59,18 +67,125 @@ def join(request: HttpRequest, room_id: int) -> HttpResponse:
             "This link is for the expert and the clients booked into this session. If you "
             "booked it, sign in with the account you booked with."
         )
+    return room, seat
+
+
+@login_required
+def join(request: HttpRequest, room_id: int) -> HttpResponse:
+    """The room page: lobby, preflight, the call and its bill (docs/CALL_PAGE.md)."""
+    user = _user(request)
+    room, seat = _participant_room(user, room_id)
+    is_expert = room.expert_id == user.pk
+    config = {
+        "roomId": room.pk,
+        "userId": user.pk,
+        "role": "expert" if is_expert else "client",
+        "socketPath": f"/ws/rooms/{room.pk}/",
+        "stateUrl": reverse("rooms:room_state", args=[room.pk]),
+        "summaryUrl": reverse("rooms:room_summary", args=[room.pk]),
+        "probeUrl": reverse("rooms:probe", args=[room.pk]),
+        "seatPaid": is_expert or (seat is not None and seat.state == SeatState.CONFIRMED),
+        "csrfToken": get_token(request),
+        # For the connectivity test before joining; the call itself gets fresh ones in the
+        # socket's welcome.
+        "iceServers": ice_servers(
+            room_id=room.pk, user_id=user.pk, room_ends_at=room.ends_at, now=timezone.now()
+        ),
+        **selectors.room_page_state(room),
+    }
     return render(
         request,
         "rooms/join.html",
         {
             "room": room,
             "seat": seat,
-            "is_expert": room.expert_id == user.pk,
+            "is_expert": is_expert,
+            "config": config,
             "people": Seat.objects.filter(room=room, state=SeatState.CONFIRMED).select_related(
                 "client"
             ),
+            **_summary_context(room, user),
         },
     )
+
+
+@login_required
+def room_state(request: HttpRequest, room_id: int) -> JsonResponse:
+    """The room's state for a page that has no socket yet (before the lobby opens)."""
+    room, _ = _participant_room(_user(request), room_id)
+    return JsonResponse(selectors.room_page_state(room))
+
+
+@login_required
+def room_summary(request: HttpRequest, room_id: int) -> HttpResponse:
+    """After the call: why it ended and what it cost, as the fragment the page shows."""
+    user = _user(request)
+    room, _ = _participant_room(user, room_id)
+    return render(request, "rooms/_summary.html", _summary_context(room, user))
+
+
+@transaction.non_atomic_requests  # an async view cannot run in a request transaction
+@require_POST
+async def probe(request: HttpRequest, room_id: int) -> JsonResponse:
+    """The preflight connectivity test: answer the browser's offer from a server WebRTC peer
+    (rooms/probe.py) that echoes its pings. For the room's participants, while it can be
+    joined; JSON errors, since the page calls it with fetch."""
+    user = await request.auser()
+    if not isinstance(user, User):
+        return JsonResponse({"error": "Log in to test your connection."}, status=401)
+    try:
+        room, _ = await database_sync_to_async(_participant_room)(user, room_id)
+    except PermissionDenied as refused:
+        return JsonResponse({"error": str(refused)}, status=403)
+    except Http404:
+        return JsonResponse({"error": "There is no such session."}, status=404)
+    if room.state in (RoomState.CLOSED, RoomState.CANCELED):
+        return JsonResponse({"error": "This session is over."}, status=410)
+    try:
+        offer = json.loads(request.body)
+    except ValueError:
+        return JsonResponse({"error": "The test sent a malformed offer (not JSON)."}, status=400)
+    servers = ice_servers(
+        room_id=room.pk, user_id=user.pk, room_ends_at=room.ends_at, now=timezone.now()
+    )
+    try:
+        answer = await probe_answer(offer=offer, ice_servers=servers, owner=f"u{user.pk}")
+    except ProbeRefused as refused:
+        return JsonResponse({"error": str(refused)}, status=refused.status)
+    return JsonResponse(answer)
+
+
+@login_required
+@require_POST
+def room_rate(request: HttpRequest, room_id: int) -> HttpResponse:
+    user = _user(request)
+    room, _ = _participant_room(user, room_id)
+    form = RatingForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Choose from one to five stars to rate the session.")
+        return redirect("rooms:join", room_id=room.pk)
+    try:
+        services.rating_give(
+            room.pk, user, stars=form.cleaned_data["stars"], comment=form.cleaned_data["comment"]
+        )
+    except RoomsError as refused:
+        messages.error(request, str(refused))
+    else:
+        messages.success(request, "Thank you for rating the session.")
+    return redirect("rooms:join", room_id=room.pk)
+
+
+def _summary_context(room: Room, user: User) -> dict[str, Any]:
+    if room.state != RoomState.CLOSED:
+        return {"summary": None, "room": room}
+    rating = Rating.objects.filter(room=room, client=user).first()
+    initial = {"stars": rating.stars, "comment": rating.comment} if rating else None
+    return {
+        "room": room,
+        "summary": selectors.room_summary(room, user),
+        "rating": rating,
+        "rating_form": RatingForm(initial=initial),
+    }
 
 
 @login_required

@@ -30,6 +30,10 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 # loopback-only network namespace (`ip`, `unshare`); coturn is never started here.
 command -v turnserver >/dev/null || missing+=(coturn)
 command -v ip >/dev/null || missing+=(iproute2)
+# The browser tests (rooms/tests/browser/) drive Debian's Chromium through Playwright's
+# executable_path; Playwright's own browser download is never used.
+command -v chromium >/dev/null || missing+=(chromium chromium-driver)
+command -v nft >/dev/null || missing+=(nftables)  # the browser tests cut UDP for an outage
 [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 
 # --- PostgreSQL ---------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from rooms.services.changes import (
     seat_cancel,
     seat_reschedule,
 )
+from rooms.services.feedback import rating_give
 from rooms.services.offerings import (
     availability_override_add,
     availability_override_delete,
@@ -50,6 +51,7 @@ from rooms.services.room_state import (
 )
 
 __all__ = [
+    "rating_give",
     "JoinRefused",
     "Joined",
     "call_stats_record",

@@ -292,10 +292,17 @@ def media_state_report(
     peer_id: int,
     state: str,
     candidate_type: str = "",
+    since: datetime | None = None,
     now: datetime | None = None,
 ) -> MediaLink | None:
     """One side says its media with a peer went up or down. Links are kept per reporter, so
-    either side's report counts (their union is what metering reads)."""
+    either side's report counts (their union is what metering reads).
+
+    A `disconnected` report may say `since` when the reporter last received media: a report
+    that sat in a dead connection's send buffer arrives late, and stamping it on arrival would
+    bill the outage. Only an end may be dated back, within MEDIA_REPORT_MAX_DELAY_SECONDS and
+    never before the link began: it can only shorten the reporter's own link, and the other
+    side's reports still count in full, so neither side can bill time that did not happen."""
     if state not in MEDIA_STATES:
         raise RoomsError(f"Media state must be one of {', '.join(MEDIA_STATES)}.")
     if candidate_type and candidate_type not in CANDIDATE_TYPES:
@@ -325,5 +332,9 @@ def media_state_report(
                 candidate_type=candidate_type,
             )
         if open_link is not None:
-            MediaLink.objects.filter(pk=open_link.pk).update(ended_at=now)
+            ended_at = now
+            if since is not None:
+                earliest = now - timedelta(seconds=settings.MEDIA_REPORT_MAX_DELAY_SECONDS)
+                ended_at = min(now, max(since, earliest, open_link.started_at))
+            MediaLink.objects.filter(pk=open_link.pk).update(ended_at=ended_at)
         return None

@@ -132,6 +132,52 @@ def test_media_reports_open_and_close_one_link_per_reporter(seat: Seat) -> None:
     assert links == {(seat.client_id, _at(0), _at(9)), (expert.pk, _at(0), None)}
 
 
+def test_a_late_disconnected_report_ends_the_link_when_media_last_arrived(seat: Seat) -> None:
+    # The report sat in a dead socket's buffer for 8 s; `since` says when media stopped.
+    room = _room(seat)
+    client, expert = seat.client, room.expert
+    services.media_state_report(room.pk, client, peer_id=expert.pk, state="connected", now=_at(0))
+    services.media_state_report(
+        room.pk, client, peer_id=expert.pk, state="disconnected", since=_at(12), now=_at(20)
+    )
+    assert MediaLink.objects.get().ended_at == _at(12)
+
+
+@pytest.mark.parametrize(
+    ("since", "now", "ended"),
+    [
+        # Never before the link began, never more than a minute back, never in the future.
+        (-30, 40, 10),
+        (200 - 61, 200, 200 - 60),
+        (300, 200, 200),
+    ],
+)
+def test_the_since_of_a_disconnected_report_is_bounded(
+    seat: Seat, since: int, now: int, ended: int
+) -> None:
+    room = _room(seat)
+    client, expert = seat.client, room.expert
+    services.media_state_report(room.pk, client, peer_id=expert.pk, state="connected", now=_at(10))
+    services.media_state_report(
+        room.pk, client, peer_id=expert.pk, state="disconnected", since=_at(since), now=_at(now)
+    )
+    assert MediaLink.objects.get().ended_at == _at(ended)
+
+
+def test_one_sides_early_end_does_not_shorten_the_others_link(seat: Seat) -> None:
+    # Either side's report counts: a client dating its own end back cannot unbill what the
+    # expert saw.
+    room = _room(seat)
+    client, expert = seat.client, room.expert
+    services.media_state_report(room.pk, client, peer_id=expert.pk, state="connected", now=_at(0))
+    services.media_state_report(room.pk, expert, peer_id=client.pk, state="connected", now=_at(0))
+    services.media_state_report(
+        room.pk, client, peer_id=expert.pk, state="disconnected", since=_at(1), now=_at(30)
+    )
+    links = {(link.reported_by_id, link.ended_at) for link in MediaLink.objects.all()}
+    assert links == {(client.pk, _at(1)), (expert.pk, None)}
+
+
 @pytest.mark.parametrize(
     ("state", "candidate", "peer", "message"),
     [

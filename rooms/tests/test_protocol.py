@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from typing import Any
 
@@ -97,6 +98,10 @@ def test_binary_frames_and_oversized_messages_are_refused() -> None:
         {"type": "media_state", "peer": 7, "state": "up"},
         {"type": "media_state", "peer": 7, "state": "connected", "candidate_type": "tcp"},
         {"type": "media_state", "state": "connected"},
+        {"type": "media_state", "peer": 7, "state": "connected", "since": "2026-11-21T10:00:00Z"},
+        {"type": "media_state", "peer": 7, "state": "disconnected", "since": "yesterday"},
+        {"type": "media_state", "peer": 7, "state": "disconnected", "since": "2026-11-21T10:00"},
+        {"type": "media_state", "peer": 7, "state": "disconnected", "since": 1795000000},
         {"type": "stats", "peer": 7, "rtt_ms": 1, "packet_loss": 2, "bitrate_in_kbps": 1,
          "bitrate_out_kbps": 1},
         {"type": "stats", "peer": 7, "rtt_ms": -1, "packet_loss": 0, "bitrate_in_kbps": 1,
@@ -109,6 +114,14 @@ def test_binary_frames_and_oversized_messages_are_refused() -> None:
 def test_a_malformed_message_says_which_field_is_wrong(message: dict[str, Any]) -> None:
     text = json.dumps({"v": 1, **message})
     assert _code(text) == ("bad_message", message["type"])
+
+
+def test_a_disconnected_report_may_say_since_when() -> None:
+    read = _read(
+        {"v": 1, "type": "media_state", "peer": 7, "state": "disconnected",
+         "since": "2026-11-21T10:00:00.250+00:00"}
+    )  # fmt: skip
+    assert read.fields["since"] == dt.datetime(2026, 11, 21, 10, 0, 0, 250_000, tzinfo=dt.UTC)
 
 
 def test_a_number_too_big_for_a_float_is_not_a_statistic() -> None:

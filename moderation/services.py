@@ -1,0 +1,40 @@
+"""Every change moderation makes: reports (and, with issue 7, blocks, staff actions, disputes)."""
+
+from __future__ import annotations
+
+from django.db import transaction
+
+from accounts.models import User
+from moderation.models import Report, ReportCategory
+from rooms.models import Room, Seat
+from rooms.services.records import event_write
+
+
+class ModerationError(Exception):
+    """A moderation action refused; the message says why, for the person who tried."""
+
+
+def report_file(
+    room_id: int, reporter: User, *, category: str, text: str, about: User | None = None
+) -> Report:
+    """A participant reports a session (and optionally someone in it) to staff."""
+    if category not in ReportCategory.values:
+        raise ModerationError("Choose what the report is about.")
+    text = text.strip()
+    if not text:
+        raise ModerationError("Say what happened, so staff can act on it.")
+    with transaction.atomic():
+        room = Room.objects.select_for_update().get(pk=room_id)
+        people = {
+            room.expert_id,
+            *Seat.objects.filter(room=room).values_list("client_id", flat=True),
+        }
+        if reporter.pk not in people:
+            raise ModerationError("Only the people in a session can report it.")
+        if about is not None and (about.pk not in people or about.pk == reporter.pk):
+            raise ModerationError("You can report someone who was in this session with you.")
+        report = Report.objects.create(
+            room=room, reporter=reporter, about=about, category=category, text=text
+        )
+        event_write(room, "reported", reporter, report=report.pk, category=category)
+    return report

@@ -1,0 +1,147 @@
+"""The deployment and the browsers of the browser tests.
+
+Outside a loopback-only network namespace this folder is not collected: the outer run (`make
+test`) collects only rooms/tests/test_browser.py, which runs this folder again under `unshare -n`
+with its own pytest, without pytest-django and above-folder conftests (test_browser.py has the
+command). Inside, this file sets Django up against the deployment it starts: PostgreSQL, Redis,
+coturn, one Daphne on 127.0.0.1:8101 and a Celery worker with beat, all on loopback.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+from collections.abc import Generator, Iterator
+from types import FrameType
+
+import pytest
+from playwright.sync_api import Browser, Playwright, expect, sync_playwright
+
+from rooms.tests.browser.support import (
+    BASE_URL,
+    CHROMIUM,
+    CHROMIUM_FLAGS,
+    DEFAULT_TIMEOUT_MS,
+    FAKE_UI_FLAG,
+    Contexts,
+)
+from rooms.tests.e2e_services import (
+    PG_PORT,
+    REDIS_PORT,
+    Deployment,
+    http_ok,
+    loopback_only,
+    wait_for,
+)
+
+INSIDE = loopback_only()
+# Relative to this folder: everything in it.
+collect_ignore_glob = [] if INSIDE else ["*"]
+
+DATABASE_URL = f"postgres://postgres@127.0.0.1:{PG_PORT}/parley"
+REDIS_URL = f"redis://127.0.0.1:{REDIS_PORT}/0"
+
+_deployment: Deployment | None = None
+# The environment of the deployment's Django processes (Daphne, Celery).
+_service_env: dict[str, str] = {}
+
+
+def _stop(signum: int, frame: FrameType | None) -> None:
+    # KeyboardInterrupt is how pytest stops cleanly: the session's finalizers and
+    # pytest_unconfigure run, and they stop the services.
+    raise KeyboardInterrupt(f"stopped by signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _deployment, _service_env
+    if not INSIDE:
+        return
+    # test_browser.py sends SIGTERM when the suite runs over its time.
+    signal.signal(signal.SIGTERM, _stop)
+    _deployment = Deployment(keep=bool(os.environ.get("E2E_KEEP")))
+    _service_env = _deployment.django_env(DATABASE_URL, REDIS_URL)
+    os.environ.update(_service_env)
+    # Playwright's sync API runs its event loop in this thread, so Django sees "an async
+    # context" and refuses the ORM; the tests' own code is plain sequential sync code, the
+    # case this switch is for. Only this process: Daphne keeps the check.
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    import django
+
+    django.setup()
+    # Assertions on the page wait as long as its actions do.
+    expect.set_options(timeout=DEFAULT_TIMEOUT_MS)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _deployment is not None:
+        _deployment.close()
+
+
+@pytest.fixture(scope="session")
+def deployment() -> Iterator[Deployment]:
+    """Every service, started once for the session; the database migrated."""
+    assert _deployment is not None, "conftest.py's pytest_configure did not run in a namespace"
+    env = _service_env
+    try:
+        assert _deployment.postgres() == DATABASE_URL
+        assert _deployment.redis() == REDIS_URL
+        _deployment.coturn()
+        from django.core.management import call_command
+
+        call_command("migrate", verbosity=0)
+        daphne = _deployment.daphne("daphne", 8101, env)
+        celery = _deployment.celery(env)
+        wait_for("Daphne", functools.partial(http_ok, f"{BASE_URL}/healthz"), 30, daphne.log)
+        wait_for(
+            "Celery", lambda: "ready." in celery.log.read_text(errors="replace"), 30, celery.log
+        )
+        yield _deployment
+    finally:
+        _deployment.close()
+
+
+@pytest.fixture(scope="session")
+def playwright(deployment: Deployment) -> Iterator[Playwright]:
+    with sync_playwright() as driver:
+        yield driver
+
+
+@pytest.fixture(scope="session")
+def browser(playwright: Playwright) -> Iterator[Browser]:
+    """Chromium whose camera and microphone prompts are answered "allow"."""
+    browser = playwright.chromium.launch(
+        executable_path=CHROMIUM, args=[*CHROMIUM_FLAGS, FAKE_UI_FLAG]
+    )
+    yield browser
+    browser.close()
+
+
+@pytest.fixture(scope="session")
+def browser_without_fake_ui(playwright: Playwright) -> Iterator[Browser]:
+    """Chromium with fake devices, whose permissions are only what a context grants: the rest
+    is refused (getUserMedia rejects with NotAllowedError at once, measured in headless mode)."""
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+    yield browser
+    browser.close()
+
+
+@pytest.fixture
+def contexts(browser: Browser, deployment: Deployment) -> Iterator[Contexts]:
+    opened = Contexts(browser)
+    yield opened
+    opened.close()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed test's report carries what its pages showed and the services' log tails."""
+    report = yield
+    if report.failed and _deployment is not None and call.when != "teardown":
+        opened = getattr(item, "funcargs", {}).get("contexts")
+        if isinstance(opened, Contexts):
+            report.sections.append(("pages", opened.report()))
+        report.sections.append(("services", _deployment.logs()))
+    return report

@@ -1,0 +1,488 @@
+"""What the browser tests share: the deployment's address and Chromium's flags, people and a
+room seeded through the services, logging in, the room page as docs/CALL_PAGE.md describes it,
+and the network outage.
+
+Django is set up by conftest.py's `pytest_configure`, after this module is imported, so the
+helpers that touch the database import their models when called.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, Response
+from playwright.sync_api import Error as PlaywrightError
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
+from rooms.participant import overlap_seconds
+from rooms.tests.e2e_services import loopback_only
+
+if TYPE_CHECKING:
+    from billing.models import Settlement
+
+# The one Daphne of the deployment (conftest.py starts it).
+BASE_URL = "http://127.0.0.1:8101"
+CHROMIUM = "/usr/bin/chromium"
+# RECIPES.md. Without --allow-loopback-in-peer-connection ICE never completes on loopback.
+CHROMIUM_FLAGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--use-fake-device-for-media-stream",
+    "--allow-loopback-in-peer-connection",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+# Answers every camera and microphone prompt with "allow"; the browser of the permission test
+# goes without it, so what the context did not grant is refused as a person's "block" would be.
+FAKE_UI_FLAG = "--use-fake-ui-for-media-stream"
+# Video frames further apart than this are a freeze, not a stream (rooms/participant.py).
+FRAME_GAP_SECONDS = 1.0
+SAMPLE_MILLISECONDS = 100
+# Long enough for a page to load and a button to appear; short enough that a missing element
+# fails its test in seconds.
+DEFAULT_TIMEOUT_MS = 10_000
+
+
+@dataclass(frozen=True)
+class Person:
+    id: int
+    email: str
+    password: str
+
+
+@dataclass(frozen=True)
+class Booked:
+    """A per-minute 1:1 room, open now, with an approved expert and a client's paid seat."""
+
+    room_id: int
+    seat_id: int
+    payment_id: int
+    expert: Person
+    client: Person
+
+    @property
+    def url(self) -> str:
+        return f"{BASE_URL}/r/{self.room_id}/"
+
+
+# --- the database ---------------------------------------------------------------------------
+
+
+def booked_session() -> Booked:
+    """Fresh people and a fresh room, booked and paid through the services (the local payment
+    provider) the way the end-to-end call test books its own."""
+    from rooms.tests.e2e_harness import seed
+
+    people = seed()
+
+    def person(who: str) -> Person:
+        data = people[who]
+        return Person(data["id"], data["email"], data["password"])
+
+    return Booked(
+        room_id=people["room"],
+        seat_id=people["seat"],
+        payment_id=people["payment"],
+        expert=person("expert"),
+        client=person("client"),
+    )
+
+
+def stranger() -> Person:
+    """A logged-in someone with no part in any room."""
+    from accounts.tests.factories import PASSWORD, UserFactory
+
+    user = UserFactory.create(time_zone="UTC")
+    return Person(user.pk, user.email, PASSWORD)
+
+
+def session_cookie(person: Person) -> tuple[str, str]:
+    """A Django session of `person`, written to the database as a login would write it;
+    returns the cookie's name and value."""
+    from django.conf import settings
+    from django.test import Client
+
+    from accounts.models import User
+
+    client = Client()
+    client.force_login(User.objects.get(pk=person.id))
+    return settings.SESSION_COOKIE_NAME, client.cookies[settings.SESSION_COOKIE_NAME].value
+
+
+def settlement_wait(payment_id: int, timeout: float = 20.0) -> Settlement:
+    """The seat's Settlement once the room's close has written it."""
+    from billing.models import Settlement
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        settlement = Settlement.objects.filter(payment_id=payment_id).first()
+        if settlement is not None:
+            return settlement
+        time.sleep(0.2)
+    raise AssertionError(
+        f"No settlement for payment {payment_id} within {timeout:.0f} s: {_room_story(payment_id)}"
+    )
+
+
+def room_settlements_total(room_id: int) -> int:
+    """What the expert's page shows: the total of the room's settlements."""
+    from django.db.models import Sum
+
+    from billing.models import Settlement
+    from rooms.models import Seat
+
+    payments = Seat.objects.filter(room_id=room_id, payment__isnull=False).values("payment_id")
+    total = Settlement.objects.filter(payment_id__in=payments).aggregate(total=Sum("amount_minor"))
+    return int(total["total"] or 0)
+
+
+def server_record(booked: Booked, origin: float) -> str:
+    """What the server recorded of the call, in seconds after `origin` (a `time.time()`):
+    presences, media links by reporter, the live window."""
+    from rooms.models import MediaLink, Presence, Room
+
+    role = {booked.expert.id: "expert", booked.client.id: "client"}
+
+    def at(moment: Any) -> str:
+        return "open" if moment is None else f"{moment.timestamp() - origin:.1f}"
+
+    room = Room.objects.get(pk=booked.room_id)
+    presences = [
+        f"{role.get(p.user_id, p.user_id)} {at(p.opened_at)}–{at(p.closed_at)} ({p.close_reason})"
+        for p in Presence.objects.filter(room=room).order_by("opened_at")
+    ]
+    links = [
+        f"by {role.get(m.reported_by_id, m.reported_by_id)} {at(m.started_at)}–{at(m.ended_at)}"
+        f" {m.candidate_type}"
+        for m in MediaLink.objects.filter(room=room).order_by("started_at")
+    ]
+    return (
+        f"live {at(room.live_at)}–{at(room.closed_at)}; presences: {'; '.join(presences)}; "
+        f"media links: {'; '.join(links)}"
+    )
+
+
+def _room_story(payment_id: int) -> str:
+    from rooms.models import RoomEvent, Seat
+
+    seat = Seat.objects.select_related("room").get(payment_id=payment_id)
+    events = RoomEvent.objects.filter(room=seat.room).order_by("pk").values_list("kind", flat=True)
+    return f"room {seat.room_id} is {seat.room.state}; its events: {', '.join(events)}"
+
+
+# --- logging in -----------------------------------------------------------------------------
+
+
+def log_in_with_form(page: Page, person: Person) -> None:
+    """Type the email and password into the login page and submit it, as a person does."""
+    page.locator('input[name="login"]').fill(person.email)
+    page.locator('input[name="password"]').fill(person.password)
+    page.locator('input[name="password"]').press("Enter")
+
+
+# --- browser contexts ---------------------------------------------------------------------
+
+
+class Contexts:
+    """Opens browser contexts (one per person), logged in by a session cookie or not at all;
+    keeps what their pages said in the console for the failure report; closes them."""
+
+    def __init__(self, browser: Browser) -> None:
+        self.browser = browser
+        self.opened: list[tuple[str, BrowserContext]] = []
+        self.console: list[str] = []
+
+    def __call__(
+        self,
+        label: str,
+        person: Person | None = None,
+        *,
+        browser: Browser | None = None,
+        permissions: tuple[str, ...] = ("camera", "microphone"),
+    ) -> BrowserContext:
+        context = (browser or self.browser).new_context(
+            base_url=BASE_URL, permissions=list(permissions)
+        )
+        context.set_default_timeout(DEFAULT_TIMEOUT_MS)
+        self.opened.append((label, context))
+        if person is not None:
+            name, value = session_cookie(person)
+            context.add_cookies([{"name": name, "value": value, "url": BASE_URL}])
+        context.on("page", functools.partial(self._watch, label))
+        return context
+
+    def _watch(self, label: str, page: Page) -> None:
+        def said(message: ConsoleMessage) -> None:
+            self.console.append(f"[{label}] console.{message.type}: {message.text}")
+
+        def failed(error: PlaywrightError) -> None:
+            self.console.append(f"[{label}] page error: {error}")
+
+        def answered(response: Response) -> None:
+            if response.status >= 400:
+                self.console.append(f"[{label}] HTTP {response.status}: {response.url}")
+
+        page.on("console", said)
+        page.on("pageerror", failed)
+        page.on("response", answered)
+
+    def report(self) -> str:
+        lines = []
+        for label, context in self.opened:
+            for page in context.pages:
+                try:
+                    snapshot = page.evaluate(_SNAPSHOT)
+                except PlaywrightError as error:
+                    snapshot = f"(unreadable: {error})"
+                lines.append(f"[{label}] {page.url}\n    {snapshot}")
+        lines.append("console (last 60):")
+        lines.extend(self.console[-60:])
+        return "\n".join(lines)
+
+    def close(self) -> None:
+        for _, context in self.opened:
+            try:
+                context.close()
+            except PlaywrightError:
+                pass
+
+
+_SNAPSHOT = """() => {
+  const room = document.getElementById('room');
+  const attributes = room ? [...room.attributes].map((a) => [a.name, a.value]) : null;
+  return JSON.stringify({
+    title: document.title,
+    room: attributes && Object.fromEntries(attributes),
+    status: document.getElementById('room-status')?.textContent?.trim() ?? null,
+    banner: document.getElementById('banner')?.textContent?.trim() ?? null,
+    peers: [...document.querySelectorAll('#peers .peer')].map((t) => ({...t.dataset})),
+  });
+}"""
+
+
+# --- the room page --------------------------------------------------------------------------
+
+
+class Sample(NamedTuple):
+    """What a page showed at one moment (wall-clock seconds, like `time.time()`)."""
+
+    at: float
+    frames: int | None  # framesDecoded of the peer's inbound video; None: no such peer yet
+    phase: str | None  # #room[data-phase]
+    peer_status: str | None  # the peer's .peer[data-status]
+
+
+# Samples the page every SAMPLE_MILLISECONDS from inside it, so the record has no gaps while the
+# test is busy elsewhere (clicking on the other page, dropping the network). A reload loses it:
+# its survival proves the page was never reloaded.
+_RECORDER = """
+([peerId, every]) => {
+  if (window.__parleyTest) return;
+  const record = {samples: [], error: null};
+  window.__parleyTest = record;
+  const within = (promise, ms) => Promise.race(
+    [promise, new Promise((_, reject) => setTimeout(() => reject(new Error('no answer')), ms))]);
+  const sample = async () => {
+    let frames = null;
+    try {
+      if (!window.parley || typeof window.parley.framesDecoded !== 'function') {
+        throw new Error('window.parley.framesDecoded() is missing');
+      }
+      const all = await within(window.parley.framesDecoded(), 1000);
+      const value = all ? all[peerId] : undefined;
+      frames = typeof value === 'number' ? value : null;
+      record.error = null;
+    } catch (error) {
+      record.error = String(error);
+    }
+    const room = document.getElementById('room');
+    const tile = document.querySelector(`#peers .peer[data-peer-id="${peerId}"]`);
+    record.samples.push([Date.now() / 1000, frames,
+      room ? room.dataset.phase ?? null : null, tile ? tile.dataset.status ?? null : null]);
+  };
+  (async () => {
+    for (;;) {
+      await sample();
+      await new Promise((resolve) => setTimeout(resolve, every));
+    }
+  })();
+}
+"""
+
+
+class RoomPage:
+    """One person's tab on the room page, driven through the ids of docs/CALL_PAGE.md."""
+
+    def __init__(self, page: Page, booked: Booked, me: Person, peer: Person) -> None:
+        self.page, self.booked, self.me, self.peer = page, booked, me, peer
+        self.navigations = 0
+        page.on("framenavigated", self._navigated)
+
+    def _navigated(self, frame: Any) -> None:
+        if frame == self.page.main_frame:
+            self.navigations += 1
+
+    def open(self) -> Response | None:
+        return self.page.goto(self.booked.url)
+
+    def devices_on(self) -> None:
+        """Ask for the camera and microphone; wait until the preview plays."""
+        self.page.locator("#devices-on").click()
+        try:
+            self.page.wait_for_function(
+                """() => {
+                  const video = document.getElementById('preview');
+                  return video && !video.paused && video.readyState >= 2 && video.videoWidth > 0;
+                }""",
+                timeout=10_000,
+            )
+        except PlaywrightTimeoutError:
+            raise AssertionError(
+                f"#preview did not play within 10 s of clicking #devices-on: {self.describe()}"
+            ) from None
+
+    def record(self) -> None:
+        self.page.evaluate(_RECORDER, [str(self.peer.id), SAMPLE_MILLISECONDS])
+
+    def join(self) -> float:
+        """Click #join; returns when it was clicked."""
+        clicked = time.time()
+        self.page.locator("#join").click()
+        return clicked
+
+    def samples(self) -> list[Sample]:
+        raw = self.page.evaluate("() => window.__parleyTest ? window.__parleyTest.samples : null")
+        if raw is None:
+            raise AssertionError(f"The {self.role} page lost its recorder: it was reloaded.")
+        return [Sample(*row) for row in raw]
+
+    def recorder_error(self) -> str | None:
+        error: str | None = self.page.evaluate(
+            "() => window.__parleyTest ? window.__parleyTest.error : 'no recorder'"
+        )
+        return error
+
+    def frames(self) -> int:
+        """The latest framesDecoded of the peer's video (0 before any)."""
+        samples = self.samples()
+        return next((s.frames for s in reversed(samples) if s.frames is not None), 0)
+
+    @property
+    def role(self) -> str:
+        return "expert" if self.me == self.booked.expert else "client"
+
+    def describe(self) -> str:
+        """The page's phase and the peer tile, for assertion messages."""
+        state: dict[str, Any] = self.page.evaluate(
+            """() => {
+              const room = document.getElementById('room');
+              const tiles = [...document.querySelectorAll('#peers .peer')];
+              return {
+                phase: room ? room.dataset.phase : '(no #room)',
+                roomState: room ? room.dataset.roomState : null,
+                status: document.getElementById('room-status')?.textContent?.trim(),
+                peers: tiles.map((t) => `${t.dataset.peerId}:${t.dataset.status}`),
+              };
+            }"""
+        )
+        return f"{self.role} page {state} (recorder: {self.recorder_error() or 'ok'})"
+
+
+def first_frames_at(samples: list[Sample]) -> float | None:
+    return next((s.at for s in samples if s.frames), None)
+
+
+def receiving_intervals(samples: list[Sample], until: float = math.inf) -> list[list[float]]:
+    """The intervals in which the peer's video frames kept arriving: between two samples whose
+    frame counts differ, merged across freezes shorter than FRAME_GAP_SECONDS."""
+    intervals: list[list[float]] = []
+    for before, after in zip(samples, samples[1:], strict=False):
+        if after.at > until:
+            break
+        if not after.frames or after.frames == before.frames:
+            continue
+        if intervals and before.at - intervals[-1][1] <= FRAME_GAP_SECONDS:
+            intervals[-1][1] = after.at
+        else:
+            intervals.append([before.at, after.at])
+    return intervals
+
+
+def changes(samples: list[Sample], origin: float) -> str:
+    """When the page's phase, the peer's tile status and the first frame changed, in seconds
+    after `origin`: where the time to first frame went."""
+    seen: list[str] = []
+    last: tuple[str | None, str | None, bool] | None = None
+    for sample in samples:
+        now = (sample.phase, sample.peer_status, bool(sample.frames))
+        if now != last:
+            frames = "video" if now[2] else "no video"
+            seen.append(f"{sample.at - origin:+.1f} {now[0]}/{now[1]}/{frames}")
+            last = now
+    return ", ".join(seen[-12:])
+
+
+def relative(intervals: list[list[float]], origin: float) -> str:
+    return ", ".join(f"{start - origin:.1f}–{end - origin:.1f}" for start, end in intervals)
+
+
+def both_receiving_seconds(a: RoomPage, b: RoomPage, until: float) -> float:
+    """The time both pages were receiving the other's video, up to `until`."""
+    return overlap_seconds(
+        receiving_intervals(a.samples(), until), receiving_intervals(b.samples(), until)
+    )
+
+
+def wait_until(page: Page, ready: Callable[[], bool], timeout: float, every: float = 0.1) -> bool:
+    """Poll `ready()`; waits through Playwright, so the browser's events keep flowing."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if ready():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        page.wait_for_timeout(every * 1000)
+
+
+# --- the outage -----------------------------------------------------------------------------
+
+_OUTAGE_TABLE = "parley_outage"
+NFT = shutil.which("nft") or "/usr/sbin/nft"
+
+
+@contextmanager
+def udp_dropped() -> Iterator[None]:
+    """No UDP leaves anything in the namespace: the call's media (peer to peer and through
+    coturn) stops, while the WebSockets (TCP) go on. Playwright's offline mode only holds a
+    page's WebSocket frames and does not touch WebRTC, so an outage needs both."""
+    if not loopback_only():
+        raise RuntimeError("Refusing to touch nftables outside a loopback-only namespace.")
+    _nft("add", "table", "inet", _OUTAGE_TABLE)
+    try:
+        _nft(
+            "add", "chain", "inet", _OUTAGE_TABLE, "out",
+            "{ type filter hook output priority 0; }",
+        )  # fmt: skip
+        _nft("add", "rule", "inet", _OUTAGE_TABLE, "out", "meta", "l4proto", "udp", "drop")
+        yield
+    finally:
+        _nft("delete", "table", "inet", _OUTAGE_TABLE)
+
+
+def _nft(*arguments: str) -> None:
+    done = subprocess.run(  # noqa: S603 (fixed arguments)
+        [NFT, *arguments], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"nft {' '.join(arguments)} failed: {done.stderr.strip()}")

@@ -1,0 +1,291 @@
+"""The room page (docs/CALL_PAGE.md) as people use it: real Chromium with fake camera and
+microphone, against the whole deployment (PostgreSQL, Redis, coturn, Daphne, Celery) inside a
+loopback-only network namespace. Every test books a fresh room for fresh people.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from playwright.sync_api import Browser, expect
+
+from rooms.tests.browser.support import (
+    Booked,
+    Contexts,
+    RoomPage,
+    Sample,
+    booked_session,
+    both_receiving_seconds,
+    changes,
+    first_frames_at,
+    log_in_with_form,
+    receiving_intervals,
+    relative,
+    room_settlements_total,
+    server_record,
+    settlement_wait,
+    stranger,
+    udp_dropped,
+    wait_until,
+)
+from rooms.tests.e2e_services import Deployment
+
+# On loopback a plain Chromium-to-Chromium call decodes its first frame ~0.2 s after the
+# offer (RECIPES.md); the page, with its signaling, gets 3 s.
+FIRST_FRAME_SECONDS = 3.0
+OUTAGE_SECONDS = 8.0
+# Video on both sides before the outage, and after it has resumed.
+STEADY_SECONDS = 8.0
+# The settlement is in whole seconds; the truth is measured from frames every 100 ms.
+BILLING_TOLERANCE_SECONDS = 2.0
+# Past the free first minute, so the charge is not zero.
+CHARGED_CALL_SECONDS = 66.0
+
+
+@pytest.fixture
+def booked(deployment: Deployment) -> Booked:
+    return booked_session()
+
+
+def test_an_anonymous_visitor_logs_in_and_lands_back_in_the_room(
+    contexts: Contexts, booked: Booked
+) -> None:
+    page = contexts("visitor").new_page()
+    page.goto(booked.url)
+
+    login = urlsplit(page.url)
+    assert login.path == "/accounts/login/", f"not sent to the login page but to {page.url}"
+    assert parse_qs(login.query).get("next") == [f"/r/{booked.room_id}/"], page.url
+    with page.expect_response(lambda response: response.url == booked.url) as landed:
+        log_in_with_form(page, booked.client)
+    assert landed.value.status == 200
+    page.wait_for_url(booked.url)
+
+
+def test_a_logged_in_stranger_is_told_the_link_is_for_the_expert_and_booked_clients(
+    contexts: Contexts, booked: Booked
+) -> None:
+    page = contexts("stranger", stranger()).new_page()
+    response = page.goto(booked.url)
+
+    assert response is not None and response.status == 403
+    assert page.url == booked.url, "the refusal is the page itself, not a redirect"
+    expect(page.locator("body")).to_contain_text(
+        re.compile(r"link is for the expert and the clients booked", re.IGNORECASE)
+    )
+
+
+def test_without_camera_permission_the_page_says_how_to_allow_it_and_offers_other_ways_in(
+    contexts: Contexts, booked: Booked, browser_without_fake_ui: Browser
+) -> None:
+    context = contexts(
+        "client", booked.client, browser=browser_without_fake_ui, permissions=("microphone",)
+    )
+    page = context.new_page()
+    page.goto(booked.url)
+    page.locator("#devices-on").click()
+
+    denied = page.locator("#devices-denied")
+    expect(denied).to_be_visible()
+    # How to re-enable it: says which permission, in more than a word or two.
+    expect(denied).to_contain_text(re.compile(r"camera", re.IGNORECASE))
+    assert len(denied.inner_text().strip()) >= 20, denied.inner_text()
+    for other_way_in in ("#join-audio-only", "#join-no-devices"):
+        expect(page.locator(other_way_in)).to_be_visible()
+        expect(page.locator(other_way_in)).to_be_enabled()
+    # The premise: this browser refuses the camera (and would give the microphone).
+    assert page.evaluate(_GET_USER_MEDIA, {"video": True}) == "NotAllowedError"
+    assert page.evaluate(_GET_USER_MEDIA, {"audio": True}) == "ok"
+
+
+_GET_USER_MEDIA = """async (constraints) => {
+  try {
+    const stream = await navigator.mediaDevices.getUserMedia(constraints);
+    stream.getTracks().forEach((track) => track.stop());
+    return 'ok';
+  } catch (error) {
+    return error.name;
+  }
+}"""
+
+
+def test_expert_and_client_see_each_other_within_3_seconds_of_joining(
+    contexts: Contexts, booked: Booked
+) -> None:
+    expert, client, clicked = _call_started(contexts, booked)
+
+    seconds = {side.role: _first_frames(side) - clicked[side.role] for side in (expert, client)}
+    message = (
+        f"first video frame of the other, seconds after clicking #join: "
+        f"{ {role: round(s, 2) for role, s in seconds.items()} } "
+        f"(the expert clicked {clicked['client'] - clicked['expert']:.2f} s before the client)."
+        f"\nPhase/peer tile/video, seconds after each clicked: expert "
+        f"{changes(expert.samples(), clicked['expert'])}; client "
+        f"{changes(client.samples(), clicked['client'])}"
+    )
+    print(message)
+    assert max(seconds.values()) <= FIRST_FRAME_SECONDS, message
+
+
+def test_a_client_offline_for_8_seconds_resumes_in_place_and_the_gap_is_not_billed(
+    contexts: Contexts, booked: Booked
+) -> None:
+    expert, client, clicked = _call_started(contexts, booked)
+    both_since = max(_first_frames(expert), _first_frames(client))
+    expert.page.wait_for_timeout(STEADY_SECONDS * 1000)
+    navigations = {side.role: side.navigations for side in (expert, client)}
+
+    with udp_dropped():
+        client.page.context.set_offline(True)
+        outage_start = time.time()
+        try:
+            expert.page.wait_for_timeout(OUTAGE_SECONDS * 1000)
+        finally:
+            client.page.context.set_offline(False)
+    outage_end = time.time()
+
+    # Both pages said so while it lasted (sampled every 100 ms; allow one late sample).
+    during = (outage_start, outage_end + 0.5)
+    client_saw = _first(
+        client.samples(), during, lambda s: "reconnecting" in (s.phase, s.peer_status)
+    )
+    expert_saw = _first(expert.samples(), during, lambda s: s.peer_status == "reconnecting")
+    assert client_saw is not None, (
+        "the client's page never showed reconnecting (#room[data-phase=reconnecting] or the "
+        f"expert's tile data-status=reconnecting) during the outage: {client.describe()}"
+    )
+    assert expert_saw is not None, (
+        "the expert's page never showed the client's tile as reconnecting during the outage: "
+        f"{expert.describe()}"
+    )
+
+    # Then the video comes back on both pages, in the same document.
+    pages = (expert, client)
+    wait_until(
+        expert.page,
+        lambda: all(_frames_after(side, outage_end) is not None for side in pages),
+        timeout=20,
+    )
+    resumed_at = {side.role: _frames_after(side, outage_end) for side in pages}
+    assert None not in resumed_at.values(), (
+        f"video did not resume within 20 s of the outage's end (when it did: {resumed_at}): "
+        f"{expert.describe()}; {client.describe()}"
+    )
+    expert.page.wait_for_timeout(STEADY_SECONDS * 1000)
+    assert {side.role: side.navigations for side in (expert, client)} == navigations, (
+        "a page was reloaded or navigated to resume"
+    )
+
+    ended_at = _end_for_all(expert)
+    for side in (expert, client):
+        expect(side.page.locator("#room")).to_have_attribute("data-phase", "ended")
+    settlement = settlement_wait(booked.payment_id)
+    billed = settlement.inputs["billable_seconds"]
+    truth = both_receiving_seconds(expert, client, until=ended_at)
+    resumed_text = ", ".join(
+        f"{role} {at - both_since:.1f}" for role, at in resumed_at.items() if at is not None
+    )
+    message = (
+        f"billed {billed} s; both pages received video for {truth:.1f} s (first frames on "
+        f"both → end, minus the {OUTAGE_SECONDS:.0f} s outage: "
+        f"{ended_at - both_since - OUTAGE_SECONDS:.1f} s).\n"
+        f"Seconds after both pages first had video: #join clicked: expert "
+        f"{clicked['expert'] - both_since:.1f}, client {clicked['client'] - both_since:.1f}; "
+        f"outage {outage_start - both_since:.1f}–"
+        f"{outage_end - both_since:.1f}; reconnecting shown: client "
+        f"{client_saw - both_since:.1f}, expert {expert_saw - both_since:.1f}; video back: "
+        f"{resumed_text}; ended {ended_at - both_since:.1f}.\n"
+        f"Video received by the expert: "
+        f"{relative(receiving_intervals(expert.samples(), ended_at), both_since)}; "
+        f"by the client: {relative(receiving_intervals(client.samples(), ended_at), both_since)}"
+        f".\nServer: {server_record(booked, both_since)}.\n"
+        f"Settlement: {settlement.explanation} {settlement.inputs}"
+    )
+    print(message)
+    assert abs(billed - truth) <= BILLING_TOLERANCE_SECONDS, message
+
+
+def test_when_the_expert_ends_the_call_both_pages_show_what_was_settled(
+    contexts: Contexts, booked: Booked
+) -> None:
+    expert, client, _ = _call_started(contexts, booked)
+    expert.page.wait_for_timeout(CHARGED_CALL_SECONDS * 1000)
+
+    _end_for_all(expert)
+    for side in (expert, client):
+        expect(side.page.locator("#room")).to_have_attribute("data-phase", "ended")
+    settlement = settlement_wait(booked.payment_id)
+    assert settlement.amount_minor > 0, (
+        f"a {CHARGED_CALL_SECONDS:.0f} s call was settled at 0: {settlement.explanation} "
+        f"{settlement.inputs}"
+    )
+    # 1:1: the client's page shows its seat's charge; the expert's the room's total.
+    expect(client.page.locator("#charge")).to_have_attribute(
+        "data-amount-minor", str(settlement.amount_minor), timeout=15_000
+    )
+    expect(expert.page.locator("#charge")).to_have_attribute(
+        "data-amount-minor", str(room_settlements_total(booked.room_id)), timeout=15_000
+    )
+
+
+# --- steps ----------------------------------------------------------------------------------
+
+
+def _call_started(
+    contexts: Contexts, booked: Booked
+) -> tuple[RoomPage, RoomPage, dict[str, float]]:
+    """Expert and client open the link, turn their devices on, see the preview play and join
+    (the expert a moment before the client); returns once both receive the other's video,
+    with when each clicked #join."""
+    expert = RoomPage(
+        contexts("expert", booked.expert).new_page(), booked, booked.expert, booked.client
+    )
+    client = RoomPage(
+        contexts("client", booked.client).new_page(), booked, booked.client, booked.expert
+    )
+    for side in (expert, client):
+        side.open()
+        side.devices_on()
+        side.record()
+    clicked = {side.role: side.join() for side in (expert, client)}
+    flowing = wait_until(
+        expert.page,
+        lambda: all(first_frames_at(side.samples()) is not None for side in (expert, client)),
+        timeout=15,
+    )
+    assert flowing, (
+        f"no video both ways within 15 s of joining: {expert.describe()}; {client.describe()}"
+    )
+    return expert, client, clicked
+
+
+def _first_frames(side: RoomPage) -> float:
+    at = first_frames_at(side.samples())
+    assert at is not None, side.describe()
+    return at
+
+
+def _frames_after(side: RoomPage, moment: float) -> float | None:
+    """When the peer's frame count first moved after `moment`."""
+    samples = side.samples()
+    for before, after in zip(samples, samples[1:], strict=False):
+        if after.at > moment and after.frames and after.frames != before.frames:
+            return after.at
+    return None
+
+
+def _first(
+    samples: list[Sample], within: tuple[float, float], shows: Callable[[Sample], bool]
+) -> float | None:
+    return next((s.at for s in samples if within[0] <= s.at <= within[1] and shows(s)), None)
+
+
+def _end_for_all(expert: RoomPage) -> float:
+    """The expert ends the call for everyone; returns when it was confirmed."""
+    expert.page.locator("#end-for-all").click()
+    expert.page.locator("#end-confirm").click()
+    return time.time()

@@ -1,0 +1,193 @@
+// The room's socket (docs/SIGNALING.md): one per participant, heartbeats with acks, and a
+// reconnect with exponential backoff and full jitter that keeps the participant's place (the
+// server treats a reconnect within its 20 s grace as a resume, not a new join).
+//
+// A socket can die without closing: a network that drops packets (or a browser holding them,
+// as Chromium's offline mode does) leaves it "open" while nothing gets through. So every
+// heartbeat must be acknowledged within ACK_TIMEOUT_MS, or the socket is given up and a new
+// one is opened. Frames the dead socket still holds may reach the server later; the new socket
+// replaces it there, and media reports carry their own time (`since`).
+
+const PROTOCOL_VERSION = 1;
+const ACK_TIMEOUT_MS = 2500;
+const BACKOFF_BASE_MS = 250;
+const BACKOFF_CAP_MS = 2000;
+
+// Close codes that end the conversation for good (the page says why); everything else retries.
+const FINAL_CLOSES = {
+  1000: "left",
+  4000: "ended",
+  4001: "replaced",
+  4002: "removed",
+  4401: "login_required",
+  4402: "not_paid",
+  4403: "not_participant",
+  4404: "room_not_found",
+  4406: "forbidden_origin",
+  4409: "room_full",
+  4410: "room_ended",
+  4423: "blocked",
+  4424: "removed",
+};
+const TOO_EARLY = 4425;
+
+export class Signaling {
+  /**
+   * @param {object} options
+   * @param {string} options.path      the socket's path, /ws/rooms/<id>/
+   * @param {(message: object) => void} options.onMessage   every server message but acks
+   * @param {(state: string, detail?: object) => void} options.onState
+   *   "connecting" | "open" | "reconnecting" | "closed" (detail.reason: a FINAL_CLOSES value
+   *   or "too_early", with the server's error message when it sent one)
+   */
+  constructor({ path, onMessage, onState }) {
+    this.url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}${path}`;
+    this.onMessage = onMessage;
+    this.onState = onState;
+    this.socket = null;
+    this.attempt = 0;
+    this.stopped = false;
+    this.heartbeatTimer = null;
+    this.ackTimer = null;
+    this.retryTimer = null;
+    this.lastError = null;
+    // Server clock minus local clock, in ms, from the heartbeat round trips.
+    this.clockOffsetMs = 0;
+  }
+
+  connect() {
+    this.stopped = false;
+    clearTimeout(this.retryTimer);
+    this.retryTimer = null;
+    this.onState(this.attempt ? "reconnecting" : "connecting");
+    const socket = new WebSocket(this.url);
+    this.socket = socket;
+    this.lastError = null;
+    socket.onmessage = (event) => socket === this.socket && this.receive(event.data);
+    socket.onclose = (event) => socket === this.socket && this.closed(event.code);
+  }
+
+  /** Server time now, as a Date (local clock corrected by the measured offset). */
+  serverNow() {
+    return new Date(Date.now() + this.clockOffsetMs);
+  }
+
+  send(message) {
+    if (this.socket?.readyState !== WebSocket.OPEN) return false;
+    this.socket.send(JSON.stringify({ v: PROTOCOL_VERSION, ...message }));
+    return true;
+  }
+
+  /** Leave on purpose: the server tells the peers at once instead of waiting out the grace. */
+  leave() {
+    this.send({ type: "leave" });
+    this.stop();
+  }
+
+  stop() {
+    this.stopped = true;
+    this.stopHeartbeats();
+    clearTimeout(this.retryTimer);
+    const socket = this.socket;
+    this.socket = null;
+    if (socket && socket.readyState <= WebSocket.OPEN) socket.close(1000);
+  }
+
+  receive(data) {
+    let message;
+    try {
+      message = JSON.parse(data);
+    } catch {
+      return; // the server only sends JSON; anything else is not ours to act on
+    }
+    if (message.type === "welcome") {
+      this.attempt = 0;
+      this.startHeartbeats(message.heartbeat_seconds);
+      this.clockOffsetMs = Date.parse(message.server_time) - Date.now();
+      this.onState("open");
+    } else if (message.type === "heartbeat_ack") {
+      const now = Date.now();
+      clearTimeout(this.ackTimer);
+      this.ackTimer = null;
+      if (this.heartbeatSentAt) {
+        const midpoint = (this.heartbeatSentAt + now) / 2;
+        this.clockOffsetMs = Date.parse(message.server_time) - midpoint;
+      }
+      return;
+    } else if (message.type === "error" && !this.welcomed()) {
+      this.lastError = message; // a refusal at connect: its close code follows
+    }
+    this.onMessage(message);
+  }
+
+  welcomed() {
+    return this.heartbeatTimer !== null;
+  }
+
+  startHeartbeats(seconds) {
+    this.stopHeartbeats();
+    this.heartbeatTimer = setInterval(() => this.heartbeat(), (seconds || 5) * 1000);
+  }
+
+  stopHeartbeats() {
+    clearInterval(this.heartbeatTimer);
+    clearTimeout(this.ackTimer);
+    this.heartbeatTimer = null;
+    this.ackTimer = null;
+  }
+
+  heartbeat() {
+    if (this.ackTimer) return; // the previous one is still within its deadline
+    this.heartbeatSentAt = Date.now();
+    if (!this.send({ type: "heartbeat" })) return;
+    this.ackTimer = setTimeout(() => this.giveUp(), ACK_TIMEOUT_MS);
+  }
+
+  /** The socket looks open but nothing comes back: drop it and dial again. */
+  giveUp() {
+    const socket = this.socket;
+    this.socket = null;
+    this.stopHeartbeats();
+    if (socket) {
+      socket.onmessage = socket.onclose = null;
+      socket.close(4999); // ours: "gave up waiting"; the server may never see it
+    }
+    this.retry();
+  }
+
+  closed(code) {
+    this.socket = null;
+    this.stopHeartbeats();
+    if (this.stopped) return;
+    if (code === TOO_EARLY) {
+      this.onState("closed", { reason: "too_early", error: this.lastError });
+      return;
+    }
+    if (code in FINAL_CLOSES) {
+      this.stopped = true;
+      this.onState("closed", { reason: FINAL_CLOSES[code], error: this.lastError, code });
+      return;
+    }
+    this.retry(); // 1006 (network), 4008 (the server had swept us), a server restart…
+  }
+
+  /** Something says the network is back (media flows again): dial now, not at the backoff. */
+  hurry() {
+    if (this.stopped || this.socket || !this.retryTimer) return;
+    clearTimeout(this.retryTimer);
+    this.retryTimer = null;
+    this.connect();
+  }
+
+  retry() {
+    if (this.stopped) return;
+    this.onState("reconnecting");
+    // Full jitter: a room's worth of clients cut off together do not all come back at once.
+    const ceiling = Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** this.attempt);
+    this.attempt += 1;
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = null;
+      this.connect();
+    }, Math.random() * ceiling);
+  }
+}

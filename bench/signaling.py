@@ -90,6 +90,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from _database import BenchError, django_setup, postgres_url_check, throwaway_database
+from _table import number, table
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, WebSocketException
@@ -1064,23 +1065,6 @@ async def measure_all(workload: Workload, env: dict[str, str], plan: Plan, log_d
 
 
 # --- Output ---------------------------------------------------------------------------------
-
-
-def table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int) -> str:
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    lines = [
-        "  ".join(
-            cell.ljust(width) if i < left else cell.rjust(width)
-            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in [header, *rows]
-    ]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(lines)
-
-
-def number(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
 
 
 def format_relay(results: list[RelayResult]) -> str:

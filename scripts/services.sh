@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Makes sure PostgreSQL and Redis are installed (as root), running, and that PostgreSQL has
-# the role and database the tests use; installs coturn for the end-to-end call test. Safe to
-# run any number of times.
+# the role and database the tests use; installs coturn, nftables and Chromium for the
+# end-to-end call and the browser tests. Safe to run any number of times.
 set -euo pipefail
 
 PG_ROLE=${PG_ROLE:-parley}

@@ -141,7 +141,11 @@ def test_ten_thousand_random_frames_are_each_answered_and_never_crash_the_consum
     @given(st.lists(frames, min_size=FRAMES_PER_SOCKET, max_size=FRAMES_PER_SOCKET))
     def one_socket(batch: list[Any]) -> None:
         batch = [frame for frame in batch if not _closes_or_leaves(frame)]
+        sent.append(len(batch))
         answered.append(async_to_sync(_session)(call, cookie, batch))
 
+    sent: list[int] = []
     one_socket()
-    assert sum(answered) >= SOCKETS * FRAMES_PER_SOCKET * 0.99
+    assert answered == sent
+    # A valid `leave` or `end` would close the socket, so those few are not sent (about 1 %).
+    assert sum(answered) >= SOCKETS * FRAMES_PER_SOCKET * 0.97

@@ -118,6 +118,18 @@ def browser(playwright: Playwright) -> Iterator[Browser]:
 
 
 @pytest.fixture(scope="session")
+def second_browser(playwright: Playwright) -> Iterator[Browser]:
+    """The other side of a call, in a Chromium of its own: contexts of one Chromium share its
+    fake camera, which then stalls for ~2.7 s when two pages start calls at once (measured by
+    bench/join.py) — a quirk of the test device, not of a call between two people."""
+    browser = playwright.chromium.launch(
+        executable_path=CHROMIUM, args=[*CHROMIUM_FLAGS, FAKE_UI_FLAG]
+    )
+    yield browser
+    browser.close()
+
+
+@pytest.fixture(scope="session")
 def browser_without_fake_ui(playwright: Playwright) -> Iterator[Browser]:
     """Chromium with fake devices, whose permissions are only what a context grants: the rest
     is refused (getUserMedia rejects with NotAllowedError at once, measured in headless mode)."""

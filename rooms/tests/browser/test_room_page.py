@@ -5,6 +5,7 @@ loopback-only network namespace. Every test books a fresh room for fresh people.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import time
 from collections.abc import Callable
@@ -100,6 +101,15 @@ def test_without_camera_permission_the_page_says_how_to_allow_it_and_offers_othe
     # The premise: this browser refuses the camera (and would give the microphone).
     assert page.evaluate(_GET_USER_MEDIA, {"video": True}) == "NotAllowedError"
     assert page.evaluate(_GET_USER_MEDIA, {"audio": True}) == "ok"
+    # And the way in it offers works: in the call with the microphone only, no camera.
+    page.locator("#join-audio-only").click()
+    expect(page.locator("#room")).to_have_attribute("data-phase", "call")
+    assert (
+        page.evaluate("document.querySelector('#self-view').srcObject.getVideoTracks().length") == 0
+    )
+    assert (
+        page.evaluate("document.querySelector('#self-view').srcObject.getAudioTracks().length") == 1
+    )
 
 
 _GET_USER_MEDIA = """async (constraints) => {
@@ -114,9 +124,9 @@ _GET_USER_MEDIA = """async (constraints) => {
 
 
 def test_expert_and_client_see_each_other_within_3_seconds_of_joining(
-    contexts: Contexts, booked: Booked
+    contexts: Contexts, booked: Booked, second_browser: Browser
 ) -> None:
-    expert, client, clicked = _call_started(contexts, booked)
+    expert, client, clicked = _call_started(contexts, booked, second_browser)
 
     seconds = {side.role: _first_frames(side) - clicked[side.role] for side in (expert, client)}
     message = (
@@ -132,9 +142,9 @@ def test_expert_and_client_see_each_other_within_3_seconds_of_joining(
 
 
 def test_a_client_offline_for_8_seconds_resumes_in_place_and_the_gap_is_not_billed(
-    contexts: Contexts, booked: Booked
+    contexts: Contexts, booked: Booked, second_browser: Browser
 ) -> None:
-    expert, client, clicked = _call_started(contexts, booked)
+    expert, client, clicked = _call_started(contexts, booked, second_browser)
     both_since = max(_first_frames(expert), _first_frames(client))
     expert.page.wait_for_timeout(STEADY_SECONDS * 1000)
     navigations = {side.role: side.navigations for side in (expert, client)}
@@ -210,9 +220,9 @@ def test_a_client_offline_for_8_seconds_resumes_in_place_and_the_gap_is_not_bill
 
 
 def test_when_the_expert_ends_the_call_both_pages_show_what_was_settled(
-    contexts: Contexts, booked: Booked
+    contexts: Contexts, booked: Booked, second_browser: Browser
 ) -> None:
-    expert, client, _ = _call_started(contexts, booked)
+    expert, client, _ = _call_started(contexts, booked, second_browser)
     expert.page.wait_for_timeout(CHARGED_CALL_SECONDS * 1000)
 
     _end_for_all(expert)
@@ -236,7 +246,7 @@ def test_when_the_expert_ends_the_call_both_pages_show_what_was_settled(
 
 
 def _call_started(
-    contexts: Contexts, booked: Booked
+    contexts: Contexts, booked: Booked, second_browser: Browser
 ) -> tuple[RoomPage, RoomPage, dict[str, float]]:
     """Expert and client open the link, turn their devices on, see the preview play and join
     (the expert a moment before the client); returns once both receive the other's video,
@@ -244,9 +254,11 @@ def _call_started(
     expert = RoomPage(
         contexts("expert", booked.expert).new_page(), booked, booked.expert, booked.client
     )
+    # Each person on a computer of their own (conftest.py: second_browser).
     client = RoomPage(
-        contexts("client", booked.client).new_page(), booked, booked.client, booked.expert
-    )
+        contexts("client", booked.client, browser=second_browser).new_page(),
+        booked, booked.client, booked.expert,
+    )  # fmt: skip
     for side in (expert, client):
         side.open()
         side.devices_on()
@@ -289,3 +301,44 @@ def _end_for_all(expert: RoomPage) -> float:
     expert.page.locator("#end-for-all").click()
     expert.page.locator("#end-confirm").click()
     return time.time()
+
+
+def test_too_early_counts_down_then_the_lobby_opens_without_a_reload(
+    contexts: Contexts, booked: Booked
+) -> None:
+    # The lobby opens 10 minutes before the start: move the start to just after that.
+    from django.utils import timezone
+
+    from rooms.models import Room
+
+    start = timezone.now() + dt.timedelta(minutes=10, seconds=5)
+    Room.objects.filter(pk=booked.room_id).update(
+        state="scheduled", opened_at=None, starts_at=start, ends_at=start + dt.timedelta(hours=1),
+        blocked_from=start, blocked_until=start + dt.timedelta(hours=1),
+    )  # fmt: skip
+    page = contexts("client", booked.client).new_page()
+    page.goto(booked.url)
+    room = page.locator("#room")
+    expect(room).to_have_attribute("data-room-state", "scheduled")
+    expect(page.locator("#room-status")).to_contain_text("Too early")
+    expect(page.locator("#countdown")).to_contain_text("Starts in 10:0")
+    expect(page.locator("#join")).to_be_disabled()
+    # The clock opens the lobby; the server opens the room at its next sweep, and the page
+    # keeps knocking until it is let in (no reload).
+    expect(page.locator("#join")).to_be_enabled(timeout=10_000)
+    page.locator("#join-no-devices").click()
+    expect(room).to_have_attribute("data-phase", "call", timeout=25_000)
+    expect(room).to_have_attribute("data-room-state", "open")
+    expect(page.locator("#room-status")).to_contain_text("Waiting for the expert")
+
+
+def test_a_canceled_session_says_so_and_offers_no_way_in(
+    contexts: Contexts, booked: Booked
+) -> None:
+    from rooms.models import Room
+
+    Room.objects.filter(pk=booked.room_id).update(state="canceled", cancel_reason="expert_canceled")
+    page = contexts("client", booked.client).new_page()
+    page.goto(booked.url)
+    expect(page.locator("#room-status")).to_contain_text("canceled")
+    expect(page.locator("#preflight")).to_be_hidden()

@@ -342,3 +342,16 @@ def test_a_canceled_session_says_so_and_offers_no_way_in(
     page.goto(booked.url)
     expect(page.locator("#room-status")).to_contain_text("canceled")
     expect(page.locator("#preflight")).to_be_hidden()
+
+
+def test_the_connectivity_test_reaches_the_servers_webrtc_peer_and_gives_a_verdict(
+    contexts: Contexts, booked: Booked
+) -> None:
+    page = contexts("client", booked.client).new_page()
+    page.goto(booked.url)
+    page.locator("#probe-run").click()
+    result = page.locator("#probe-result")
+    # ~5 s of pings after ICE (which waits up to 3 s for gathering on loopback).
+    expect(result).to_have_attribute("data-verdict", re.compile("good|warning"), timeout=30_000)
+    expect(result).to_contain_text("Round trip")
+    expect(result).to_contain_text("% loss")

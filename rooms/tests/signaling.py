@@ -14,13 +14,12 @@ from django.conf import settings
 from django.test import Client
 
 from accounts.models import User
-from accounts.tests.factories import UserFactory
 from config.asgi import application
 from rooms import services
 from rooms.models import Room, Seat
-from rooms.tests.factories import NOW, OfferingFactory, expert_create, seat_pay, weekdays_available
+from rooms.tests.factories import CALL_START, seat_booked
 
-START = dt.datetime(2026, 12, 1, 14, 0, tzinfo=dt.UTC)
+START = CALL_START
 ORIGIN = (b"origin", b"http://testserver")
 
 
@@ -34,15 +33,11 @@ class Call:
 
 def call_create() -> Call:
     """A private room whose lobby is open, its expert and a client who paid for the seat."""
-    expert = expert_create(time_zone="UTC")
-    weekdays_available(expert)
-    offering = OfferingFactory.create(expert=expert)
-    client = UserFactory.create()
-    with time_machine.travel(NOW, tick=False):
-        seat = seat_pay(services.booking_reserve(client, offering, START))
+    seat = seat_booked()
     with time_machine.travel(START - dt.timedelta(minutes=10), tick=False):
         services.rooms_advance()
-    return Call(Room.objects.get(pk=seat.room_id), seat, expert, client)
+    room = Room.objects.select_related("expert").get(pk=seat.room_id)
+    return Call(room, seat, room.expert, seat.client)
 
 
 def session_cookie(user: User) -> tuple[bytes, bytes]:

@@ -14,10 +14,10 @@ from rooms import services
 from rooms.errors import RoomsError
 from rooms.models import MediaLink, Offering, Presence, Room, RoomState, Seat
 from rooms.services import JoinRefused
-from rooms.tests.factories import NOW, seat_pay
+from rooms.tests.factories import CALL_START, seat_booked
 
 UTC = dt.UTC
-START = dt.datetime(2026, 12, 1, 14, 0, tzinfo=UTC)
+START = CALL_START
 
 pytestmark = pytest.mark.django_db
 
@@ -28,8 +28,7 @@ def _at(seconds: float) -> dt.datetime:
 
 @pytest.fixture
 def seat(offering: Offering) -> Seat:
-    with time_machine.travel(NOW, tick=False):
-        seat = seat_pay(services.booking_reserve(UserFactory.create(), offering, START))
+    seat = seat_booked(offering)
     with time_machine.travel(_at(-600), tick=False):
         services.rooms_advance()
     return seat

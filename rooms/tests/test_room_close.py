@@ -28,26 +28,23 @@ from rooms.models import (
     SeatState,
 )
 from rooms.tests.factories import (
+    CALL_START,
     NOW,
     OfferingFactory,
     expert_create,
+    seat_booked,
     seat_pay,
     weekdays_available,
 )
 from rooms.tests.races import race
 
 UTC = dt.UTC
-START = dt.datetime(2026, 12, 1, 14, 0, tzinfo=UTC)  # six hours after NOW, a 60-minute session
+START = CALL_START  # six hours after NOW, a 60-minute session
 END = START + dt.timedelta(hours=1)
 
 
 def _at(minutes: float) -> dt.datetime:
     return START + dt.timedelta(minutes=minutes)
-
-
-def _booked(offering: Offering) -> Seat:
-    with time_machine.travel(NOW, tick=False):
-        return seat_pay(services.booking_reserve(UserFactory.create(), offering, START))
 
 
 def _present(room: Room, user: User, start: dt.datetime, end: dt.datetime | None) -> Presence:
@@ -93,7 +90,7 @@ def _room(seat: Seat) -> Room:
 
 @pytest.fixture
 def seat(offering: Offering) -> Seat:
-    return _booked(offering)
+    return seat_booked(offering)
 
 
 @pytest.mark.django_db
@@ -133,7 +130,7 @@ class TestTimedTransitions:
         offering = OfferingFactory.create(
             expert=expert, pricing=Pricing.PER_MINUTE, price_minor=200
         )
-        seat = _booked(offering)
+        seat = seat_booked(offering)
         room = _room(seat)
         _present(room, expert, _at(0), _at(20))
         _present(room, seat.client, _at(0), _at(20))

@@ -27,16 +27,10 @@ def report(request: HttpRequest, room_id: int) -> HttpResponse:
         )
         messages.error(request, f"The report was not sent. {problems}")
         return redirect("rooms:join", room_id=room.pk)
-    # The other side of a 1:1 session is who the report is about; in a group, the session.
-    others = [room.expert_id] if user.pk != room.expert_id else []
-    if user.pk == room.expert_id and room.capacity == 1:
-        others = list(room.seats.values_list("client_id", flat=True)[:1])
-    about = User.objects.filter(pk=others[0]).first() if others else None
     try:
         services.report_file(
-            room.pk, user, category=form.cleaned_data["category"], text=form.cleaned_data["text"],
-            about=about,
-        )  # fmt: skip
+            room.pk, user, category=form.cleaned_data["category"], text=form.cleaned_data["text"]
+        )
     except services.ModerationError as refused:
         messages.error(request, str(refused))
     else:

@@ -330,3 +330,103 @@ def _postgres_bindir() -> Path:
     if initdb is None:
         raise DeploymentError("PostgreSQL is not installed (scripts/services.sh does it).")
     return Path(initdb).resolve().parent
+
+
+# --- running a suite in its own namespace (from the normal, outer test run) -----------------
+
+
+def namespace_unready(tools: tuple[str, ...], why: str) -> str | None:
+    """What stops a run under `unshare -n` here (not root, a tool missing), or None."""
+    if os.geteuid() != 0:
+        return (
+            f"{why} needs root to make a loopback-only network namespace (unshare -n); "
+            "run `make test` as root."
+        )
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    if missing:
+        return f"Missing {', '.join(missing)}: run scripts/services.sh as root."
+    return None
+
+
+@dataclass
+class NamespaceRun:
+    returncode: int
+    stdout: str
+    stderr: str  # empty when merged into stdout
+    seconds: float
+    timed_out: bool
+    # Processes still in the namespace afterwards, killed: services a stopped run left behind.
+    leftovers: str
+
+
+def namespace_run(
+    argv: list[str], *, timeout: float, stop_grace: float, merge_stderr: bool = False
+) -> NamespaceRun:
+    """Run `argv` in a fresh network namespace with only loopback up. Over `timeout` it gets
+    SIGTERM (so it can stop the services it started), then SIGKILL after `stop_grace`;
+    either way nothing it started outlives it."""
+    started = time.monotonic()
+    process = subprocess.Popen(  # noqa: S603 (the callers' fixed commands)
+        ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$0" "$@"', *argv],  # noqa: S607
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
+        text=True,
+        cwd=PROJECT_DIR,
+    )
+    namespace = _namespace_of(process.pid)
+    timed_out = False
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        process.terminate()
+        try:
+            stdout, stderr = process.communicate(timeout=stop_grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            stdout, stderr = process.communicate()
+    return NamespaceRun(
+        returncode=process.returncode,
+        stdout=stdout,
+        stderr=stderr or "",
+        seconds=time.monotonic() - started,
+        timed_out=timed_out,
+        leftovers=_namespace_end(namespace),
+    )
+
+
+def _namespace_of(pid: int) -> str | None:
+    """The network namespace `unshare` made (its process becomes the command)."""
+    deadline = time.monotonic() + 5
+    own = os.readlink("/proc/self/ns/net")
+    while time.monotonic() < deadline:
+        try:
+            namespace = os.readlink(f"/proc/{pid}/ns/net")
+        except OSError:
+            return None  # already gone
+        if namespace != own:
+            return namespace
+        time.sleep(0.01)
+    return None
+
+
+def _namespace_end(namespace: str | None) -> str:
+    """SIGKILL whatever still runs in the namespace (only the run's own processes live there);
+    says what it ended."""
+    if namespace is None:
+        return ""
+    ended = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.readlink(entry / "ns" / "net") != namespace:
+                continue
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+            os.kill(int(entry.name), signal.SIGKILL)
+        except OSError:
+            continue
+        ended.append(f"{entry.name} {command[:80]}")
+    if not ended:
+        return ""
+    return "; processes left in its namespace were killed: " + ", ".join(ended)

@@ -9,17 +9,12 @@ carries each failed test's pages and service log tails (rooms/tests/browser/conf
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 
-PROJECT_DIR = Path(__file__).resolve().parents[2]
+from rooms.tests.e2e_services import namespace_run, namespace_unready
+
 SUITE_TIMEOUT_SECONDS = 8 * 60
 TOOLS = ("unshare", "ip", "nft", "turnserver", "redis-server", "chromium")
 # The inner run has no pytest-django (it sets Django up against its own deployment) and no
@@ -36,89 +31,30 @@ OUTPUT_LIMIT = 60_000
 
 
 def test_the_room_page_works_in_chromium_inside_a_loopback_only_namespace() -> None:
-    if os.geteuid() != 0:
-        pytest.fail(
-            "The browser tests need root to make a loopback-only network namespace "
-            "(unshare -n) and to cut its UDP with nftables; run `make test` as root."
-        )
-    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
-    if missing:
-        pytest.fail(f"Missing {', '.join(missing)}: run scripts/services.sh as root.")
-
-    started = time.monotonic()
-    inner = subprocess.Popen(  # noqa: S603 (a fixed command)
-        ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$0" "$@"']  # noqa: S607
-        + [sys.executable, *INNER_PYTEST],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=PROJECT_DIR,
+    unready = namespace_unready(TOOLS, "The browser suite (and its nftables outage)")
+    if unready:
+        pytest.fail(unready)
+    run = namespace_run(
+        [sys.executable, *INNER_PYTEST],
+        timeout=SUITE_TIMEOUT_SECONDS,
+        stop_grace=40,  # SIGTERM lets the inner pytest stop the services it started
+        merge_stderr=True,
     )
-    namespace = _namespace_of(inner.pid)
-    try:
-        output, _ = inner.communicate(timeout=SUITE_TIMEOUT_SECONDS)
-    except subprocess.TimeoutExpired:
-        # SIGTERM lets the inner pytest stop the services it started.
-        inner.terminate()
-        try:
-            output, _ = inner.communicate(timeout=40)
-        except subprocess.TimeoutExpired:
-            inner.kill()
-            output, _ = inner.communicate()
-        leftovers = _end_namespace(namespace)
+    if run.timed_out:
         pytest.fail(
-            f"The browser suite ran over {SUITE_TIMEOUT_SECONDS} s{leftovers}:\n"
-            f"{_shortened(output)}",
+            f"The browser suite ran over {SUITE_TIMEOUT_SECONDS} s{run.leftovers}:\n"
+            f"{_shortened(run.stdout)}",
             pytrace=False,
         )
-    leftovers = _end_namespace(namespace)
-    seconds = time.monotonic() - started
-    print(f"\n{output}\nbrowser suite: {seconds:.0f} s")
-    if inner.returncode != 0:
+    print(f"\n{run.stdout}\nbrowser suite: {run.seconds:.0f} s")
+    if run.returncode != 0:
         pytest.fail(
-            f"The browser suite failed (exit {inner.returncode}, {seconds:.0f} s){leftovers}:\n"
-            f"{_shortened(output)}",
+            f"The browser suite failed (exit {run.returncode}, {run.seconds:.0f} s)"
+            f"{run.leftovers}:\n{_shortened(run.stdout)}",
             # The inner output is the story; this function's source adds nothing to it.
             pytrace=False,
         )
-    assert not leftovers, leftovers
-
-
-def _namespace_of(pid: int) -> str | None:
-    """The network namespace `unshare` made (its process becomes the inner pytest)."""
-    deadline = time.monotonic() + 5
-    own = os.readlink("/proc/self/ns/net")
-    while time.monotonic() < deadline:
-        try:
-            namespace = os.readlink(f"/proc/{pid}/ns/net")
-        except OSError:
-            return None  # already gone
-        if namespace != own:
-            return namespace
-        time.sleep(0.01)
-    return None
-
-
-def _end_namespace(namespace: str | None) -> str:
-    """SIGKILL whatever still runs in the suite's namespace (only the suite's own processes
-    live there: services a killed run could not stop); says what it ended."""
-    if namespace is None:
-        return ""
-    ended = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if os.readlink(entry / "ns" / "net") != namespace:
-                continue
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-            os.kill(int(entry.name), signal.SIGKILL)
-        except OSError:
-            continue
-        ended.append(f"{entry.name} {command[:80]}")
-    if not ended:
-        return ""
-    return "; processes left in its namespace were killed: " + ", ".join(ended)
+    assert not run.leftovers, run.leftovers
 
 
 def _shortened(output: str) -> str:

@@ -13,17 +13,14 @@ namespace); it prints its measurements as JSON and this test judges them.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-PROJECT_DIR = Path(__file__).resolve().parents[2]
+from rooms.tests.e2e_services import namespace_run, namespace_unready
+
 HARNESS_TIMEOUT_SECONDS = 150
 # The settlement is in whole seconds and the truth is measured from frame arrival times.
 BILLING_TOLERANCE_SECONDS = 2.0
@@ -31,40 +28,24 @@ TOOLS = ("unshare", "ip", "turnserver", "redis-server")
 
 
 def _harness_run() -> dict[str, Any]:
-    if os.geteuid() != 0:
-        pytest.fail(
-            "The end-to-end call needs root to make a loopback-only network namespace "
-            "(unshare -n); run `make test` as root."
-        )
-    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
-    if missing:
-        pytest.fail(f"Missing {', '.join(missing)}: run scripts/services.sh as root.")
-    command = [
-        "unshare",
-        "-n",
-        "sh",
-        "-c",
-        'ip link set lo up && exec "$0" -m rooms.tests.e2e_harness',
-        sys.executable,
-    ]
-    harness = subprocess.Popen(  # noqa: S603 (a fixed command)
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=PROJECT_DIR
+    unready = namespace_unready(TOOLS, "The end-to-end call")
+    if unready:
+        pytest.fail(unready)
+    # SIGTERM on the timeout lets the harness stop the services it started.
+    run = namespace_run(
+        [sys.executable, "-m", "rooms.tests.e2e_harness"],
+        timeout=HARNESS_TIMEOUT_SECONDS,
+        stop_grace=20,
     )
-    try:
-        stdout, stderr = harness.communicate(timeout=HARNESS_TIMEOUT_SECONDS)
-    except subprocess.TimeoutExpired:
-        # SIGTERM lets the harness stop the services it started; SIGKILL if it cannot.
-        harness.terminate()
-        try:
-            stdout, stderr = harness.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            harness.kill()
-            stdout, stderr = harness.communicate()
-        pytest.fail(f"The harness ran over {HARNESS_TIMEOUT_SECONDS} s:\n{stderr[-6000:]}")
+    stdout, stderr = run.stdout, run.stderr
+    if run.timed_out:
+        pytest.fail(
+            f"The harness ran over {HARNESS_TIMEOUT_SECONDS} s{run.leftovers}:\n{stderr[-6000:]}"
+        )
     lines = [line for line in stdout.splitlines() if line.startswith("E2E-RESULT ")]
     if not lines:
         pytest.fail(
-            f"The harness printed no result (exit {harness.returncode}):\n"
+            f"The harness printed no result (exit {run.returncode}):\n"
             f"{stdout[-3000:]}\n{stderr[-6000:]}"
         )
     result: dict[str, Any] = json.loads(lines[-1].removeprefix("E2E-RESULT "))

@@ -158,12 +158,9 @@ class ExpertProfileAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         return TemplateResponse(request, "admin/accounts/expertprofile/reject.html", context)
 
 
-@admin.register(OutboundEmail)
-class OutboundEmailAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
-    list_display = ("subject", "to", "created_at", "sent_at", "attempts")
-    list_filter = ("sent_at",)
-    search_fields = ("to", "subject", "key")
-    readonly_fields = [field.name for field in OutboundEmail._meta.fields]
+class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """Records only services write (outbox, payments, webhooks): staff read them, never edit
+    them. The apps above use it too."""
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -173,3 +170,11 @@ class OutboundEmailAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+@admin.register(OutboundEmail)
+class OutboundEmailAdmin(ReadOnlyAdmin):
+    list_display = ("subject", "to", "created_at", "sent_at", "attempts")
+    list_filter = ("sent_at",)
+    search_fields = ("to", "subject", "key")
+    readonly_fields = [field.name for field in OutboundEmail._meta.fields]

@@ -14,6 +14,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
+from accounts.admin import ReadOnlyAdmin
 from accounts.models import User
 from billing import services
 from billing.errors import BillingError
@@ -75,19 +76,6 @@ class SettlementInline(ReadOnlyInline):
         "payout_held",
     )
     readonly_fields = fields
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
-    """Records written only by billing's services: staff read them, never edit them."""
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(Payment)

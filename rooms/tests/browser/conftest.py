@@ -107,12 +107,15 @@ def playwright(deployment: Deployment) -> Iterator[Playwright]:
         yield driver
 
 
+def _chromium(playwright: Playwright, *, prompts_allowed: bool = True) -> Browser:
+    flags = [*CHROMIUM_FLAGS, FAKE_UI_FLAG] if prompts_allowed else CHROMIUM_FLAGS
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=flags)
+
+
 @pytest.fixture(scope="session")
 def browser(playwright: Playwright) -> Iterator[Browser]:
     """Chromium whose camera and microphone prompts are answered "allow"."""
-    browser = playwright.chromium.launch(
-        executable_path=CHROMIUM, args=[*CHROMIUM_FLAGS, FAKE_UI_FLAG]
-    )
+    browser = _chromium(playwright)
     yield browser
     browser.close()
 
@@ -122,9 +125,7 @@ def second_browser(playwright: Playwright) -> Iterator[Browser]:
     """The other side of a call, in a Chromium of its own: contexts of one Chromium share its
     fake camera, which then stalls for ~2.7 s when two pages start calls at once (measured by
     bench/join.py) — a quirk of the test device, not of a call between two people."""
-    browser = playwright.chromium.launch(
-        executable_path=CHROMIUM, args=[*CHROMIUM_FLAGS, FAKE_UI_FLAG]
-    )
+    browser = _chromium(playwright)
     yield browser
     browser.close()
 
@@ -133,7 +134,7 @@ def second_browser(playwright: Playwright) -> Iterator[Browser]:
 def browser_without_fake_ui(playwright: Playwright) -> Iterator[Browser]:
     """Chromium with fake devices, whose permissions are only what a context grants: the rest
     is refused (getUserMedia rejects with NotAllowedError at once, measured in headless mode)."""
-    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+    browser = _chromium(playwright, prompts_allowed=False)
     yield browser
     browser.close()
 

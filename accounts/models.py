@@ -8,6 +8,7 @@ from django.db import models
 from django.db.models.functions import Lower
 from django.utils import timezone
 
+from accounts.append_only import AppendOnlyModel
 from accounts.choices import CURRENCY_CHOICES
 from accounts.validators import validate_time_zone
 
@@ -142,7 +143,7 @@ class ExpertEventKind(models.TextChoices):
     REJECTED = "rejected", "Rejected"
 
 
-class ExpertEvent(models.Model):
+class ExpertEvent(AppendOnlyModel):
     """Append-only history of an expert application: who did what, when and why."""
 
     profile = models.ForeignKey(ExpertProfile, on_delete=models.CASCADE, related_name="events")

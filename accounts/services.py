@@ -17,9 +17,10 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 from django.utils.text import slugify
 
-from accounts.errors import InvalidTransition
+from accounts.errors import AccountsError, InvalidTransition
 from accounts.models import (
     EXPERT_TRANSITIONS,
+    Block,
     ExpertEvent,
     ExpertEventKind,
     ExpertProfile,
@@ -236,3 +237,64 @@ def email_send(email_id: int) -> bool:
 def sessions_clear_expired() -> int:
     deleted, _ = Session.objects.filter(expire_date__lt=timezone.now()).delete()
     return deleted
+
+
+def block_create(blocker: User, blocked_id: int, *, reason: str = "") -> tuple[Block, bool]:
+    """`blocker` will not meet `blocked_id` again: no bookings, no calls, either way round.
+    Returns the block and whether it is new (blocking twice changes nothing)."""
+    if blocker.pk == blocked_id:
+        raise AccountsError("You cannot block yourself.")
+    if not User.objects.filter(pk=blocked_id).exists():
+        raise AccountsError("There is no such person to block.")
+    try:
+        with transaction.atomic():
+            return Block.objects.get_or_create(
+                blocker=blocker, blocked_id=blocked_id, defaults={"reason": reason.strip()}
+            )
+    except IntegrityError:
+        # The same block, made at the same moment from another tab.
+        return Block.objects.get(blocker=blocker, blocked_id=blocked_id), False
+
+
+def block_remove(blocker: User, blocked_id: int) -> bool:
+    """Lift one's own block. Returns whether there was one."""
+    deleted, _ = Block.objects.filter(blocker=blocker, blocked_id=blocked_id).delete()
+    return bool(deleted)
+
+
+def user_ban(user_id: int, *, actor: User) -> User:
+    """Suspend an account: it cannot sign in or book, and its signed-in browsers are signed out
+    (its open call sockets are closed by the caller, which knows the rooms). Only a superuser
+    bans staff."""
+    if not (actor.is_active and actor.is_staff):
+        raise AccountsError("Only Parley staff can ban an account.")
+    if actor.pk == user_id:
+        raise AccountsError("You cannot ban your own account.")
+    with transaction.atomic():
+        user = User.objects.select_for_update().get(pk=user_id)
+        if (user.is_staff or user.is_superuser) and not actor.is_superuser:
+            raise AccountsError(
+                "Only a superuser can ban a staff account; ask one, or have the account's "
+                "staff status removed first."
+            )
+        if not user.is_active:
+            raise AccountsError(f"{user.display_name} is already banned.")
+        # An inactive user is signed out on their next request (the auth backend refuses
+        # inactive accounts when it loads the session's user), so no session outlives this.
+        User.objects.filter(pk=user.pk).update(is_active=False)
+        user.is_active = False
+    return user
+
+
+def user_unban(user_id: int, *, actor: User) -> User:
+    if not (actor.is_active and actor.is_staff):
+        raise AccountsError("Only Parley staff can lift a ban.")
+    with transaction.atomic():
+        user = User.objects.select_for_update().get(pk=user_id)
+        if (user.is_staff or user.is_superuser) and not actor.is_superuser:
+            raise AccountsError("Only a superuser can lift the ban of a staff account.")
+        if user.is_active:
+            raise AccountsError(f"{user.display_name} is not banned.")
+        User.objects.filter(pk=user.pk).update(is_active=True)
+        user.is_active = True
+    return user

@@ -7,39 +7,13 @@ the only writer of payment state.
 
 from __future__ import annotations
 
-from typing import Any, NoReturn
-
 from django.conf import settings
 from django.db import models
 from django.db.models import F, Q
 from django.utils import timezone
 
+from accounts.append_only import AppendOnlyModel
 from accounts.choices import CURRENCY_CHOICES
-
-
-class AppendOnlyQuerySet(models.QuerySet[Any]):
-    """Rows of an audit log are written once: bulk updates and deletes are refused."""
-
-    def update(self, **kwargs: Any) -> NoReturn:
-        raise TypeError(f"{self.model.__name__} rows are append-only.")
-
-    def delete(self) -> NoReturn:
-        raise TypeError(f"{self.model.__name__} rows are append-only.")
-
-
-class AppendOnlyModel(models.Model):
-    objects = AppendOnlyQuerySet.as_manager()
-
-    class Meta:
-        abstract = True
-
-    def save(self, *args: Any, **kwargs: Any) -> None:
-        if not self._state.adding:
-            raise TypeError(f"{type(self).__name__} rows are append-only.")
-        super().save(*args, **kwargs)
-
-    def delete(self, *args: Any, **kwargs: Any) -> NoReturn:
-        raise TypeError(f"{type(self).__name__} rows are append-only.")
 
 
 class Provider(models.TextChoices):

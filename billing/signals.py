@@ -10,3 +10,6 @@ payment_authorized = Signal()
 payment_card_saved = Signal()
 # A chargeback was opened on a captured payment. Arguments: payment, dispute_id, reason.
 payment_disputed = Signal()
+# The card's bank decided a chargeback. Arguments: payment, dispute_id, status (Stripe's:
+# "won", "lost", or "warning_closed" for an inquiry that never became a chargeback).
+payment_dispute_closed = Signal()

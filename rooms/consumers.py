@@ -238,7 +238,9 @@ class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
 
     async def presence_removed(self, event: dict[str, Any]) -> None:
         self.admitted = False
-        await self.tell({"type": "removed", "reason": event["reason"]})
+        await self.tell(
+            {"type": "removed", "reason": event["reason"], "message": event.get("notice", "")}
+        )
         await self.close(code=CLOSE_REMOVED)
 
     # --- to the participant ------------------------------------------------------------------

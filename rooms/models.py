@@ -13,6 +13,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from accounts.append_only import AppendOnlyModel
 from accounts.choices import CURRENCY_CHOICES
 
 MAX_GROUP_CAPACITY = 3  # the expert plus three clients is the limit of a browser mesh call
@@ -285,7 +286,7 @@ CANCEL_REASONS = {
 }
 
 
-class RoomEvent(models.Model):
+class RoomEvent(AppendOnlyModel):
     """Append-only history of a room: transitions, bookings, cancellations, reschedules."""
 
     room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="events")

@@ -28,6 +28,8 @@ from billing.services.payments import (
 from billing.services.payouts import (
     payout_account_link,
     payout_account_refresh,
+    payout_hold,
+    payout_hold_lift,
     payouts_due_create,
 )
 from billing.services.records import HOLD_ENDING_COMMANDS, UNPAID_STATES
@@ -67,6 +69,8 @@ __all__ = [
     "payments_lock",
     "payout_account_link",
     "payout_account_refresh",
+    "payout_hold",
+    "payout_hold_lift",
     "payouts_due_create",
     "webhook_process",
     "webhook_receive",

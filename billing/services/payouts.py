@@ -9,6 +9,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import User
+from billing.errors import PaymentRefused
 from billing.gateways import gateway_for
 from billing.models import (
     CommandKind,
@@ -21,6 +22,7 @@ from billing.models import (
 from billing.pricing import platform_fee
 from billing.services.records import (
     command_write,
+    event_write,
 )
 
 
@@ -59,6 +61,38 @@ def payouts_due_create(now: datetime | None = None) -> int:
             PaymentCommand.objects.filter(pk=command.pk).update(destination=account.account_id)
             created += 1
     return created
+
+
+def payout_hold(payment_id: int, *, reason: str, actor: User | None = None) -> bool:
+    """Keep the expert's share of this payment back (a dispute is open on it). Inside the
+    caller's transaction; returns whether the payout was free before."""
+    return _payout_hold_set(payment_id, True, reason=reason, actor=actor)
+
+
+def payout_hold_lift(payment_id: int, *, reason: str, actor: User | None = None) -> bool:
+    """Let the payout go out again (the dispute behind the hold is decided). Returns whether
+    it was held."""
+    return _payout_hold_set(payment_id, False, reason=reason, actor=actor)
+
+
+def _payout_hold_set(payment_id: int, held: bool, *, reason: str, actor: User | None) -> bool:
+    with transaction.atomic():
+        payment = Payment.objects.select_for_update().get(pk=payment_id)
+        settlement = Settlement.objects.filter(payment=payment).first()
+        if settlement is None:
+            raise PaymentRefused("This payment is not settled; it has no payout to hold.")
+        if payment.commands.filter(kind=CommandKind.TRANSFER).exists() and held:
+            # Already sent to the expert: there is nothing left to keep back, but the event
+            # says staff wanted it held, so the case shows in the payment's history.
+            event_write(payment, "payout_hold_too_late", actor, None, reason=reason)
+            return False
+        if settlement.payout_held == held:
+            return False
+        Settlement.objects.filter(pk=settlement.pk).update(payout_held=held)
+        event_write(
+            payment, "payout_held" if held else "payout_released", actor, None, reason=reason
+        )
+        return True
 
 
 def payout_account_link(user: User, *, refresh_url: str, return_url: str) -> str:

@@ -24,6 +24,7 @@ from billing.models import (
     WebhookEvent,
 )
 from billing.services.payments import payment_apply_intent, payment_apply_setup
+from billing.services.payouts import payout_hold
 from billing.services.records import (
     event_write,
 )
@@ -154,7 +155,8 @@ def _on_dispute_created(provider: str, obj: dict[str, Any], created: int = 0) ->
         locked = Payment.objects.select_for_update().get(pk=payment.pk)
         if locked.events.filter(kind="dispute_opened", data__dispute=obj["id"]).exists():
             return
-        Settlement.objects.filter(payment=locked).update(payout_held=True)
+        if Settlement.objects.filter(payment=locked).exists():
+            payout_hold(locked.pk, reason=f"chargeback {obj['id']} opened")
         event_write(
             locked,
             "dispute_opened",
@@ -179,8 +181,10 @@ def _on_dispute_closed(provider: str, obj: dict[str, Any], created: int = 0) -> 
         if not locked.events.filter(kind="dispute_opened", data__dispute=obj["id"]).exists():
             # Closed before we heard it open (out of order): open it first, then close.
             _on_dispute_created(provider, obj)
-        event_write(
-            locked, "dispute_closed", None, None, dispute=obj["id"], status=obj.get("status")
+        status = str(obj.get("status") or "")
+        event_write(locked, "dispute_closed", None, None, dispute=obj["id"], status=status)
+        signals.payment_dispute_closed.send(
+            sender=Payment, payment=locked, dispute_id=obj["id"], status=status
         )
 
 

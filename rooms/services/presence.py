@@ -21,10 +21,12 @@ from rooms.errors import RoomsError
 from rooms.models import (
     DROP_REASONS,
     CallStats,
+    CloseReason,
     MediaLink,
     Presence,
     Room,
     RoomEvent,
+    RoomKind,
     RoomState,
     Seat,
     SeatState,
@@ -162,24 +164,62 @@ def participant_remove(
     *,
     reason: str,
     actor: User | None = None,
+    notice: str = "",
+    peers_hear: str = "removed",
     now: datetime | None = None,
 ) -> bool:
-    """Take a participant out of the room for good (staff, or a block between the pair): their
-    socket, on whichever process, is told `removed` and closed; the peers hear `peer_left`; they
-    are not admitted again. Returns whether they were in the room at that moment."""
+    """Take a participant out of the room for good (staff, a ban, or a block between the pair):
+    their socket, on whichever process, is told `removed` with `notice` (by default the reason)
+    and closed; the peers hear `peer_left` with `peers_hear`; they are not admitted again.
+    Returns whether they were in the room at that moment."""
     if not reason.strip():
         raise RoomsError("Say why the participant is removed.")
     now = now or timezone.now()
+    notice = notice or f"You were removed from this session: {reason}"
     with transaction.atomic():
         room = Room.objects.select_for_update().get(pk=room_id)
         closed = Presence.objects.filter(room=room, user=user, closed_at__isnull=True).update(
             closed_at=now, close_reason="removed"
         )
         event_write(room, "participant_removed", actor, user=user.pk, reason=reason)
-        broadcast.participant_send(room.pk, user.pk, {"type": "presence.removed", "reason": reason})
-        event = {"type": "peer_left", "peer_id": user.pk, "reason": "removed"}
+        broadcast.participant_send(
+            room.pk, user.pk, {"type": "presence.removed", "reason": reason, "notice": notice}
+        )
+        event = {"type": "peer_left", "peer_id": user.pk, "reason": peers_hear}
         broadcast.room_tell(room.pk, event, about=user.pk)
     return bool(closed)
+
+
+def pair_separate(
+    room_id: int, client: User, *, blocker: User, now: datetime | None = None
+) -> bool:
+    """A block between a room's expert and one of its clients while the room is open or live:
+    the pair is kept apart at once. A private session ends (nobody else is in it); from a group
+    session the client is taken out. Nobody is told of the block: the expert hears that the
+    client left, the client that the session ended for them (or the session's usual end).
+    Returns whether a room was ended or a client taken out."""
+    room = Room.objects.get(pk=room_id)
+    if room.state not in (RoomState.OPEN, RoomState.LIVE):
+        return False
+    if not Seat.objects.filter(room=room, client=client).exists():
+        raise RoomsError("That person has no seat in this session.")
+    if room.kind == RoomKind.PRIVATE:
+        from rooms.services.room_state import room_close
+
+        reason = (
+            CloseReason.ENDED_BY_EXPERT if blocker.pk == room.expert_id else CloseReason.COMPLETED
+        )
+        closed = room_close(room.pk, reason=reason, actor=blocker, now=now)
+        return closed.close_reason == reason and closed.closed_at is not None
+    return participant_remove(
+        room.pk,
+        client,
+        reason="blocked",
+        actor=blocker,
+        notice="The session has ended for you.",
+        peers_hear="left",
+        now=now,
+    )
 
 
 PRESENCE_CLOSE_REASONS = ("left", "dropped")

@@ -22,7 +22,7 @@ from django.utils import timezone
 from accounts.models import User
 from billing import services as billing
 from billing.models import PaymentState
-from rooms import broadcast, metering
+from rooms import broadcast, metering, signals
 from rooms.errors import InvalidTransition, NotAllowed
 from rooms.models import (
     CloseReason,
@@ -124,8 +124,9 @@ def room_close(
         )
         event_write(room, "closed", actor, reason=reason, seats=settled)
         if reason == CloseReason.EXPERT_NO_SHOW:
-            # Staff follow up on every expert no-show (moderation lists these events).
             event_write(room, "expert_no_show", None, expert=room.expert_id)
+        # Moderation files the automatic report on an expert no-show.
+        signals.room_closed.send(sender=Room, room=room, reason=reason)
         charges = {
             str(seat["client"]): {
                 "amount_minor": seat.get("charged_minor", 0),

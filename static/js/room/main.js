@@ -269,7 +269,7 @@ function onMessage(message) {
     case "removed":
       callOver();
       setPhase("removed");
-      say(`You were removed from this session: ${message.reason}`);
+      say(message.message || `You were removed from this session: ${message.reason}`);
       return;
     case "error":
       if (message.ref === "end") banner("info", message.message);

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
@@ -38,7 +38,7 @@ class UserAdmin(DjangoUserAdmin):  # type: ignore[type-arg]
     search_fields = ("email", "display_name")
     # The address is changed by its owner through email management (which re-verifies it);
     # editing it here would leave the old verified address standing in for the new one.
-    readonly_fields = ("email", "date_joined", "last_login")
+    readonly_fields: ClassVar[tuple[str, ...]] = ("email", "date_joined", "last_login")
     fieldsets = (
         (None, {"fields": ("email", "password")}),
         ("Profile", {"fields": ("display_name", "time_zone")}),
@@ -59,12 +59,11 @@ class UserAdmin(DjangoUserAdmin):  # type: ignore[type-arg]
     )
 
 
-class ExpertEventInline(admin.TabularInline):  # type: ignore[type-arg]
-    model = ExpertEvent
+class ReadOnlyInline(admin.TabularInline):  # type: ignore[type-arg]
+    """Rows of a log shown inside their parent's page: nothing added, changed or deleted."""
+
     extra = 0
     can_delete = False
-    fields = ("created_at", "kind", "actor", "reason")
-    readonly_fields = fields
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -72,10 +71,25 @@ class ExpertEventInline(admin.TabularInline):  # type: ignore[type-arg]
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class ExpertEventInline(ReadOnlyInline):
+    model = ExpertEvent
+    fields = ("created_at", "kind", "actor", "reason")
+    readonly_fields = fields
+
 
 @admin.register(ExpertProfile)
 class ExpertProfileAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
-    list_display = ("user", "headline", "status", "submitted_at", "decided_at")
+    list_display: tuple[str, ...] = (
+        "user",
+        "headline",
+        "status",
+        "submitted_at",
+        "decided_at",
+    )
     list_filter = ("status", "currency")
     search_fields = ("user__email", "user__display_name", "headline")
     list_select_related = ("user",)
@@ -84,7 +98,7 @@ class ExpertProfileAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     inlines = [ExpertEventInline]
     # The application is the applicant's text; staff decide on it through the actions, which
     # go through the services (status is never edited as a field).
-    readonly_fields = (
+    readonly_fields: ClassVar[tuple[str, ...]] = (
         "user",
         "slug",
         "headline",

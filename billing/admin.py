@@ -14,7 +14,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from accounts.admin import ReadOnlyAdmin
+from accounts.admin import ReadOnlyAdmin, ReadOnlyInline
 from accounts.models import User
 from billing import services
 from billing.errors import BillingError
@@ -28,17 +28,6 @@ from billing.models import (
     WebhookEvent,
 )
 from billing.pricing import format_money
-
-
-class ReadOnlyInline(admin.TabularInline):  # type: ignore[type-arg]
-    extra = 0
-    can_delete = False
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 class PaymentEventInline(ReadOnlyInline):

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import re
 from datetime import date
+from decimal import Decimal
 
 from django import forms
 from django.utils import timezone
@@ -64,13 +65,18 @@ class RefundForm(forms.Form):
         self.fields["amount"].help_text = f"In {currency}, for example 12.50."
 
     def clean_amount(self) -> int:
-        digits = CURRENCIES[self.currency][1]
-        value = self.cleaned_data["amount"]
-        minor = value * (10**digits)
-        if minor != int(minor):
-            raise forms.ValidationError(
-                f"{self.currency} has {digits} decimal places; this amount has more."
-            )
-        if minor <= 0:
-            raise forms.ValidationError("The refund must be more than zero.")
-        return int(minor)
+        return refund_minor_units(self.cleaned_data["amount"], self.currency)
+
+
+def refund_minor_units(value: Decimal, currency: str) -> int:
+    """An amount typed in the currency's major units (12.50) as an integer of minor units,
+    refused when it has more decimals than the currency or is not more than zero."""
+    digits = CURRENCIES[currency][1]
+    minor = value * (10**digits)
+    if minor != int(minor):
+        raise forms.ValidationError(
+            f"{currency} has {digits} decimal places; this amount has more."
+        )
+    if minor <= 0:
+        raise forms.ValidationError("The refund must be more than zero.")
+    return int(minor)

@@ -5,6 +5,7 @@ close after commit), and each writes a staff action with its reason in the same 
 from __future__ import annotations
 
 from django.db import transaction
+from django.utils import timezone
 
 from accounts import services as accounts
 from accounts.errors import AccountsError
@@ -20,12 +21,20 @@ from rooms.models import CloseReason, Presence, Room, RoomState
 def staff_room_end(room_id: int, *, actor: User, reason: str) -> Room:
     """End an open or live room for everyone; seats settle as at any close."""
     reason = staff_check(actor, reason)
+    now = timezone.now()
     with transaction.atomic():
+        state = Room.objects.values_list("state", flat=True).filter(pk=room_id).first()
+        if state in (RoomState.CLOSED, RoomState.CANCELED):
+            raise ModerationError("This room had already ended.")
         try:
-            room = rooms.room_close(room_id, reason=CloseReason.TERMINATED_BY_STAFF, actor=actor)
+            room = rooms.room_close(
+                room_id, reason=CloseReason.TERMINATED_BY_STAFF, actor=actor, now=now
+            )
         except RoomsError as refused:
             raise ModerationError(str(refused)) from None
-        if room.close_reason != CloseReason.TERMINATED_BY_STAFF:
+        # A room already closed (by its timer, its expert, or a colleague a moment ago) is
+        # returned as it was: this call did not end it.
+        if room.closed_at != now:
             raise ModerationError(
                 f"This room had already ended ({room.get_close_reason_display().lower()})."
             )

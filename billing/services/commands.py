@@ -124,7 +124,12 @@ def _command_succeed(command: PaymentCommand, outcome: Intent | str) -> None:
         )
         if changed and command.kind in (CommandKind.REFUND, CommandKind.TRANSFER):
             event_write(
-                payment, f"{command.kind}_sent", None, command.amount_minor, ref=str(outcome)
+                payment,
+                f"{command.kind}_sent",
+                None,
+                command.amount_minor,
+                ref=str(outcome),
+                command=command.pk,
             )
 
 
@@ -145,7 +150,12 @@ def _command_fail(command: PaymentCommand, error: str) -> None:
                 refunded_minor=F("refunded_minor") - command.amount_minor
             )
         event_write(
-            payment, f"{command.kind}_failed", None, command.amount_minor or None, error=error
+            payment,
+            f"{command.kind}_failed",
+            None,
+            command.amount_minor or None,
+            error=error,
+            command=command.pk,
         )
     logger.error("payment command %s failed: %s", command.pk, error)
 

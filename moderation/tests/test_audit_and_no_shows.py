@@ -52,7 +52,7 @@ def _one_of_each_log(staff: User) -> dict[type[Any], Any]:
     profile = ExpertProfileFactory.create()
     return {
         RoomEvent: room.events.first(),
-        PaymentEvent: PaymentEvent.objects.filter(payment_id=seat.payment_id).first(),
+        PaymentEvent: PaymentEvent.objects.filter(payment__seat=seat).first(),
         StaffAction: action,
         ExpertEvent: ExpertEvent.objects.create(profile=profile, kind="applied", actor=None),
     }

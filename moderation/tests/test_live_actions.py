@@ -14,6 +14,7 @@ from django.urls import reverse
 from accounts.models import User
 from accounts.tests.factories import StaffFactory, UserFactory, totp_enable
 from accounts.tests.helpers import login_with_mfa
+from billing.models import Settlement
 from moderation import services
 from moderation.models import StaffAction, StaffActionKind
 from rooms import services as rooms
@@ -77,8 +78,7 @@ def test_staff_end_a_room_and_it_settles_like_any_close(live_seat: Seat, staff: 
     assert (room.state, room.close_reason) == (RoomState.CLOSED, "terminated_by_staff")
     assert _inside(room.pk) == set()
     assert StaffAction.objects.get().kind == StaffActionKind.ROOM_END
-    live_seat.payment.refresh_from_db()
-    assert live_seat.payment.settlement.rule
+    assert Settlement.objects.get(payment__seat=live_seat).rule
 
 
 def test_ending_an_ended_room_is_refused_and_writes_nothing(live_seat: Seat, staff: User) -> None:

@@ -90,7 +90,8 @@ def room_closed_after_a_call(seat: Seat) -> Room:
             room=room, user=user, connection_id=f"c{user.pk}", opened_at=at(0),
             last_heartbeat_at=at(3),
         )  # fmt: skip
-    services.room_mark_live(room.pk, at=at(0))
+    with time_machine.travel(at(0), tick=False):
+        services.room_mark_live(room.pk, at=at(0))
     MediaLink.objects.create(
         room=room, client=seat.client, reported_by=seat.client, started_at=at(0.5), ended_at=at(3)
     )

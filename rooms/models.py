@@ -283,6 +283,7 @@ CANCEL_REASONS = {
     "client_canceled": "by the client",
     "expert_canceled": "by the expert",
     "reservation_expired": "the reservation expired unpaid",
+    "account_suspended": "the account was suspended",
 }
 
 

@@ -74,7 +74,8 @@ def staff_participant_remove(room_id: int, user_id: int, *, actor: User, reason:
 
 def staff_user_ban(user_id: int, *, actor: User, reason: str) -> list[int]:
     """Suspend an account and take it out of every room it is in now: rooms it hosts end,
-    rooms it sits in go on without it. Returns the ids of the rooms it was taken out of."""
+    rooms it sits in go on without it; its sessions that have not started are canceled with
+    nothing charged. Returns the ids of the rooms in progress it was taken out of."""
     reason = staff_check(actor, reason)
     with transaction.atomic():
         try:
@@ -102,8 +103,13 @@ def staff_user_ban(user_id: int, *, actor: User, reason: str) -> list[int]:
                 "is a mistake.",
             )
             affected.append(room_id)
+        canceled = rooms.bookings_cancel_for_suspension(user, actor=actor)
         staff_action_write(
-            actor, StaffActionKind.USER_BAN, reason, subject=user, data={"rooms": affected}
+            actor,
+            StaffActionKind.USER_BAN,
+            reason,
+            subject=user,
+            data={"rooms": affected, "upcoming_canceled": canceled},
         )
     return affected
 

@@ -246,3 +246,19 @@ def test_no_moderation_page_is_reachable_by_non_staff(live_seat: Seat, url_name:
     live = reverse("admin:moderation_liveroom_live", args=[live_seat.room_id])
     assert browser.post(live, {"action": "end", "reason": "x"}).status_code == 403
     assert Room.objects.get(pk=live_seat.room_id).state == RoomState.LIVE
+
+
+@pytest.mark.parametrize("who", ["client", "expert"])
+def test_a_ban_cancels_the_accounts_upcoming_sessions_with_nothing_charged(
+    staff: User, who: str
+) -> None:
+    seat = seat_booked()
+    banned = seat.client if who == "client" else seat.room.expert
+    with time_machine.travel(CALL_START - dt.timedelta(hours=2), tick=False):
+        assert services.staff_user_ban(banned.pk, actor=staff, reason="fraud") == []
+    seat.refresh_from_db()
+    room = Room.objects.get(pk=seat.room_id)
+    assert (seat.state, room.state) == ("canceled", RoomState.CANCELED)
+    assert Settlement.objects.get(payment__seat=seat).amount_minor == 0
+    action = StaffAction.objects.get()
+    assert action.data["upcoming_canceled"] == [room.pk]

@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from accounts.models import User
@@ -126,6 +126,52 @@ def _seat_money_on_cancel(
 
 def room_cancel_by_expert(room_id: int, *, actor: User) -> Room:
     """The expert cancels: every client is released in full and told, with a way to rebook."""
+    if not Room.objects.filter(pk=room_id, expert=actor).exists():
+        raise RoomsError("Only the expert of this session can cancel it.")
+    return _room_cancel(room_id, actor=actor)
+
+
+def bookings_cancel_for_suspension(user: User, *, actor: User) -> list[int]:
+    """A suspended account meets nobody any more: the sessions it hosts that have not started
+    are canceled as if its expert had (every client released in full and told), and its seats
+    in sessions that have not started are canceled with nothing charged. Inside the caller's
+    transaction; returns the rooms touched."""
+    now = timezone.now()
+    upcoming = Q(state__in=(RoomState.SCHEDULED, RoomState.OPEN), starts_at__gt=now)
+    touched = []
+    for room_id in Room.objects.filter(upcoming, expert=user).values_list("pk", flat=True):
+        _room_cancel(room_id, actor=actor)
+        touched.append(room_id)
+    seats = Seat.objects.filter(
+        client=user, state__in=HOLDING_STATES, room__in=Room.objects.filter(upcoming)
+    )
+    for seat_id, room_id in seats.values_list("pk", "room_id"):
+        _seat_cancel_free(seat_id, actor=actor, reason="account_suspended")
+        touched.append(room_id)
+    return touched
+
+
+def _seat_cancel_free(seat_id: int, *, actor: User, reason: str) -> None:
+    with transaction.atomic():
+        room_id, payment_id = Seat.objects.values_list("room_id", "payment_id").get(pk=seat_id)
+        billing.payments_lock([payment_id])
+        room = Room.objects.select_for_update().get(pk=room_id)
+        seat = Seat.objects.select_for_update().get(pk=seat_id)
+        seat.room = room
+        was_confirmed = seat.state == SeatState.CONFIRMED
+        seat_transition(
+            seat, SeatState.CANCELED, canceled_at=timezone.now(), cancel_reason=reason,
+            cancel_fee_minor=0,
+        )  # fmt: skip
+        event_write(room, "seat_canceled", actor, seat=seat.pk, fee_minor=0, rule=reason)
+        if room.kind == RoomKind.PRIVATE:
+            room_transition(room, RoomState.CANCELED, actor, reason=reason)
+        _seat_money_on_cancel(seat, room, 0, actor, 0)
+        if was_confirmed:
+            emails.booking_canceled(seat, by_expert=False)
+
+
+def _room_cancel(room_id: int, *, actor: User) -> Room:
     now = timezone.now()
     with transaction.atomic():
         billing.payments_lock(
@@ -136,8 +182,6 @@ def room_cancel_by_expert(room_id: int, *, actor: User) -> Room:
             )
         )
         room = Room.objects.select_for_update().get(pk=room_id)
-        if room.expert_id != actor.pk:
-            raise RoomsError("Only the expert of this session can cancel it.")
         if room.state not in (RoomState.SCHEDULED, RoomState.OPEN) or room.starts_at <= now:
             raise InvalidTransition("This session has started or ended; it cannot be canceled.")
         room_transition(room, RoomState.CANCELED, actor, reason="expert_canceled")

@@ -166,11 +166,13 @@ def participant_remove(
     actor: User | None = None,
     notice: str = "",
     peers_hear: str = "removed",
+    discreet: bool = False,
     now: datetime | None = None,
 ) -> bool:
     """Take a participant out of the room for good (staff, a ban, or a block between the pair):
     their socket, on whichever process, is told `removed` with `notice` (by default the reason)
     and closed; the peers hear `peer_left` with `peers_hear`; they are not admitted again.
+    `discreet` keeps the reason in the room's log only (a block: nobody's browser learns it).
     Returns whether they were in the room at that moment."""
     if not reason.strip():
         raise RoomsError("Say why the participant is removed.")
@@ -182,8 +184,9 @@ def participant_remove(
             closed_at=now, close_reason="removed"
         )
         event_write(room, "participant_removed", actor, user=user.pk, reason=reason)
+        told = "session_ended" if discreet else reason
         broadcast.participant_send(
-            room.pk, user.pk, {"type": "presence.removed", "reason": reason, "notice": notice}
+            room.pk, user.pk, {"type": "presence.removed", "reason": told, "notice": notice}
         )
         event = {"type": "peer_left", "peer_id": user.pk, "reason": peers_hear}
         broadcast.room_tell(room.pk, event, about=user.pk)
@@ -218,6 +221,7 @@ def pair_separate(
         actor=blocker,
         notice="The session has ended for you.",
         peers_hear="left",
+        discreet=True,
         now=now,
     )
 

@@ -6,7 +6,18 @@ import { Devices, deviceProblem } from "./devices.js";
 import { PeerLink } from "./peers.js";
 import { runProbe } from "./probe.js";
 import { Signaling } from "./signaling.js";
-import { $, banner, clock, money, say, show, tileRemove, tileUpdate } from "./ui.js";
+import {
+  $,
+  banner,
+  clock,
+  dialogResult,
+  money,
+  postForm,
+  say,
+  show,
+  tileRemove,
+  tileUpdate,
+} from "./ui.js";
 
 const config = JSON.parse($("#room-config").textContent);
 const root = $("#room");
@@ -21,6 +32,8 @@ let me = null;
 let iceServers = config.iceServers;
 let clockTimer = null;
 let stateTimer = null;
+// "You blocked Ann.": once this page blocked someone during the call, what it says at the end.
+let blockedNotice = null;
 // Server clock minus ours, from the page's own timestamp, until the socket measures it better.
 const clockSkew = Date.parse(config.serverTime) - Date.now();
 
@@ -236,11 +249,7 @@ function onMessage(message) {
       linkFor(message.peer);
       return callStatus();
     case "peer_left":
-      reconnectingPeers.delete(message.peer_id);
-      links.get(message.peer_id)?.close({ report: false });
-      links.delete(message.peer_id);
-      tileRemove(message.peer_id);
-      return callStatus();
+      return peerGone(message.peer_id);
     case "peer_reconnecting":
       reconnectingPeers.add(message.peer_id);
       return refresh(message.peer_id);
@@ -278,6 +287,14 @@ function onMessage(message) {
     default:
       return;
   }
+}
+
+function peerGone(peerId) {
+  reconnectingPeers.delete(peerId);
+  links.get(peerId)?.close({ report: false });
+  links.delete(peerId);
+  tileRemove(peerId);
+  callStatus();
 }
 
 function welcome(message) {
@@ -399,6 +416,8 @@ function callOver() {
   links.clear();
   signaling?.stop();
   devices.close();
+  // A Report or Block dialog left open has nothing to act on any more.
+  for (const dialog of document.querySelectorAll("#call dialog[open]")) dialog.close("cancel");
 }
 
 function replaced() {
@@ -417,7 +436,7 @@ function replaced() {
 async function showSummary(charge) {
   setPhase("ended");
   root.dataset.roomState = "closed";
-  say("This session has ended.");
+  say(blockedNotice || "This session has ended.");
   banner(null);
   show($("#preflight"), false);
   show($("#call"), false);
@@ -449,6 +468,90 @@ function leave() {
   $("#devices-on").textContent = "Turn on camera and microphone";
 }
 
+// --- report and block, during the call (moderation/views.py answers the fetch in JSON) ------
+
+const reportDialog = $("#report-dialog");
+const blockDialog = $("#block-dialog");
+
+function reportOpen() {
+  const form = $("#report-call-form");
+  form.reset();
+  for (const field of form.querySelectorAll("select, textarea")) field.disabled = false;
+  show($("#report-send"));
+  $("#report-send").disabled = false;
+  $("#report-cancel").textContent = "Cancel";
+  dialogResult($("#report-result"), null, "");
+  reportDialog.showModal();
+}
+
+async function reportSend(event) {
+  event.preventDefault();
+  const form = event.target;
+  const send = $("#report-send");
+  send.disabled = true;
+  dialogResult($("#report-result"), null, "Sending…");
+  try {
+    const answer = await postForm(form, config.csrfToken);
+    dialogResult($("#report-result"), "sent", answer.message);
+    for (const field of form.querySelectorAll("select, textarea")) field.disabled = true;
+    show(send, false);
+    $("#report-cancel").textContent = "Close";
+    $("#report-cancel").focus();
+  } catch (error) {
+    dialogResult($("#report-result"), "error", error.message);
+    send.disabled = false;
+  }
+}
+
+function blockOpen() {
+  $("#block-call-form").reset();
+  $("#block-confirm").disabled = false;
+  dialogResult($("#block-result"), null, "");
+  blockDialog.showModal();
+}
+
+async function blockSend(event) {
+  event.preventDefault();
+  const confirm = $("#block-confirm");
+  confirm.disabled = true;
+  dialogResult($("#block-result"), null, "Blocking…");
+  try {
+    const answer = await postForm(event.target, config.csrfToken);
+    blockDialog.close("blocked");
+    blockDone(answer);
+  } catch (error) {
+    dialogResult($("#block-result"), "error", error.message);
+    confirm.disabled = false;
+  }
+}
+
+/** The server has blocked, and is ending the call for the pair; this page follows at once
+ * (whether or not its socket told it first) and says who was blocked. */
+function blockDone({ message, outcome, blocked }) {
+  blockedNotice = message;
+  if (outcome === "ended") {
+    // A private session: closed for both; the other side sees only that it ended.
+    room = { ...room, state: "closed" };
+    if (root.dataset.phase === "ended") return say(message);
+    callOver();
+    return showSummary();
+  }
+  if (outcome === "removed") {
+    // A client left a group session by blocking its expert; the others go on.
+    callOver();
+    setPhase("removed");
+    show($("#call"), false);
+    return say(message);
+  }
+  if (outcome === "peer_removed") {
+    // The expert blocked one client of a group session; the call goes on with the others.
+    peerGone(blocked.id);
+    $(`#block-call-user option[value="${blocked.id}"]`)?.remove();
+    return banner("info", `${message} They have left the call.`);
+  }
+  banner("info", message);
+}
+
 // --- wiring ---------------------------------------------------------------------------------
 
 $("#devices-on").addEventListener("click", devicesOn);
@@ -477,6 +580,12 @@ $("#end-for-all")?.addEventListener("click", () => endDialog.showModal());
 endDialog?.addEventListener("close", () => {
   if (endDialog.returnValue === "end") signaling?.send({ type: "end" });
 });
+$("#report-open")?.addEventListener("click", reportOpen);
+$("#report-cancel")?.addEventListener("click", () => reportDialog.close("cancel"));
+$("#report-call-form")?.addEventListener("submit", reportSend);
+$("#block-open")?.addEventListener("click", blockOpen);
+$("#block-cancel")?.addEventListener("click", () => blockDialog.close("cancel"));
+$("#block-call-form")?.addEventListener("submit", blockSend);
 // No `leave` on pagehide: a reload or a dropped tab comes back as a resume within the grace.
 
 window.parley = {

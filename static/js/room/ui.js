@@ -108,3 +108,38 @@ export function money(amountMinor, currency) {
   const digits = format.resolvedOptions().maximumFractionDigits;
   return format.format(amountMinor / 10 ** digits);
 }
+
+/** The line in a dialog that says how its action went: `kind` is "sent", "error" or null. */
+export function dialogResult(element, kind, text) {
+  element.dataset.result = kind || "";
+  element.textContent = text || "";
+}
+
+/**
+ * POST a form from the page without leaving it, asking for JSON (moderation/views.py answers
+ * so). Resolves to the answer; rejects with an Error whose message is for the person.
+ */
+export async function postForm(form, csrfToken) {
+  const body = new FormData(form); // before the caller disables anything: disabled fields are not sent
+  let response;
+  try {
+    response = await fetch(form.action, {
+      method: "POST",
+      body,
+      headers: { Accept: "application/json", "X-CSRFToken": csrfToken },
+      credentials: "same-origin",
+    });
+  } catch {
+    throw new Error("Parley could not be reached: check your connection and try again.");
+  }
+  const isJson = (response.headers.get("Content-Type") || "").includes("application/json");
+  const answer = isJson ? await response.json().catch(() => ({})) : {};
+  if (response.ok && isJson && !answer.error) return answer;
+  if (answer.error) throw new Error(answer.error);
+  // A login page after a redirect, or the CSRF refusal: the session or the page is stale.
+  throw new Error(
+    response.redirected || response.status === 403
+      ? "Your login has expired or this page is out of date: reload it and try again."
+      : `Parley could not do this just now (${response.status}): try again in a moment.`,
+  );
+}

@@ -49,12 +49,8 @@ def seat_cancel(seat_id: int, *, actor: User, expected_fee_minor: int | None = N
     """
     now = timezone.now()
     with transaction.atomic():
-        # Locks are taken payment, room, then seats, everywhere: no two writers wait in a circle.
-        room_id, payment_id = Seat.objects.values_list("room_id", "payment_id").get(pk=seat_id)
-        billing.payments_lock([payment_id])
-        room = Room.objects.select_for_update().get(pk=room_id)
-        seat = Seat.objects.select_for_update().get(pk=seat_id)
-        seat.room = room
+        seat = _seat_lock(seat_id)
+        room = seat.room
         if seat.client_id != actor.pk:
             raise RoomsError("Only the client who booked this seat can cancel it.")
         if seat.state not in (SeatState.RESERVED, SeatState.CONFIRMED):
@@ -91,6 +87,17 @@ def seat_cancel(seat_id: int, *, actor: User, expected_fee_minor: int | None = N
         _seat_money_on_cancel(seat, room, fee, actor, hours_before)
         if was_confirmed:
             emails.booking_canceled(seat, by_expert=False)
+    return seat
+
+
+def _seat_lock(seat_id: int) -> Seat:
+    """Lock a seat with its payment and room for the rest of the transaction. Locks are taken
+    payment, room, then seats, everywhere: no two writers wait in a circle."""
+    room_id, payment_id = Seat.objects.values_list("room_id", "payment_id").get(pk=seat_id)
+    billing.payments_lock([payment_id])
+    room = Room.objects.select_for_update().get(pk=room_id)
+    seat = Seat.objects.select_for_update().get(pk=seat_id)
+    seat.room = room
     return seat
 
 
@@ -153,11 +160,8 @@ def bookings_cancel_for_suspension(user: User, *, actor: User) -> list[int]:
 
 def _seat_cancel_free(seat_id: int, *, actor: User, reason: str) -> None:
     with transaction.atomic():
-        room_id, payment_id = Seat.objects.values_list("room_id", "payment_id").get(pk=seat_id)
-        billing.payments_lock([payment_id])
-        room = Room.objects.select_for_update().get(pk=room_id)
-        seat = Seat.objects.select_for_update().get(pk=seat_id)
-        seat.room = room
+        seat = _seat_lock(seat_id)
+        room = seat.room
         was_confirmed = seat.state == SeatState.CONFIRMED
         seat_transition(
             seat, SeatState.CANCELED, canceled_at=timezone.now(), cancel_reason=reason,

@@ -399,6 +399,21 @@ class RoomPage:
         return f"{self.role} page {state} (recorder: {self.recorder_error() or 'ok'})"
 
 
+def room_pages(
+    contexts: Contexts, booked: Booked, second_browser: Browser
+) -> tuple[RoomPage, RoomPage]:
+    """The expert's and the client's pages of the booked room, each person on a computer of
+    their own (conftest.py: second_browser)."""
+    expert = RoomPage(
+        contexts("expert", booked.expert).new_page(), booked, booked.expert, booked.client
+    )
+    client = RoomPage(
+        contexts("client", booked.client, browser=second_browser).new_page(),
+        booked, booked.client, booked.expert,
+    )  # fmt: skip
+    return expert, client
+
+
 def first_frames_at(samples: list[Sample]) -> float | None:
     return next((s.at for s in samples if s.frames), None)
 

@@ -10,8 +10,8 @@ from rooms.tests.browser.support import (
     Booked,
     Contexts,
     Person,
-    RoomPage,
     booked_session,
+    room_pages,
     wait_until,
 )
 
@@ -35,13 +35,7 @@ def test_a_client_reports_then_blocks_the_expert_mid_call_and_both_pages_end(
     contexts: Contexts, second_browser: Browser
 ) -> None:
     booked: Booked = booked_session()
-    expert = RoomPage(
-        contexts("expert", booked.expert).new_page(), booked, booked.expert, booked.client
-    )
-    client = RoomPage(
-        contexts("client", booked.client, browser=second_browser).new_page(),
-        booked, booked.client, booked.expert,
-    )  # fmt: skip
+    expert, client = room_pages(contexts, booked, second_browser)
     for side in (expert, client):
         side.open()
         side.devices_on()

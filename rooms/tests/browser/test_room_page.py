@@ -26,6 +26,7 @@ from rooms.tests.browser.support import (
     log_in_with_form,
     receiving_intervals,
     relative,
+    room_pages,
     room_settlements_total,
     server_record,
     settlement_wait,
@@ -251,14 +252,7 @@ def _call_started(
     """Expert and client open the link, turn their devices on, see the preview play and join
     (the expert a moment before the client); returns once both receive the other's video,
     with when each clicked #join."""
-    expert = RoomPage(
-        contexts("expert", booked.expert).new_page(), booked, booked.expert, booked.client
-    )
-    # Each person on a computer of their own (conftest.py: second_browser).
-    client = RoomPage(
-        contexts("client", booked.client, browser=second_browser).new_page(),
-        booked, booked.client, booked.expert,
-    )  # fmt: skip
+    expert, client = room_pages(contexts, booked, second_browser)
     for side in (expert, client):
         side.open()
         side.devices_on()

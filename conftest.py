@@ -9,6 +9,10 @@ from django.core.cache import cache
 
 from config.celery import app as celery_app
 
+# The localstripe server and the settings that point Stripe at it, for every app's tests (one
+# server per session, whichever apps ask for it).
+pytest_plugins = ["billing.tests.localstripe"]
+
 
 @pytest.fixture(autouse=True)
 def _clean_cache() -> Iterator[None]:

@@ -31,7 +31,8 @@ def payouts_due_create(now: datetime | None = None) -> int:
     whose expert can be paid (beat). The unique transfer per payment makes it safe to repeat."""
     now = now or timezone.now()
     due = Settlement.objects.filter(
-        payout_due_at__lte=now,
+        # Strictly after: a dispute opened at the window's last instant still holds the payout.
+        payout_due_at__lt=now,
         payout_held=False,
         payout_minor__gt=0,
         payment__state=PaymentState.CAPTURED,

@@ -41,7 +41,7 @@ from billing.models import (
     PaymentEvent,
     PaymentState,
 )
-from billing.tests.conftest import browser_confirms
+from billing.tests.localstripe import browser_confirms
 from billing.tests.once_worker import KILLED_EXIT_STATUS
 
 pytestmark = pytest.mark.django_db(transaction=True)

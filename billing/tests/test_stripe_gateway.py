@@ -46,7 +46,7 @@ from billing.models import (
     Settlement,
     WebhookEvent,
 )
-from billing.tests.conftest import WEBHOOK_SECRET, browser_confirms, card_method
+from billing.tests.localstripe import WEBHOOK_SECRET, browser_confirms, card_method
 
 GOOD_CARD = "4242424242424242"
 # localstripe refuses this card when it is attached to a customer (saving it).

@@ -19,7 +19,7 @@ from pytest_django import DjangoCaptureOnCommitCallbacks
 
 from accounts.tests.factories import UserFactory
 from billing.models import Payment, PaymentState
-from billing.tests.conftest import WEBHOOK_SECRET, browser_confirms
+from billing.tests.localstripe import WEBHOOK_SECRET, browser_confirms
 from rooms import services as rooms
 from rooms.models import RoomEvent, Seat, SeatState
 from rooms.tests.factories import NOW, OfferingFactory, expert_create, weekdays_available

@@ -1,5 +1,6 @@
-"""Fixtures of the billing tests: localstripe (a real HTTP server speaking Stripe's API,
-started here on loopback) and settings that point the stripe gateway at it."""
+"""Fixtures for tests that talk to Stripe: localstripe (a real HTTP server speaking Stripe's API,
+started on loopback once per session) and settings that point the stripe gateway at it. A
+pytest plugin: the root conftest.py loads it for every app."""
 
 from __future__ import annotations
 

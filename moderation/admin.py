@@ -226,6 +226,16 @@ class LiveRoomAdmin(ReadOnlyAdmin):
     ) -> bool:
         action, reason = form.cleaned_data["action"], form.cleaned_data["reason"]
         user_id = form.cleaned_data.get("user")
+        people = {
+            room.expert_id,
+            *Seat.objects.filter(room=room).values_list("client_id", flat=True),
+        }
+        if user_id is not None and user_id not in people:
+            form.add_error(None, "That person is not in this room; ban them from the user admin.")
+            return False
+        if action == "ban" and not actor.has_perm("accounts.change_user"):
+            form.add_error(None, "Banning needs the permission to change users.")
+            return False
         try:
             if action == "end":
                 services.staff_room_end(room.pk, actor=actor, reason=reason)
@@ -277,7 +287,7 @@ class DisputeAdmin(ReadOnlyAdmin):
     list_filter = ("state", "source", "reason")
     search_fields = ("=id", "client__email", "seat__room__title", "provider_dispute_id", "text")
     list_select_related = ("client", "seat__room")
-    ordering = ("-state", "created_at")
+    ordering = ("-created_at",)
     readonly_fields = (
         "decide",
         "seat",
@@ -385,7 +395,7 @@ class ReportAdmin(ReadOnlyAdmin):
     list_filter = ("state", "category", "automatic")
     search_fields = ("text", "reporter__email", "about__email", "room__title")
     list_select_related = ("room", "reporter", "about")
-    ordering = ("-state", "-created_at")
+    ordering = ("state", "-created_at")  # open first
     readonly_fields = (
         "resolve",
         "room",
@@ -501,6 +511,14 @@ class UserAdmin(AccountsUserAdmin):
 
     readonly_fields = (*AccountsUserAdmin.readonly_fields, "is_active")
     actions = ["ban", "unban"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        # Who is staff, and with which powers, is a superuser's decision: otherwise a staff
+        # member could remove a colleague's staff status and then ban them.
+        fields = tuple(super().get_readonly_fields(request, obj))
+        if not request.user.is_superuser:
+            fields += ("is_staff", "is_superuser", "groups", "user_permissions")
+        return fields
 
     @admin.action(description="Ban selected users (with a reason)")
     def ban(self, request: HttpRequest, queryset: QuerySet[User]) -> HttpResponse | None:

@@ -41,8 +41,13 @@ def payouts_due_create(now: datetime | None = None) -> int:
     created = 0
     for settlement_id in due.values_list("pk", flat=True)[:500]:
         with transaction.atomic():
-            settlement = Settlement.objects.select_related("payment").get(pk=settlement_id)
-            payment = Payment.objects.select_for_update().get(pk=settlement.payment_id)
+            payment_id = Settlement.objects.values_list("payment_id", flat=True).get(
+                pk=settlement_id
+            )
+            payment = Payment.objects.select_for_update().get(pk=payment_id)
+            # Read under the payment's lock: a hold placed a moment ago (a dispute, a
+            # chargeback) is seen here, never an older copy.
+            settlement = Settlement.objects.get(pk=settlement_id)
             if (
                 settlement.payout_held
                 or payment.commands.filter(kind=CommandKind.TRANSFER).exists()

@@ -193,6 +193,11 @@ def payment_refund(
                 f"Only a charged payment can be refunded; this one is "
                 f"{payment.get_state_display().lower()}."
             )
+        if _chargeback_holds(payment):
+            raise PaymentRefused(
+                "The card's bank has a chargeback on this payment: the money is with the bank "
+                "(or was returned by it), so a refund here would pay the client twice."
+            )
         if amount_minor > payment.refundable_minor:
             raise PaymentRefused(
                 f"At most {format_money(payment.refundable_minor, currency)} can be refunded "
@@ -206,3 +211,16 @@ def payment_refund(
             payment, "refund_decided", actor, amount_minor, reason=reason, command=command.pk
         )
     return command
+
+
+def _chargeback_holds(payment: Payment) -> bool:
+    """A chargeback is open on the payment, or was lost: the bank has the money."""
+    opened, closed = set(), {}
+    for kind, data in payment.events.filter(
+        kind__in=("dispute_opened", "dispute_closed")
+    ).values_list("kind", "data"):
+        if kind == "dispute_opened":
+            opened.add(data.get("dispute"))
+        else:
+            closed[data.get("dispute")] = data.get("status")
+    return any(closed.get(dispute, "lost") == "lost" for dispute in opened)

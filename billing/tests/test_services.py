@@ -585,3 +585,27 @@ def test_a_webhook_whose_handler_breaks_keeps_the_error_and_counts_the_attempt(
     monkeypatch.undo()
     assert services.webhook_process(event.pk) is True
     assert services.webhooks_pending_ids() == []
+
+
+@pytest.mark.parametrize("closed", [None, "lost", "won"])
+def test_no_refund_while_the_bank_holds_a_chargeback(closed: str | None) -> None:
+    payment = _captured()
+    PaymentEvent.objects.create(payment=payment, kind="dispute_opened", data={"dispute": "dp_1"})
+    if closed:
+        PaymentEvent.objects.create(
+            payment=payment, kind="dispute_closed", data={"dispute": "dp_1", "status": closed}
+        )
+
+    def refund() -> PaymentCommand:
+        return services.payment_refund(
+            payment.pk, amount_minor=100, currency="EUR", reason="goodwill", actor=None
+        )
+
+    if closed == "won":
+        assert refund().amount_minor == 100
+        return
+    with pytest.raises(PaymentRefused, match="chargeback"):
+        refund()
+    payment.refresh_from_db()
+    assert payment.refunded_minor == 0
+    assert not PaymentCommand.objects.filter(kind=CommandKind.REFUND).exists()

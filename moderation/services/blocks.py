@@ -17,9 +17,10 @@ from rooms.services.records import event_write
 
 
 def block(blocker: User, blocked_id: int, *, reason: str = "") -> Block:
-    """`blocker` blocks someone: from now on neither can book or join the other's sessions,
-    and a session of the two that is open or live ends for the pair at once (a private one
-    ends; from a group one the client is taken out). Blocking twice changes nothing more."""
+    """`blocker` blocks someone: from now on neither can book or join the other's sessions; a
+    live session of the two ends for the pair at once (a private one ends; from a group one
+    the client is taken out), and their sessions not live yet are canceled with nothing
+    charged. Blocking twice changes nothing more."""
     with transaction.atomic():
         try:
             made, created = accounts.block_create(blocker, blocked_id, reason=reason)
@@ -27,22 +28,25 @@ def block(blocker: User, blocked_id: int, *, reason: str = "") -> Block:
             raise ModerationError(str(refused)) from None
         if not created:
             return made
-        pair = Q(expert=blocker, seats__client_id=blocked_id) | Q(
-            expert_id=blocked_id, seats__client=blocker
+        confirmed = SeatState.CONFIRMED
+        pair = Q(expert=blocker, seats__client_id=blocked_id, seats__state=confirmed) | Q(
+            expert_id=blocked_id, seats__client=blocker, seats__state=confirmed
         )
-        rooms_now = (
-            Room.objects.filter(pair, state__in=(RoomState.OPEN, RoomState.LIVE))
-            .filter(seats__state=SeatState.CONFIRMED)
-            .distinct()
-        )
-        for room in rooms_now:
-            client_id = blocked_id if room.expert_id == blocker.pk else blocker.pk
-            # Staff read this in the room's story; neither participant is told of the block.
-            event_write(room, "pair_blocked", blocker, blocked=blocked_id)
-            try:
+        try:
+            for room in Room.objects.filter(pair, state=RoomState.LIVE).distinct():
+                client_id = blocked_id if room.expert_id == blocker.pk else blocker.pk
+                # Staff read this in the room's story; neither participant is told of it.
+                event_write(room, "pair_blocked", blocker, blocked=blocked_id)
                 rooms.pair_separate(room.pk, User.objects.get(pk=client_id), blocker=blocker)
-            except RoomsError as refused:
-                raise ModerationError(str(refused)) from None
+            # Sessions of the two that are not live yet (booked, or a lobby where they have
+            # not met) are canceled free: the client could not join, and would otherwise be
+            # priced as a no-show.
+            for expert_id, client_id in ((blocker.pk, blocked_id), (blocked_id, blocker.pk)):
+                for room_id in rooms.bookings_cancel_for_block(expert_id, client_id, actor=blocker):
+                    room = Room.objects.get(pk=room_id)
+                    event_write(room, "pair_blocked", blocker, blocked=blocked_id)
+        except RoomsError as refused:
+            raise ModerationError(str(refused)) from None
     return made
 
 

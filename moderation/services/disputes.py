@@ -8,6 +8,7 @@ note the client reads. A chargeback is decided by the bank: its outcome arrives 
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -31,6 +32,8 @@ from moderation.services.errors import ModerationError
 from moderation.services.staff import staff_action_write, staff_check
 from rooms.models import Seat
 from rooms.services.records import event_write
+
+logger = logging.getLogger(__name__)
 
 
 class Outcome:
@@ -277,6 +280,12 @@ def dispute_chargeback_closed(
     """The bank decided: record the outcome. Won: the payout goes out as usual (if nothing else
     holds it). Lost: the money went back to the card holder, so the payout stays held."""
     state = CHARGEBACK_OUTCOMES.get(status)
+    if state is None:
+        logger.error(
+            "chargeback %s closed with an unknown status %r; its dispute stays open for staff",
+            provider_dispute_id,
+            status,
+        )
     dispute = (
         Dispute.objects.select_for_update()
         .select_related("seat__room")

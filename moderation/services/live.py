@@ -82,28 +82,34 @@ def staff_user_ban(user_id: int, *, actor: User, reason: str) -> list[int]:
             user = accounts.user_ban(user_id, actor=actor)
         except AccountsError as refused:
             raise ModerationError(str(refused)) from None
-        affected = []
-        active = (RoomState.OPEN, RoomState.LIVE)
-        for room in Room.objects.filter(expert=user, state__in=active):
-            rooms.room_close(room.pk, reason=CloseReason.TERMINATED_BY_STAFF, actor=actor)
-            affected.append(room.pk)
-        sitting_in = (
-            Presence.objects.filter(user=user, closed_at__isnull=True, room__state__in=active)
-            .exclude(room__expert=user)
-            .values_list("room_id", flat=True)
-            .distinct()
-        )
-        for room_id in list(sitting_in):
-            rooms.participant_remove(
-                room_id,
-                user,
-                reason="account suspended",
-                actor=actor,
-                notice="Your Parley account is suspended; contact support if you think this "
-                "is a mistake.",
+        affected: list[int] = []
+        try:
+            # First the sessions not live yet, canceled free (closing a lobby would price the
+            # clients who did not come as no-shows); then the live ones.
+            canceled = rooms.bookings_cancel_for_suspension(user, actor=actor)
+            for room in Room.objects.filter(expert=user, state=RoomState.LIVE):
+                rooms.room_close(room.pk, reason=CloseReason.TERMINATED_BY_STAFF, actor=actor)
+                affected.append(room.pk)
+            sitting_in = (
+                Presence.objects.filter(
+                    user=user, closed_at__isnull=True, room__state=RoomState.LIVE
+                )
+                .exclude(room__expert=user)
+                .values_list("room_id", flat=True)
+                .distinct()
             )
-            affected.append(room_id)
-        canceled = rooms.bookings_cancel_for_suspension(user, actor=actor)
+            for room_id in list(sitting_in):
+                rooms.participant_remove(
+                    room_id,
+                    user,
+                    reason="account suspended",
+                    actor=actor,
+                    notice="Your Parley account is suspended; contact support if you think this "
+                    "is a mistake.",
+                )
+                affected.append(room_id)
+        except RoomsError as refused:
+            raise ModerationError(str(refused)) from None
         staff_action_write(
             actor,
             StaffActionKind.USER_BAN,

@@ -202,7 +202,7 @@ def test_a_non_superuser_banning_staff_from_the_desk_gets_the_reason(
     from django.contrib.auth.models import Permission
 
     moderator.user_permissions.add(
-        *Permission.objects.filter(codename__in=["view_liveroom", "change_liveroom"])
+        *Permission.objects.filter(codename__in=["view_liveroom", "change_liveroom", "change_user"])
     )
     secret = totp_enable(moderator)
     browser = Client()
@@ -262,3 +262,38 @@ def test_a_ban_cancels_the_accounts_upcoming_sessions_with_nothing_charged(
     assert Settlement.objects.get(payment__seat=seat).amount_minor == 0
     action = StaffAction.objects.get()
     assert action.data["upcoming_canceled"] == [room.pk]
+
+
+def test_a_ban_from_the_live_room_page_needs_the_permission_to_change_users(
+    live_seat: Seat,
+) -> None:
+    from django.contrib.auth.models import Permission
+
+    moderator = StaffFactory.create(is_superuser=False)
+    moderator.user_permissions.add(
+        *Permission.objects.filter(codename__in=["view_liveroom", "change_liveroom"])
+    )
+    browser = Client()
+    login_with_mfa(browser, moderator, totp_enable(moderator))
+    url = reverse("admin:moderation_liveroom_live", args=[live_seat.room_id])
+    response = browser.post(url, {"action": "ban", "user": live_seat.client_id, "reason": "x"})
+    assert response.status_code == 400
+    assert "Banning needs the permission to change users" in response.content.decode()
+    stranger = UserFactory.create()
+    response = browser.post(url, {"action": "remove", "user": stranger.pk, "reason": "x"})
+    assert "That person is not in this room" in response.content.decode()
+    assert User.objects.get(pk=live_seat.client_id).is_active
+    assert not StaffAction.objects.exists()
+
+
+def test_a_ban_while_the_client_waits_in_the_lobby_cancels_free(staff: User) -> None:
+    seat = seat_booked()
+    room = Room.objects.get(pk=seat.room_id)
+    with time_machine.travel(CALL_START - dt.timedelta(minutes=5), tick=False):
+        rooms.rooms_advance()
+        rooms.presence_open(room.pk, seat.client, connection_id="lobby")
+        services.staff_user_ban(room.expert_id, actor=staff, reason="fraud")
+    room.refresh_from_db()
+    assert room.state == RoomState.CANCELED
+    assert _inside(room.pk) == set()
+    assert Settlement.objects.get(payment__seat=seat).amount_minor == 0

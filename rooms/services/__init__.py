@@ -17,6 +17,7 @@ from rooms.services.booking import (
     seat_payment_card_saved,
 )
 from rooms.services.changes import (
+    bookings_cancel_for_block,
     bookings_cancel_for_suspension,
     reminders_queue,
     room_cancel_by_expert,
@@ -71,6 +72,7 @@ __all__ = [
     "availability_override_delete",
     "availability_replace_weekly",
     "booking_reserve",
+    "bookings_cancel_for_block",
     "bookings_cancel_for_suspension",
     "group_room_publish",
     "group_seat_reserve",

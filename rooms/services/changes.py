@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F, Q
+from django.db.models import F
 from django.utils import timezone
 
 from accounts.models import User
@@ -15,11 +15,12 @@ from billing import selectors as billing_selectors
 from billing import services as billing
 from billing.models import PaymentState
 from billing.pricing import format_money
-from rooms import emails, selectors
+from rooms import broadcast, emails, selectors
 from rooms.availability import Slot
 from rooms.errors import InvalidTransition, RoomsError, SlotTaken
 from rooms.models import (
     HOLDING_STATES,
+    Presence,
     Room,
     RoomKind,
     RoomState,
@@ -138,44 +139,90 @@ def room_cancel_by_expert(room_id: int, *, actor: User) -> Room:
     return _room_cancel(room_id, actor=actor)
 
 
+# Sessions not live yet: booked, or with the lobby open (even past the start while nobody
+# has met). A ban or a block cancels these with nothing charged; closing one instead would
+# price the client who can no longer join as a no-show.
+NOT_LIVE_YET = (RoomState.SCHEDULED, RoomState.OPEN)
+
+
 def bookings_cancel_for_suspension(user: User, *, actor: User) -> list[int]:
-    """A suspended account meets nobody any more: the sessions it hosts that have not started
+    """A suspended account meets nobody any more: the sessions it hosts that are not live yet
     are canceled as if its expert had (every client released in full and told), and its seats
-    in sessions that have not started are canceled with nothing charged. Inside the caller's
+    in sessions not live yet are canceled with nothing charged. Inside the caller's
     transaction; returns the rooms touched."""
-    now = timezone.now()
-    upcoming = Q(state__in=(RoomState.SCHEDULED, RoomState.OPEN), starts_at__gt=now)
     touched = []
-    for room_id in Room.objects.filter(upcoming, expert=user).values_list("pk", flat=True):
-        _room_cancel(room_id, actor=actor)
+    for room_id in Room.objects.filter(state__in=NOT_LIVE_YET, expert=user).values_list(
+        "pk", flat=True
+    ):
+        _room_cancel(room_id, actor=actor, started_ok=True)
         touched.append(room_id)
-    seats = Seat.objects.filter(
-        client=user, state__in=HOLDING_STATES, room__in=Room.objects.filter(upcoming)
-    )
+    seats = Seat.objects.filter(client=user, state__in=HOLDING_STATES, room__state__in=NOT_LIVE_YET)
     for seat_id, room_id in seats.values_list("pk", "room_id"):
-        _seat_cancel_free(seat_id, actor=actor, reason="account_suspended")
+        _seat_cancel_free(seat_id, actor=actor, reason="account_suspended", by_expert=False)
         touched.append(room_id)
     return touched
 
 
-def _seat_cancel_free(seat_id: int, *, actor: User, reason: str) -> None:
+def bookings_cancel_for_block(expert_id: int, client_id: int, *, actor: User) -> list[int]:
+    """A block between an expert and a client: their sessions together that are not live yet
+    are canceled with nothing charged — a private one as if the expert canceled, the client's
+    seat in a group one. Nobody is told of the block. Returns the rooms touched."""
+    touched = []
+    seats = Seat.objects.filter(
+        client_id=client_id,
+        state__in=HOLDING_STATES,
+        room__expert_id=expert_id,
+        room__state__in=NOT_LIVE_YET,
+    ).select_related("room")
+    for seat in seats:
+        if seat.room.kind == RoomKind.PRIVATE:
+            _room_cancel(seat.room_id, actor=actor, started_ok=True)
+        else:
+            _seat_cancel_free(seat.pk, actor=actor, reason="expert_canceled", by_expert=True)
+        touched.append(seat.room_id)
+    return touched
+
+
+def _seat_cancel_free(seat_id: int, *, actor: User, reason: str, by_expert: bool) -> None:
     with transaction.atomic():
         seat = _seat_lock(seat_id)
         room = seat.room
+        if seat.state not in HOLDING_STATES:
+            return  # canceled a moment ago by its client
         was_confirmed = seat.state == SeatState.CONFIRMED
         seat_transition(
             seat, SeatState.CANCELED, canceled_at=timezone.now(), cancel_reason=reason,
             cancel_fee_minor=0,
         )  # fmt: skip
         event_write(room, "seat_canceled", actor, seat=seat.pk, fee_minor=0, rule=reason)
+        now = timezone.now()
         if room.kind == RoomKind.PRIVATE:
             room_transition(room, RoomState.CANCELED, actor, reason=reason)
+            _lobby_empty(room, now)
+        else:
+            _lobby_empty(room, now, seat.client_id)
         _seat_money_on_cancel(seat, room, 0, actor, 0)
         if was_confirmed:
-            emails.booking_canceled(seat, by_expert=False)
+            emails.booking_canceled(seat, by_expert=by_expert)
 
 
-def _room_cancel(room_id: int, *, actor: User) -> Room:
+def _lobby_empty(room: Room, now: datetime, user_id: int | None = None) -> None:
+    """Anyone waiting in the lobby of a room that will not happen (or only `user_id`, whose
+    seat is canceled) is told, and their socket closes (on whichever process holds it, after
+    commit)."""
+    waiting = Presence.objects.filter(room=room, closed_at__isnull=True)
+    if user_id is not None:
+        waiting = waiting.filter(user_id=user_id)
+    for user_id in list(waiting.values_list("user_id", flat=True)):
+        notice = "This session was canceled; nothing is charged."
+        message = {"type": "presence.removed", "reason": "canceled", "notice": notice}
+        broadcast.participant_send(room.pk, user_id, message)
+    waiting.update(closed_at=now, close_reason="room_closed")
+
+
+def _room_cancel(room_id: int, *, actor: User, started_ok: bool = False) -> Room:
+    """Cancel a room and release every client in full. `started_ok`: a lobby still waiting
+    past the start (nobody has met) may be canceled too (a ban, a block)."""
     now = timezone.now()
     with transaction.atomic():
         billing.payments_lock(
@@ -186,9 +233,11 @@ def _room_cancel(room_id: int, *, actor: User) -> Room:
             )
         )
         room = Room.objects.select_for_update().get(pk=room_id)
-        if room.state not in (RoomState.SCHEDULED, RoomState.OPEN) or room.starts_at <= now:
+        started = room.starts_at <= now and not started_ok
+        if room.state not in NOT_LIVE_YET or started:
             raise InvalidTransition("This session has started or ended; it cannot be canceled.")
         room_transition(room, RoomState.CANCELED, actor, reason="expert_canceled")
+        _lobby_empty(room, now)
         seats = list(Seat.objects.select_for_update().filter(room=room, state__in=HOLDING_STATES))
         for seat in seats:
             was_confirmed = seat.state == SeatState.CONFIRMED

@@ -1,5 +1,5 @@
 """Blocks as people make them: the relation itself is accounts'; here a block also keeps the
-pair apart in any session they are in right now."""
+pair apart in a session they are in right now and cancels the ones they have not had yet."""
 
 from __future__ import annotations
 

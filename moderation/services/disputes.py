@@ -138,20 +138,8 @@ def dispute_resolve(
             )
         payment = Payment.objects.get(pk=payment_id)
         amount = _refund_amount(outcome, payment, refund_minor)
-        chargeback = Dispute.objects.filter(
-            payment_id=payment_id,
-            source=DisputeSource.CHARGEBACK,
-            state__in=(DisputeState.OPEN, DisputeState.CHARGEBACK_LOST),
-        ).first()
-        if amount and chargeback is not None:
-            # The bank holds (or has returned) the money: a refund on top would pay the client
-            # twice, and the provider refuses refunds on a disputed charge anyway.
-            raise ModerationError(
-                f"The card's bank has a chargeback on this payment "
-                f"({chargeback.get_state_display().lower()}, dispute {chargeback.pk}): no refund "
-                "can be made here. Reject this dispute with a note that points to the bank."
-            )
         if amount:
+            # payment_refund also refuses while the card's bank holds a chargeback.
             try:
                 billing.payment_refund(
                     payment.pk,

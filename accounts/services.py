@@ -266,35 +266,28 @@ def user_ban(user_id: int, *, actor: User) -> User:
     """Suspend an account: it cannot sign in or book, and its signed-in browsers are signed out
     (its open call sockets are closed by the caller, which knows the rooms). Only a superuser
     bans staff."""
-    if not (actor.is_active and actor.is_staff):
-        raise AccountsError("Only Parley staff can ban an account.")
     if actor.pk == user_id:
         raise AccountsError("You cannot ban your own account.")
-    with transaction.atomic():
-        user = User.objects.select_for_update().get(pk=user_id)
-        if (user.is_staff or user.is_superuser) and not actor.is_superuser:
-            raise AccountsError(
-                "Only a superuser can ban a staff account; ask one, or have the account's "
-                "staff status removed first."
-            )
-        if not user.is_active:
-            raise AccountsError(f"{user.display_name} is already banned.")
-        # An inactive user is signed out on their next request (the auth backend refuses
-        # inactive accounts when it loads the session's user), so no session outlives this.
-        User.objects.filter(pk=user.pk).update(is_active=False)
-        user.is_active = False
-    return user
+    return _user_active_set(user_id, active=False, actor=actor)
 
 
 def user_unban(user_id: int, *, actor: User) -> User:
+    return _user_active_set(user_id, active=True, actor=actor)
+
+
+def _user_active_set(user_id: int, *, active: bool, actor: User) -> User:
+    act = "lift the ban of" if active else "ban"
     if not (actor.is_active and actor.is_staff):
-        raise AccountsError("Only Parley staff can lift a ban.")
+        raise AccountsError(f"Only Parley staff can {act} an account.")
     with transaction.atomic():
         user = User.objects.select_for_update().get(pk=user_id)
         if (user.is_staff or user.is_superuser) and not actor.is_superuser:
-            raise AccountsError("Only a superuser can lift the ban of a staff account.")
-        if user.is_active:
-            raise AccountsError(f"{user.display_name} is not banned.")
-        User.objects.filter(pk=user.pk).update(is_active=True)
-        user.is_active = True
+            raise AccountsError(f"Only a superuser can {act} a staff account; ask one.")
+        if user.is_active == active:
+            state = "not banned" if active else "already banned"
+            raise AccountsError(f"{user.display_name} is {state}.")
+        # An inactive user is signed out on their next request (the auth backend refuses
+        # inactive accounts when it loads the session's user), so no session outlives a ban.
+        User.objects.filter(pk=user.pk).update(is_active=active)
+        user.is_active = active
     return user

@@ -196,13 +196,14 @@ def participant_remove(
 def pair_separate(
     room_id: int, client: User, *, blocker: User, now: datetime | None = None
 ) -> bool:
-    """A block between a room's expert and one of its clients while the room is open or live:
-    the pair is kept apart at once. A private session ends (nobody else is in it); from a group
+    """A block between a room's expert and one of its clients while the room is live: the pair
+    is kept apart at once (sessions not live yet are canceled instead:
+    `bookings_cancel_for_block`). A private session ends (nobody else is in it); from a group
     session the client is taken out. Nobody is told of the block: the expert hears that the
     client left, the client that the session ended for them (or the session's usual end).
     Returns whether a room was ended or a client taken out."""
     room = Room.objects.get(pk=room_id)
-    if room.state not in (RoomState.OPEN, RoomState.LIVE):
+    if room.state != RoomState.LIVE:
         return False
     if not Seat.objects.filter(room=room, client=client).exists():
         raise RoomsError("That person has no seat in this session.")

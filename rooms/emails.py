@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import zoneinfo
 from datetime import datetime, timedelta
+from typing import Literal
 
 from django.conf import settings
 from django.urls import reverse
@@ -18,6 +19,9 @@ from accounts.models import OutboundEmail, User
 from accounts.services import email_queue
 from billing.pricing import format_money
 from rooms.models import Room, RoomState, Seat
+
+# Who a cancellation came from, as the email tells it (a block reads as the expert's).
+CanceledBy = Literal["client", "expert", "parley"]
 
 REMINDERS: dict[str, timedelta] = {"24h": timedelta(hours=24), "15min": timedelta(minutes=15)}
 
@@ -132,16 +136,16 @@ def booking_rescheduled(seat: Seat, room: Room) -> None:
         )
 
 
-def booking_canceled(seat: Seat, *, by_expert: bool) -> None:
+def booking_canceled(seat: Seat, *, by: CanceledBy) -> None:
     """The client's calendar loses the event. The expert's loses it only when the whole room is
     canceled (once per room); one client leaving a group session is a plain notice."""
     room = seat.room
     rebook_url = ""
     profile = getattr(room.expert, "expert_profile", None)
-    if profile is not None:
+    if profile is not None and by == "expert":
         rebook_url = f"{settings.SITE_URL}{reverse('accounts:expert_detail', args=[profile.slug])}"
     context = {
-        "by_expert": by_expert,
+        "by": by,
         "rebook_url": rebook_url,
         "fee": seat.cancel_fee_minor,
         "fee_text": format_money(seat.cancel_fee_minor, room.currency),

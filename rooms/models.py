@@ -284,6 +284,7 @@ CANCEL_REASONS = {
     "expert_canceled": "by the expert",
     "reservation_expired": "the reservation expired unpaid",
     "account_suspended": "the account was suspended",
+    "canceled_by_staff": "by Parley staff",
 }
 
 

@@ -19,25 +19,34 @@ from rooms.models import CloseReason, Presence, Room, RoomState
 
 
 def staff_room_end(room_id: int, *, actor: User, reason: str) -> Room:
-    """End an open or live room for everyone; seats settle as at any close."""
+    """End a room for everyone. A live one closes and its seats settle as at any close (a
+    client who had not come yet owes nothing); one nobody has met in yet is canceled, every
+    client released in full."""
     reason = staff_check(actor, reason)
     now = timezone.now()
     with transaction.atomic():
         state = Room.objects.values_list("state", flat=True).filter(pk=room_id).first()
+        if state is None:
+            raise ModerationError("There is no such room.")
         if state in (RoomState.CLOSED, RoomState.CANCELED):
             raise ModerationError("This room had already ended.")
         try:
-            room = rooms.room_close(
-                room_id, reason=CloseReason.TERMINATED_BY_STAFF, actor=actor, now=now
-            )
+            if state == RoomState.LIVE:
+                room = rooms.room_close(
+                    room_id, reason=CloseReason.TERMINATED_BY_STAFF, actor=actor, now=now
+                )
+                # A room already closed (by its timer, its expert, or a colleague a moment
+                # ago) is returned as it was: this call did not end it.
+                if room.closed_at != now:
+                    raise ModerationError(
+                        f"This room had already ended ({room.get_close_reason_display().lower()})."
+                    )
+            else:
+                room = rooms.room_cancel_by_staff(room_id, actor=actor)
         except RoomsError as refused:
-            raise ModerationError(str(refused)) from None
-        # A room already closed (by its timer, its expert, or a colleague a moment ago) is
-        # returned as it was: this call did not end it.
-        if room.closed_at != now:
             raise ModerationError(
-                f"This room had already ended ({room.get_close_reason_display().lower()})."
-            )
+                f"{refused} It changed a moment ago: look at the room again."
+            ) from None
         staff_action_write(actor, StaffActionKind.ROOM_END, reason, room=room)
     return room
 

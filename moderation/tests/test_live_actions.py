@@ -11,7 +11,7 @@ import time_machine
 from django.test import Client
 from django.urls import reverse
 
-from accounts.models import User
+from accounts.models import OutboundEmail, User
 from accounts.tests.factories import StaffFactory, UserFactory, totp_enable
 from accounts.tests.helpers import login_with_mfa
 from billing.models import Settlement
@@ -19,7 +19,15 @@ from moderation import services
 from moderation.models import StaffAction, StaffActionKind
 from rooms import services as rooms
 from rooms.models import Presence, Room, RoomEvent, RoomState, Seat
-from rooms.tests.factories import CALL_START, seat_booked
+from rooms.tests.factories import (
+    CALL_START,
+    NOW,
+    OfferingFactory,
+    expert_create,
+    seat_booked,
+    seat_pay,
+    weekdays_available,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -79,6 +87,49 @@ def test_staff_end_a_room_and_it_settles_like_any_close(live_seat: Seat, staff: 
     assert _inside(room.pk) == set()
     assert StaffAction.objects.get().kind == StaffActionKind.ROOM_END
     assert Settlement.objects.get(payment__seat=live_seat).rule
+
+
+def test_staff_ending_a_lobby_nobody_met_in_cancels_it_and_charges_nothing(staff: User) -> None:
+    """The expert waits in the lobby, the client has not come: closing it would price the
+    client as a no-show, so staff's end cancels it instead, the client released in full."""
+    seat = seat_booked()
+    room = Room.objects.get(pk=seat.room_id)
+    with time_machine.travel(CALL_START - dt.timedelta(minutes=1), tick=False):
+        rooms.rooms_advance()
+        rooms.presence_open(room.pk, room.expert, connection_id="expert-socket")
+    with time_machine.travel(IN_THE_CALL, tick=False):
+        ended = services.staff_room_end(room.pk, actor=staff, reason="expert reported unwell")
+    assert (ended.state, ended.cancel_reason) == (RoomState.CANCELED, "canceled_by_staff")
+    settlement = Settlement.objects.get(payment__seat=seat)
+    assert (settlement.amount_minor, settlement.rule) == (0, "released")
+    assert _inside(room.pk) == set()
+    assert StaffAction.objects.get().kind == StaffActionKind.ROOM_END
+    mail = OutboundEmail.objects.get(key=f"booking-canceled:{seat.pk}:client")
+    assert "is canceled by Parley" in mail.body and "Nothing is charged" in mail.body
+
+
+def test_staff_ending_a_live_group_room_charges_no_fee_to_a_client_not_there_yet(
+    staff: User,
+) -> None:
+    expert = expert_create(time_zone="UTC")
+    weekdays_available(expert)
+    group = OfferingFactory.create(expert=expert, capacity=3)
+    with time_machine.travel(NOW, tick=False):
+        room = rooms.group_room_publish(expert, group, CALL_START)
+        present, late = (
+            seat_pay(rooms.group_seat_reserve(UserFactory.create(), room.pk)) for _ in range(2)
+        )
+    with time_machine.travel(CALL_START - dt.timedelta(minutes=1), tick=False):
+        rooms.rooms_advance()
+    with time_machine.travel(CALL_START, tick=False):
+        rooms.presence_open(room.pk, expert, connection_id="expert-socket")
+        rooms.presence_open(room.pk, present.client, connection_id="client-socket")
+    with time_machine.travel(IN_THE_CALL, tick=False):
+        services.staff_room_end(room.pk, actor=staff, reason="abuse in the room")
+    fee = Settlement.objects.get(payment__seat=late)
+    assert (fee.amount_minor, fee.rule) == (0, "released")
+    assert "before this client joined" in fee.explanation
+    assert Settlement.objects.get(payment__seat=present).rule != "released"
 
 
 def test_ending_an_ended_room_is_refused_and_writes_nothing(live_seat: Seat, staff: User) -> None:

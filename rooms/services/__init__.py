@@ -21,6 +21,7 @@ from rooms.services.changes import (
     bookings_cancel_for_suspension,
     reminders_queue,
     room_cancel_by_expert,
+    room_cancel_by_staff,
     seat_cancel,
     seat_reschedule,
 )
@@ -80,6 +81,7 @@ __all__ = [
     "reminders_queue",
     "reservations_expire",
     "room_cancel_by_expert",
+    "room_cancel_by_staff",
     "room_close",
     "room_end_by_expert",
     "room_mark_live",

@@ -17,6 +17,7 @@ from billing.models import PaymentState
 from billing.pricing import format_money
 from rooms import broadcast, emails, selectors
 from rooms.availability import Slot
+from rooms.emails import CanceledBy
 from rooms.errors import InvalidTransition, RoomsError, SlotTaken
 from rooms.models import (
     HOLDING_STATES,
@@ -87,7 +88,7 @@ def seat_cancel(seat_id: int, *, actor: User, expected_fee_minor: int | None = N
             room_transition(room, RoomState.CANCELED, actor, reason="client_canceled")
         _seat_money_on_cancel(seat, room, fee, actor, hours_before)
         if was_confirmed:
-            emails.booking_canceled(seat, by_expert=False)
+            emails.booking_canceled(seat, by="client")
     return seat
 
 
@@ -139,6 +140,15 @@ def room_cancel_by_expert(room_id: int, *, actor: User) -> Room:
     return _room_cancel(room_id, actor=actor)
 
 
+def room_cancel_by_staff(room_id: int, *, actor: User) -> Room:
+    """Staff end a session nobody has met in yet (booked, or a lobby waiting): it is canceled,
+    every client released in full and told, rather than closed (which would price the
+    clients who had not come yet as no-shows)."""
+    return _room_cancel(
+        room_id, actor=actor, started_ok=True, reason="canceled_by_staff", by="parley"
+    )
+
+
 # Sessions not live yet: booked, or with the lobby open (even past the start while nobody
 # has met). A ban or a block cancels these with nothing charged; closing one instead would
 # price the client who can no longer join as a no-show.
@@ -154,11 +164,11 @@ def bookings_cancel_for_suspension(user: User, *, actor: User) -> list[int]:
     for room_id in Room.objects.filter(state__in=NOT_LIVE_YET, expert=user).values_list(
         "pk", flat=True
     ):
-        _room_cancel(room_id, actor=actor, started_ok=True)
+        _room_cancel(room_id, actor=actor, started_ok=True, reason="account_suspended", by="parley")
         touched.append(room_id)
     seats = Seat.objects.filter(client=user, state__in=HOLDING_STATES, room__state__in=NOT_LIVE_YET)
     for seat_id, room_id in seats.values_list("pk", "room_id"):
-        _seat_cancel_free(seat_id, actor=actor, reason="account_suspended", by_expert=False)
+        _seat_cancel_free(seat_id, actor=actor, reason="account_suspended", by="parley")
         touched.append(room_id)
     return touched
 
@@ -178,12 +188,12 @@ def bookings_cancel_for_block(expert_id: int, client_id: int, *, actor: User) ->
         if seat.room.kind == RoomKind.PRIVATE:
             _room_cancel(seat.room_id, actor=actor, started_ok=True)
         else:
-            _seat_cancel_free(seat.pk, actor=actor, reason="expert_canceled", by_expert=True)
+            _seat_cancel_free(seat.pk, actor=actor, reason="expert_canceled", by="expert")
         touched.append(seat.room_id)
     return touched
 
 
-def _seat_cancel_free(seat_id: int, *, actor: User, reason: str, by_expert: bool) -> None:
+def _seat_cancel_free(seat_id: int, *, actor: User, reason: str, by: CanceledBy) -> None:
     with transaction.atomic():
         seat = _seat_lock(seat_id)
         room = seat.room
@@ -203,7 +213,7 @@ def _seat_cancel_free(seat_id: int, *, actor: User, reason: str, by_expert: bool
             _lobby_empty(room, now, seat.client_id)
         _seat_money_on_cancel(seat, room, 0, actor, 0)
         if was_confirmed:
-            emails.booking_canceled(seat, by_expert=by_expert)
+            emails.booking_canceled(seat, by=by)
 
 
 def _lobby_empty(room: Room, now: datetime, user_id: int | None = None) -> None:
@@ -220,9 +230,16 @@ def _lobby_empty(room: Room, now: datetime, user_id: int | None = None) -> None:
     waiting.update(closed_at=now, close_reason="room_closed")
 
 
-def _room_cancel(room_id: int, *, actor: User, started_ok: bool = False) -> Room:
+def _room_cancel(
+    room_id: int,
+    *,
+    actor: User,
+    started_ok: bool = False,
+    reason: str = "expert_canceled",
+    by: CanceledBy = "expert",
+) -> Room:
     """Cancel a room and release every client in full. `started_ok`: a lobby still waiting
-    past the start (nobody has met) may be canceled too (a ban, a block)."""
+    past the start (nobody has met) may be canceled too (a ban, a block, staff)."""
     now = timezone.now()
     with transaction.atomic():
         billing.payments_lock(
@@ -236,7 +253,7 @@ def _room_cancel(room_id: int, *, actor: User, started_ok: bool = False) -> Room
         started = room.starts_at <= now and not started_ok
         if room.state not in NOT_LIVE_YET or started:
             raise InvalidTransition("This session has started or ended; it cannot be canceled.")
-        room_transition(room, RoomState.CANCELED, actor, reason="expert_canceled")
+        room_transition(room, RoomState.CANCELED, actor, reason=reason)
         _lobby_empty(room, now)
         seats = list(Seat.objects.select_for_update().filter(room=room, state__in=HOLDING_STATES))
         for seat in seats:
@@ -245,15 +262,13 @@ def _room_cancel(room_id: int, *, actor: User, started_ok: bool = False) -> Room
                 seat,
                 SeatState.CANCELED,
                 canceled_at=now,
-                cancel_reason="expert_canceled",
+                cancel_reason=reason,
                 cancel_fee_minor=0,
             )
-            event_write(
-                room, "seat_canceled", actor, seat=seat.pk, fee_minor=0, rule="expert canceled"
-            )
+            event_write(room, "seat_canceled", actor, seat=seat.pk, fee_minor=0, rule=reason)
             _seat_money_on_cancel(seat, room, 0, actor, 0)
             if was_confirmed:
-                emails.booking_canceled(seat, by_expert=True)
+                emails.booking_canceled(seat, by=by)
     return room
 
 

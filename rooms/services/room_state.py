@@ -118,7 +118,7 @@ def room_close(
             closed_at=now, close_reason="room_closed"
         )
         MediaLink.objects.filter(room=room, ended_at__isnull=True).update(ended_at=now)
-        settled = [_seat_settle(room, seat, now, actor) for seat in _seats_to_settle(room)]
+        settled = [_seat_settle(room, seat, now, actor, reason) for seat in _seats_to_settle(room)]
         room_transition(
             room, RoomState.CLOSED, actor, reason=reason, closed_at=now, close_reason=reason
         )
@@ -155,7 +155,9 @@ def _seats_to_settle(room: Room) -> list[Seat]:
     )
 
 
-def _seat_settle(room: Room, seat: Seat, now: datetime, actor: User | None) -> dict[str, Any]:
+def _seat_settle(
+    room: Room, seat: Seat, now: datetime, actor: User | None, reason: str
+) -> dict[str, Any]:
     """Price one seat from what the server saw, and hand it to billing."""
     if seat.state == SeatState.RESERVED:
         # Never paid: the reservation ends with the room, and so does its payment.
@@ -168,6 +170,14 @@ def _seat_settle(room: Room, seat: Seat, now: datetime, actor: User | None) -> d
         return inputs
     if seat.payment.state != PaymentState.AUTHORIZED:
         billing.payment_release(seat.payment, reason="no hold to charge at close", actor=actor)
+        return {**inputs, "charged_minor": 0}
+    if inputs["outcome"] == "client_no_show" and reason == CloseReason.TERMINATED_BY_STAFF:
+        # Staff cut the session short: a client who had not come yet might still have, so
+        # the no-show fee does not apply.
+        billing.payment_release(
+            seat.payment, reason="Parley staff ended the session before this client joined",
+            actor=actor,
+        )  # fmt: skip
         return {**inputs, "charged_minor": 0}
     settlement = billing.payment_settle_call(
         seat.payment,

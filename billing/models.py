@@ -184,10 +184,11 @@ class PaymentCommand(models.Model):
                 condition=Q(kind__in=["capture", "cancel"]),
                 name="command_one_capture_or_cancel_per_payment",
             ),
+            # One transfer on its way or done; a failed one may be followed by another.
             models.UniqueConstraint(
                 fields=["payment"],
-                condition=Q(kind="transfer"),
-                name="command_one_transfer_per_payment",
+                condition=Q(kind="transfer") & ~Q(state="failed"),
+                name="command_one_live_transfer_per_payment",
             ),
             models.CheckConstraint(
                 condition=Q(state__in=CommandState.values), name="command_state_valid"

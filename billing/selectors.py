@@ -23,6 +23,14 @@ def hold_valid_until(payment: Payment) -> datetime | None:
     return authorized_at + timedelta(days=settings.HOLD_LATER_AFTER_DAYS)
 
 
+def dispute_window_ends(settlement: Settlement) -> datetime:
+    """Until when the client may dispute a settled charge: DISPUTE_WINDOW_HOURS after it was
+    settled, and never past the moment its payout may leave for the expert."""
+    window_end: datetime = settlement.created_at + timedelta(hours=settings.DISPUTE_WINDOW_HOURS)
+    payout_due: datetime = settlement.payout_due_at
+    return min(window_end, payout_due)
+
+
 def settlements_of_payee(user: User, limit: int = 50) -> QuerySet[Settlement]:
     """An expert's earnings, newest first, with their payout commands."""
     return (

@@ -13,3 +13,7 @@ payment_disputed = Signal()
 # The card's bank decided a chargeback. Arguments: payment, dispute_id, status (Stripe's:
 # "won", "lost", or "warning_closed" for an inquiry that never became a chargeback).
 payment_dispute_closed = Signal()
+# A refund decided here did not happen: the provider refused it, at once or later (a refund
+# to a closed card). It no longer counts against the charge. Arguments: payment, command_id,
+# error.
+payment_refund_failed = Signal()

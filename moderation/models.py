@@ -121,7 +121,8 @@ class DisputeState(models.TextChoices):
     CHARGEBACK_LOST = "chargeback_lost", "Chargeback decided for the card holder"
 
 
-# moderation/services.py is the only writer of a dispute's state; an outcome is final.
+# moderation/services/disputes.py is the only writer of a dispute's state. An outcome is
+# final, except a refund the provider then refused: the dispute opens again to be decided anew.
 DISPUTE_TRANSITIONS: dict[str, frozenset[str]] = {
     DisputeState.OPEN: frozenset(
         {
@@ -132,7 +133,11 @@ DISPUTE_TRANSITIONS: dict[str, frozenset[str]] = {
             DisputeState.CHARGEBACK_LOST,
         }
     ),
-    **{state: frozenset() for state in DisputeState.values if state != DisputeState.OPEN},
+    DisputeState.REFUNDED: frozenset({DisputeState.OPEN}),
+    DisputeState.PARTIALLY_REFUNDED: frozenset({DisputeState.OPEN}),
+    DisputeState.REJECTED: frozenset(),
+    DisputeState.CHARGEBACK_WON: frozenset(),
+    DisputeState.CHARGEBACK_LOST: frozenset(),
 }
 
 
@@ -170,6 +175,16 @@ class Dispute(models.Model):
         related_name="+",
     )
     resolved_at = models.DateTimeField(null=True, blank=True)
+    # The refund the decision sent (billing's command): if the provider refuses it, the
+    # dispute opens again with the provider's answer in `refund_error`.
+    refund_command = models.ForeignKey(
+        "billing.PaymentCommand",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+    )
+    refund_error = models.CharField(max_length=300, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

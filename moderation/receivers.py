@@ -8,7 +8,7 @@ from typing import Any
 from django.dispatch import receiver
 
 from billing.models import Payment
-from billing.signals import payment_dispute_closed, payment_disputed
+from billing.signals import payment_dispute_closed, payment_disputed, payment_refund_failed
 from moderation import services
 from rooms.models import CloseReason, Room
 from rooms.signals import room_closed
@@ -32,3 +32,10 @@ def on_payment_dispute_closed(
     sender: Any, payment: Payment, dispute_id: str, status: str, **kwargs: Any
 ) -> None:
     services.dispute_chargeback_closed(payment, provider_dispute_id=dispute_id, status=status)
+
+
+@receiver(payment_refund_failed)
+def on_payment_refund_failed(
+    sender: Any, payment: Payment, command_id: int, error: str, **kwargs: Any
+) -> None:
+    services.dispute_refund_failed(payment, command_id=command_id, error=error)

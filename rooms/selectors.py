@@ -13,6 +13,7 @@ from django.utils import timezone
 from accounts.models import ExpertProfile, ExpertStatus, User
 from billing.models import Settlement
 from billing.pricing import cancellation_fee
+from billing.selectors import dispute_window_ends
 from rooms.availability import DateOverride, Policy, Slot, WeeklyInterval, bookable_slots
 from rooms.ice import ice_servers
 from rooms.models import (
@@ -269,8 +270,7 @@ def room_summary(room: Room, viewer: User) -> dict[str, Any]:
                 "client": seat.client,
                 "settlement": settlement,
                 "billable_seconds": settlement.inputs.get("billable_seconds", 0),
-                "dispute_until": settlement.created_at
-                + timedelta(hours=settings.DISPUTE_WINDOW_HOURS),
+                "dispute_until": dispute_window_ends(settlement),
             }
         )
     return {

@@ -173,6 +173,10 @@ class StripeGateway:
                 params={"payment_intent": intent_id, "amount": amount_minor, "metadata": metadata},
                 options={"idempotency_key": idempotency_key},
             )
+        # "pending" and "requires_action" may still fail; refund.failed tells it later.
+        if refund.status in ("failed", "canceled"):
+            reason = getattr(refund, "failure_reason", None) or "no reason given"
+            raise GatewayError(f"The provider refused the refund ({refund.status}: {reason}).")
         return str(refund.id)
 
     def setup_create(

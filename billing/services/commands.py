@@ -11,6 +11,7 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from billing import signals
 from billing.gateways import gateway_for
 from billing.gateways.base import (
     GatewayError,
@@ -133,22 +134,22 @@ def _command_succeed(command: PaymentCommand, outcome: Intent | str) -> None:
             )
 
 
-def _command_fail(command: PaymentCommand, error: str) -> None:
+def _command_fail(
+    command: PaymentCommand, error: str, *, was: tuple[str, ...] = (CommandState.PENDING,)
+) -> bool:
+    """Mark the command failed (from `was`: pending, or a refund the provider took and later
+    reports failed). A failed refund gives its amount back to the charge and is announced, so
+    whatever decided it (a dispute) can be decided again. Returns whether this call did it."""
     with transaction.atomic():
         payment = Payment.objects.select_for_update().get(pk=command.payment_id)
-        changed = PaymentCommand.objects.filter(pk=command.pk, state=CommandState.PENDING).update(
+        changed = PaymentCommand.objects.filter(pk=command.pk, state__in=was).update(
             state=CommandState.FAILED,
             finished_at=timezone.now(),
             leased_until=None,
             last_error=error[:300],
         )
         if not changed:
-            return
-        if command.kind == CommandKind.REFUND:
-            # The refund did not happen: it no longer counts against the charge.
-            Payment.objects.filter(pk=payment.pk).update(
-                refunded_minor=F("refunded_minor") - command.amount_minor
-            )
+            return False
         event_write(
             payment,
             f"{command.kind}_failed",
@@ -157,7 +158,34 @@ def _command_fail(command: PaymentCommand, error: str) -> None:
             error=error,
             command=command.pk,
         )
+        if command.kind == CommandKind.REFUND:
+            # The refund did not happen: it no longer counts against the charge.
+            Payment.objects.filter(pk=payment.pk).update(
+                refunded_minor=F("refunded_minor") - command.amount_minor
+            )
+            payment.refresh_from_db()
+            signals.payment_refund_failed.send(
+                sender=Payment, payment=payment, command_id=command.pk, error=error
+            )
     logger.error("payment command %s failed: %s", command.pk, error)
+    return True
+
+
+def refund_failed_at_provider(
+    provider: str, refund_id: str, error: str, *, command_id: str = ""
+) -> bool:
+    """The provider reports that a refund it had accepted failed after all (the card was
+    closed, the bank refused it). Found by its id, or by the command id it carries (the
+    report can come before the answer to the request was recorded). Safe to hear twice;
+    returns whether it changed anything."""
+    ours = PaymentCommand.objects.filter(payment__provider=provider, kind=CommandKind.REFUND)
+    match = Q(provider_ref=refund_id)
+    if command_id.isdigit():
+        match |= Q(pk=int(command_id))
+    command = ours.filter(match).first()
+    if command is None:
+        return False  # a refund made outside Parley (the dashboard): charge.refunded tells it
+    return _command_fail(command, error, was=(CommandState.PENDING, CommandState.SUCCEEDED))
 
 
 def _command_retry_later(command: PaymentCommand, error: str) -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Exists, OuterRef, Q, QuerySet, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from accounts.models import User
@@ -13,6 +16,7 @@ from billing.errors import PaymentRefused
 from billing.gateways import gateway_for
 from billing.models import (
     CommandKind,
+    CommandState,
     Payment,
     PaymentCommand,
     PaymentState,
@@ -28,16 +32,21 @@ from billing.services.records import (
 
 def payouts_due_create(now: datetime | None = None) -> int:
     """Write a transfer for every settlement past its dispute window with no hold on it,
-    whose expert can be paid (beat). The unique transfer per payment makes it safe to repeat."""
+    whose expert can be paid (beat). The unique live transfer per payment makes it safe to
+    repeat."""
     now = now or timezone.now()
-    due = Settlement.objects.filter(
-        # Strictly after: a dispute opened at the window's last instant still holds the payout.
-        payout_due_at__lt=now,
-        payout_held=False,
-        payout_minor__gt=0,
-        payment__state=PaymentState.CAPTURED,
-        payment__payee__payout_account__payouts_enabled=True,
-    ).exclude(payment__commands__kind=CommandKind.TRANSFER)
+    due = (
+        Settlement.objects.filter(
+            # Strictly after: a dispute opened at the window's last instant still holds it.
+            payout_due_at__lt=now,
+            payout_held=False,
+            payout_minor__gt=0,
+            payment__state=PaymentState.CAPTURED,
+            payment__payee__payout_account__payouts_enabled=True,
+        )
+        .exclude(Exists(_transfers_blocking(OuterRef("payment"))))
+        .exclude(Exists(_refunds_pending(OuterRef("payment"))))
+    )
     created = 0
     for settlement_id in due.values_list("pk", flat=True)[:500]:
         with transaction.atomic():
@@ -45,12 +54,13 @@ def payouts_due_create(now: datetime | None = None) -> int:
                 pk=settlement_id
             )
             payment = Payment.objects.select_for_update().get(pk=payment_id)
-            # Read under the payment's lock: a hold placed a moment ago (a dispute, a
-            # chargeback) is seen here, never an older copy.
+            # Read under the payment's lock: a hold or a refund decided a moment ago (a
+            # dispute, a chargeback) is seen here, never an older copy.
             settlement = Settlement.objects.get(pk=settlement_id)
             if (
                 settlement.payout_held
-                or payment.commands.filter(kind=CommandKind.TRANSFER).exists()
+                or _transfers_blocking(payment.pk).exists()
+                or _refunds_pending(payment.pk).exists()
             ):
                 continue
             # What the expert earns shrinks with what was refunded to the client.
@@ -67,6 +77,26 @@ def payouts_due_create(now: datetime | None = None) -> int:
             PaymentCommand.objects.filter(pk=command.pk).update(destination=account.account_id)
             created += 1
     return created
+
+
+def _transfers_blocking(payment: Any) -> QuerySet[PaymentCommand]:
+    """A transfer waiting or done blocks another. A failed one blocks too until the expert's
+    payout account changes after it (a new status from the provider): trying the same
+    account again every sweep would fail the same way."""
+    account_changed_at = Coalesce(
+        "payment__payee__payout_account__status_at", Value(datetime.min.replace(tzinfo=UTC))
+    )
+    return PaymentCommand.objects.filter(payment=payment, kind=CommandKind.TRANSFER).filter(
+        ~Q(state=CommandState.FAILED) | Q(finished_at__gte=account_changed_at)
+    )
+
+
+def _refunds_pending(payment: Any) -> QuerySet[PaymentCommand]:
+    """A refund not sent yet may still fail (and give the money back to the charge), so the
+    expert's share waits until it is settled either way."""
+    return PaymentCommand.objects.filter(
+        payment=payment, kind=CommandKind.REFUND, state=CommandState.PENDING
+    )
 
 
 def payout_hold(payment_id: int, *, reason: str, actor: User | None = None) -> bool:
@@ -87,7 +117,8 @@ def _payout_hold_set(payment_id: int, held: bool, *, reason: str, actor: User | 
         settlement = Settlement.objects.filter(payment=payment).first()
         if settlement is None:
             raise PaymentRefused("This payment is not settled; it has no payout to hold.")
-        if payment.commands.filter(kind=CommandKind.TRANSFER).exists() and held:
+        sent = payment.commands.filter(kind=CommandKind.TRANSFER).exclude(state=CommandState.FAILED)
+        if held and sent.exists():
             # Already sent to the expert: there is nothing left to keep back, but the event
             # says staff wanted it held, so the case shows in the payment's history.
             event_write(payment, "payout_hold_too_late", actor, None, reason=reason)

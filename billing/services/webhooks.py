@@ -23,6 +23,7 @@ from billing.models import (
     Settlement,
     WebhookEvent,
 )
+from billing.services.commands import refund_failed_at_provider
 from billing.services.payments import payment_apply_intent, payment_apply_setup
 from billing.services.payouts import payout_hold
 from billing.services.records import (
@@ -188,6 +189,20 @@ def _on_dispute_closed(provider: str, obj: dict[str, Any], created: int = 0) -> 
         )
 
 
+def _on_refund_updated(provider: str, obj: dict[str, Any], created: int = 0) -> None:
+    """A refund the provider accepted can fail later (a closed card account)."""
+    status = str(obj.get("status") or "")
+    if status not in ("failed", "canceled"):
+        return
+    reason = obj.get("failure_reason") or "no reason given"
+    refund_failed_at_provider(
+        provider,
+        str(obj.get("id") or ""),
+        f"The provider reports the refund {status} ({reason}).",
+        command_id=str((obj.get("metadata") or {}).get("command") or ""),
+    )
+
+
 def _on_setup_succeeded(provider: str, obj: dict[str, Any], created: int = 0) -> None:
     from billing.gateways.stripe import setup_from_stripe
 
@@ -218,6 +233,9 @@ WEBHOOK_HANDLERS = {
     "payment_intent.canceled": _on_intent,
     "payment_intent.payment_failed": _on_intent,
     "charge.refunded": _on_charge_refunded,
+    "refund.failed": _on_refund_updated,
+    "refund.updated": _on_refund_updated,
+    "charge.refund.updated": _on_refund_updated,
     "charge.dispute.created": _on_dispute_created,
     "charge.dispute.closed": _on_dispute_closed,
     "setup_intent.succeeded": _on_setup_succeeded,

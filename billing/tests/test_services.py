@@ -436,12 +436,57 @@ def test_a_refund_shrinks_the_payout_and_a_held_settlement_is_not_paid() -> None
     for payment in (refunded, held):
         _payout_ready(payment.payee)
     services.payment_refund(refunded.pk, amount_minor=1000, currency="EUR", reason="x", actor=None)
+    assert set(commands_run_pending()) == {CommandState.SUCCEEDED}
     Settlement.objects.filter(payment=held).update(payout_held=True)
     with time_machine.travel(timezone.now() + dt.timedelta(hours=73)):
         assert services.payouts_due_create() == 1
     transfer = PaymentCommand.objects.get(kind=CommandKind.TRANSFER)
     assert transfer.payment_id == refunded.pk
     assert transfer.amount_minor == 3400 - 850
+
+
+def test_the_payout_waits_for_a_refund_not_sent_yet_and_counts_it_only_if_it_went_through() -> None:
+    """A refund still in the outbox may fail and give its amount back to the charge; paying
+    the expert the shrunk share first would leave them short, paying the full share first
+    would leave the refund unfunded."""
+    payment = _captured(charged=4000)
+    _payout_ready(payment.payee)
+    command = services.payment_refund(
+        payment.pk, amount_minor=1000, currency="EUR", reason="x", actor=None
+    )
+    later = timezone.now() + dt.timedelta(hours=73)
+    with time_machine.travel(later):
+        assert services.payouts_due_create() == 0
+    # The provider refuses it: the charge is whole again, and so is the expert's share.
+    LocalIntent.objects.filter(pk=payment.intent_id).update(refunded_minor=4000)
+    assert services.command_execute(command.pk) == CommandState.FAILED
+    assert Payment.objects.get(pk=payment.pk).refunded_minor == 0
+    with time_machine.travel(later):
+        assert services.payouts_due_create() == 1
+    assert PaymentCommand.objects.get(kind=CommandKind.TRANSFER).amount_minor == 3400
+
+
+def test_a_failed_transfer_is_tried_again_only_after_the_payout_account_changes() -> None:
+    payment = _captured(charged=4000)
+    account = _payout_ready(payment.payee)
+    later = timezone.now() + dt.timedelta(hours=73)
+    with time_machine.travel(later):
+        assert services.payouts_due_create() == 1
+    first = PaymentCommand.objects.get(kind=CommandKind.TRANSFER)
+    PaymentCommand.objects.filter(pk=first.pk).update(
+        state=CommandState.FAILED, finished_at=later, last_error="account closed"
+    )
+    with time_machine.travel(later + dt.timedelta(minutes=10)):
+        # The same account would fail the same way: nothing is sent every sweep.
+        assert services.payouts_due_create() == 0
+    PayoutAccount.objects.filter(pk=account.pk).update(
+        status_at=later + dt.timedelta(hours=1), account_id="lacct_new"
+    )
+    with time_machine.travel(later + dt.timedelta(hours=2)):
+        assert services.payouts_due_create() == 1
+        assert services.payouts_due_create() == 0
+    again = PaymentCommand.objects.filter(kind=CommandKind.TRANSFER).exclude(pk=first.pk).get()
+    assert (again.state, again.destination) == (CommandState.PENDING, "lacct_new")
 
 
 def test_an_expert_without_a_payout_account_is_not_paid_yet() -> None:

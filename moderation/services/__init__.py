@@ -10,6 +10,7 @@ from moderation.services.disputes import (
     dispute_deadline,
     dispute_open,
     dispute_open_chargeback,
+    dispute_refund_failed,
     dispute_resolve,
 )
 from moderation.services.errors import ModerationError
@@ -30,6 +31,7 @@ __all__ = [
     "dispute_deadline",
     "dispute_open",
     "dispute_open_chargeback",
+    "dispute_refund_failed",
     "dispute_resolve",
     "report_file",
     "report_file_expert_no_show",

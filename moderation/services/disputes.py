@@ -9,7 +9,8 @@ note the client reads. A chargeback is decided by the bank: its outcome arrives 
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
+from datetime import datetime
+from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -17,11 +18,13 @@ from django.utils import timezone
 
 from accounts.models import User
 from accounts.services import email_queue
+from billing import selectors as billing_selectors
 from billing import services as billing
 from billing.errors import BillingError
-from billing.models import Payment, Settlement
+from billing.models import CommandKind, CommandState, Payment, PaymentCommand, Settlement
 from billing.pricing import format_money
 from moderation.models import (
+    DISPUTE_TRANSITIONS,
     Dispute,
     DisputeReason,
     DisputeSource,
@@ -44,7 +47,7 @@ class Outcome:
 
 
 def dispute_deadline(settlement: Settlement) -> datetime:
-    return settlement.created_at + timedelta(hours=settings.DISPUTE_WINDOW_HOURS)
+    return billing_selectors.dispute_window_ends(settlement)
 
 
 def dispute_open(
@@ -52,7 +55,6 @@ def dispute_open(
 ) -> Dispute:
     """The client disputes what their seat cost, within DISPUTE_WINDOW_HOURS of the settlement;
     the room's payout to the expert is held until staff decide."""
-    now = now or timezone.now()
     if reason not in DisputeReason.values or reason == DisputeReason.CHARGEBACK:
         raise ModerationError("Choose what went wrong.")
     text = text.strip()
@@ -63,6 +65,8 @@ def dispute_open(
         raise ModerationError("You can only dispute your own paid bookings.")
     with transaction.atomic():
         billing.payments_lock([seat.payment_id])
+        # Read the time after the lock: a payout sweep holding it decided with its own clock.
+        now = now or timezone.now()
         settlement = Settlement.objects.filter(payment_id=seat.payment_id).first()
         if settlement is None:
             raise ModerationError("This session has not been settled yet; there is no charge.")
@@ -138,10 +142,11 @@ def dispute_resolve(
             )
         payment = Payment.objects.get(pk=payment_id)
         amount = _refund_amount(outcome, payment, refund_minor)
+        command = None
         if amount:
             # payment_refund also refuses while the card's bank holds a chargeback.
             try:
-                billing.payment_refund(
+                command = billing.payment_refund(
                     payment.pk,
                     amount_minor=amount,
                     currency=payment.currency,
@@ -155,7 +160,11 @@ def dispute_resolve(
             Outcome.REFUND_PARTIAL: DisputeState.PARTIALLY_REFUNDED,
             Outcome.REJECT: DisputeState.REJECTED,
         }[outcome]
-        _dispute_decide(dispute, state, note=note, actor=actor, refund_minor=amount)
+        if state == DisputeState.PARTIALLY_REFUNDED and amount == payment.refundable_minor:
+            state = DisputeState.REFUNDED  # "part" of the charge was all that was left of it
+        _dispute_decide(
+            dispute, state, note=note, actor=actor, refund_minor=amount, refund_command=command
+        )
         staff_action_write(
             actor,
             StaffActionKind.DISPUTE_RESOLVE,
@@ -195,22 +204,27 @@ def _refund_amount(outcome: str, payment: Payment, refund_minor: int | None) -> 
 
 
 def _dispute_decide(
-    dispute: Dispute, state: str, *, note: str, actor: User | None, refund_minor: int = 0
+    dispute: Dispute,
+    state: str,
+    *,
+    note: str,
+    actor: User | None,
+    refund_minor: int = 0,
+    refund_command: PaymentCommand | None = None,
 ) -> None:
     """Move an open dispute to its outcome (a conditional UPDATE: decided once), then let the
     payout go unless another dispute on the payment is still open or the bank took the money."""
     now = timezone.now()
-    changed = Dispute.objects.filter(pk=dispute.pk, state=DisputeState.OPEN).update(
-        state=state,
+    _dispute_transition(
+        dispute,
+        state,
         resolution_note=note,
         resolved_by=actor,
         resolved_at=now,
         refund_minor=refund_minor,
+        refund_command=refund_command,
+        refund_error="",
     )
-    if changed != 1:
-        raise ModerationError("This dispute was decided a moment ago by someone else.")
-    dispute.state, dispute.resolution_note, dispute.resolved_by = state, note, actor
-    dispute.resolved_at, dispute.refund_minor = now, refund_minor
     event_write(
         dispute.seat.room,
         "dispute_resolved",
@@ -227,6 +241,68 @@ def _dispute_decide(
         )
 
 
+def _dispute_transition(dispute: Dispute, target: str, **fields: Any) -> None:
+    """One guarded UPDATE from any state the table allows to `target`; a dispute that moved
+    a moment ago (decided by a colleague) is refused, not overwritten."""
+    sources = [state for state, targets in DISPUTE_TRANSITIONS.items() if target in targets]
+    changed = Dispute.objects.filter(pk=dispute.pk, state__in=sources).update(
+        state=target, **fields
+    )
+    if changed != 1:
+        raise ModerationError("This dispute was decided a moment ago by someone else.")
+    dispute.state = target
+    for name, value in fields.items():
+        setattr(dispute, name, value)
+
+
+def dispute_refund_failed(payment: Payment, *, command_id: int, error: str) -> Dispute | None:
+    """The provider refused the refund a decision sent: the client did not get the money, so
+    the dispute opens again for staff (with the provider's answer), the payout is held again,
+    and the client is told. None when the refund was not a dispute's. Inside billing's
+    transaction (its signal)."""
+    dispute = (
+        Dispute.objects.select_for_update()
+        .select_related("seat__room", "client")
+        .filter(refund_command_id=command_id)
+        .first()
+    )
+    if dispute is None or dispute.state not in (
+        DisputeState.REFUNDED,
+        DisputeState.PARTIALLY_REFUNDED,
+    ):
+        return dispute
+    refund = format_money(dispute.refund_minor, dispute.currency)
+    decided_by = dispute.resolved_by_id
+    _dispute_transition(
+        dispute,
+        DisputeState.OPEN,
+        resolution_note="",
+        resolved_by=None,
+        resolved_at=None,
+        refund_minor=0,
+        refund_error=error[:300],
+    )
+    event_write(
+        dispute.seat.room,
+        "dispute_refund_failed",
+        None,
+        dispute=dispute.pk,
+        command=command_id,
+        refund=refund,
+        decided_by=decided_by,
+        error=error,
+    )
+    billing.payout_hold(payment.pk, reason=f"dispute {dispute.pk}: its refund failed")
+    email_queue(
+        key=f"dispute-refund-failed:{dispute.pk}:{command_id}",
+        to=dispute.client.email,
+        subject="Your refund did not go through",
+        template="moderation/email/dispute_refund_failed.txt",
+        context={"dispute": dispute, "refund": refund},
+    )
+    return dispute
+
+
 def dispute_open_chargeback(
     payment: Payment, *, provider_dispute_id: str, reason: str
 ) -> Dispute | None:
@@ -238,13 +314,26 @@ def dispute_open_chargeback(
     existing = Dispute.objects.filter(provider_dispute_id=provider_dispute_id).first()
     if existing is not None:
         return existing
+    paid_out = (
+        PaymentCommand.objects.filter(payment=payment, kind=CommandKind.TRANSFER)
+        .exclude(state=CommandState.FAILED)
+        .first()
+    )
+    # Too late to hold: if the bank keeps the money, it is Parley's loss unless the expert's
+    # share is recovered, so staff see it on the dispute itself.
+    late = (
+        f" The expert's payout of {format_money(paid_out.amount_minor, payment.currency)} "
+        "had already been sent when the chargeback arrived."
+        if paid_out is not None
+        else ""
+    )
     dispute = Dispute.objects.create(
         seat=seat,
         payment=payment,
         client_id=seat.client_id,
         source=DisputeSource.CHARGEBACK,
         reason=DisputeReason.CHARGEBACK,
-        text=f"The card's bank gives the reason: {reason or 'none given'}.",
+        text=f"The card's bank gives the reason: {reason or 'none given'}.{late}",
         provider_dispute_id=provider_dispute_id,
         charged_minor=payment.captured_minor,
         currency=payment.currency,
@@ -259,6 +348,10 @@ CHARGEBACK_OUTCOMES = {
     "won": DisputeState.CHARGEBACK_WON,
     "warning_closed": DisputeState.CHARGEBACK_WON,
     "lost": DisputeState.CHARGEBACK_LOST,
+    # Stopped before it became a chargeback by refunding the card holder (Visa RDR), and the
+    # older name of the same: the money went back to the card.
+    "prevented": DisputeState.CHARGEBACK_LOST,
+    "charge_refunded": DisputeState.CHARGEBACK_LOST,
 }
 
 
@@ -268,24 +361,27 @@ def dispute_chargeback_closed(
     """The bank decided: record the outcome. Won: the payout goes out as usual (if nothing else
     holds it). Lost: the money went back to the card holder, so the payout stays held."""
     state = CHARGEBACK_OUTCOMES.get(status)
-    if state is None:
-        logger.error(
-            "chargeback %s closed with an unknown status %r; its dispute stays open for staff",
-            provider_dispute_id,
-            status,
-        )
     dispute = (
         Dispute.objects.select_for_update()
         .select_related("seat__room")
         .filter(provider_dispute_id=provider_dispute_id)
         .first()
     )
-    if dispute is None or state is None or dispute.state != DisputeState.OPEN:
+    if dispute is None or dispute.state != DisputeState.OPEN:
         return dispute
-    note = (
-        "The card's bank decided the chargeback for Parley; the charge stands."
-        if state == DisputeState.CHARGEBACK_WON
-        else "The card's bank decided the chargeback for the card holder and returned the money."
-    )
+    if state == DisputeState.CHARGEBACK_WON:
+        note = "The card's bank decided the chargeback for Parley; the charge stands."
+    elif state == DisputeState.CHARGEBACK_LOST:
+        note = "The card's bank decided the chargeback for the card holder and returned the money."
+    else:
+        # Closed, but with a status this code does not know: decided as the safe reading
+        # (the money may have gone back, so the payout stays held), saying so for staff.
+        logger.error("chargeback %s closed with an unknown status %r", provider_dispute_id, status)
+        state = DisputeState.CHARGEBACK_LOST
+        note = (
+            f"The card's bank closed the chargeback with the status {status!r}, which Parley "
+            "does not recognise: the payout stays held. Check the outcome in the payment "
+            "provider's dashboard."
+        )
     _dispute_decide(dispute, state, note=note, actor=None)
     return dispute

@@ -37,6 +37,9 @@ WEBHOOK_TITLES = {
     "charge.refunded": "Provider: a refund went through",
     "charge.dispute.created": "Provider: the card's bank opened a chargeback",
     "charge.dispute.closed": "Provider: a chargeback was decided",
+    "refund.failed": "Provider: a refund failed",
+    "refund.updated": "Provider: a refund changed",
+    "charge.refund.updated": "Provider: a refund changed",
     "setup_intent.succeeded": "Provider: the card is saved",
 }
 COMMAND_TITLES: dict[str, str] = {

@@ -73,8 +73,12 @@ def block_form(context: template.Context, room: Room) -> dict[str, Any]:
 
 def _dispute_view(dispute: Dispute) -> dict[str, Any]:
     refund = format_money(dispute.refund_minor, dispute.currency)
+    looking = "Open: Parley staff are looking at it."
+    if dispute.refund_error:
+        looking = "Open again: the refund to your card did not go through; Parley staff are "
+        looking += "looking at it."
     outcome = {
-        DisputeState.OPEN: "Open: Parley staff are looking at it.",
+        DisputeState.OPEN: looking,
         DisputeState.REFUNDED: f"Refunded in full: {refund} goes back to your card.",
         DisputeState.PARTIALLY_REFUNDED: f"Partly refunded: {refund} goes back to your card.",
         DisputeState.REJECTED: "Rejected: the charge stands.",

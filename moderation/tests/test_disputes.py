@@ -113,6 +113,20 @@ def test_a_dispute_after_72_hours_is_refused(seat: Seat) -> None:
 
 
 @pytest.mark.django_db
+def test_the_window_never_outlasts_the_payout(seat: Seat, settings: Settings) -> None:
+    """A longer dispute window than payout delay (a misconfiguration) must not let a dispute
+    arrive after the money left for the expert."""
+    settings.DISPUTE_WINDOW_HOURS = 200
+    payout_due = settlement_of(seat).payout_due_at
+    assert services.dispute_deadline(settlement_of(seat)) == payout_due
+    with (
+        time_machine.travel(payout_due + dt.timedelta(seconds=1), tick=False),
+        pytest.raises(ModerationError, match="the time for this one ended"),
+    ):
+        _open(seat)
+
+
+@pytest.mark.django_db
 def test_a_client_cannot_dispute_another_clients_seat(seat: Seat) -> None:
     before = records(seat)
 
@@ -183,6 +197,14 @@ def test_a_full_refund_refunds_exactly_what_is_still_refundable(seat: Seat) -> N
     assert (payment.refunded_minor, payment.refundable_minor) == (CHARGED, 0)
     assert billing.command_execute(refund.pk) == CommandState.SUCCEEDED
     assert not payout_held(seat)
+
+
+@pytest.mark.django_db
+def test_a_partial_refund_of_everything_left_is_recorded_as_a_full_refund(seat: Seat) -> None:
+    dispute = _resolve(_open(seat), Outcome.REFUND_PARTIAL, refund_minor=CHARGED)
+
+    assert (dispute.state, dispute.refund_minor) == (DisputeState.REFUNDED, CHARGED)
+    assert dispute.refund_command == PaymentCommand.objects.get(kind=CommandKind.REFUND)
 
 
 @pytest.mark.django_db

@@ -15,6 +15,7 @@ import hmac
 import json
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import stripe
@@ -234,36 +235,20 @@ Deliver = Callable[..., WebhookEvent | None]
 
 
 @pytest.fixture
-def deliver(
-    stripe_seat: Seat, django_capture_on_commit_callbacks: DjangoCaptureOnCommitCallbacks
-) -> Deliver:
-    """Stripe sends `charge.dispute.<kind>` about the seat's payment, signed with the webhook
-    secret; it goes through the inbox (verify, store once, process after commit)."""
-    payment = payment_of(stripe_seat)
+def deliver_event(django_capture_on_commit_callbacks: DjangoCaptureOnCommitCallbacks) -> Deliver:
+    """Stripe sends an event of `type` about `obj`, signed with the webhook secret; it goes
+    through the inbox (verify, store once, process after commit)."""
 
-    def send(
-        kind: str, status: str, *, event_id: str = "", dispute_id: str = "dp_1"
-    ) -> WebhookEvent | None:
+    def send(type: str, obj: dict[str, Any], *, event_id: str) -> WebhookEvent | None:
         body = json.dumps(
             {
-                "id": event_id or f"evt_{dispute_id}_{kind}_{status}",
+                "id": event_id,
                 "object": "event",
                 "api_version": "2024-06-20",
                 "created": int(time.time()),
-                "type": f"charge.dispute.{kind}",
+                "type": type,
                 "livemode": False,
-                "data": {
-                    "object": {
-                        "id": dispute_id,
-                        "object": "dispute",
-                        "amount": CHARGED,
-                        "charge": payment.charge_id,
-                        "currency": "eur",
-                        "payment_intent": payment.intent_id,
-                        "reason": "fraudulent",
-                        "status": status,
-                    }
-                },
+                "data": {"object": obj},
             }
         ).encode()
         timestamp = int(time.time())
@@ -274,6 +259,33 @@ def deliver(
             event.refresh_from_db()
             assert (event.processed_at is not None, event.last_error) == (True, "")
         return event
+
+    return send
+
+
+@pytest.fixture
+def deliver(stripe_seat: Seat, deliver_event: Deliver) -> Deliver:
+    """Stripe sends `charge.dispute.<kind>` about the seat's payment."""
+    payment = payment_of(stripe_seat)
+
+    def send(
+        kind: str, status: str, *, event_id: str = "", dispute_id: str = "dp_1"
+    ) -> WebhookEvent | None:
+        dispute = {
+            "id": dispute_id,
+            "object": "dispute",
+            "amount": CHARGED,
+            "charge": payment.charge_id,
+            "currency": "eur",
+            "payment_intent": payment.intent_id,
+            "reason": "fraudulent",
+            "status": status,
+        }
+        return deliver_event(
+            f"charge.dispute.{kind}",
+            dispute,
+            event_id=event_id or f"evt_{dispute_id}_{kind}_{status}",
+        )
 
     return send
 
@@ -432,3 +444,108 @@ def test_a_client_dispute_cannot_be_refunded_while_the_bank_handles_a_chargeback
         )
 
     assert records(stripe_seat) == before
+
+
+@pytest.mark.django_db
+def test_a_chargeback_closed_with_a_status_nobody_knows_is_decided_safely_and_says_so(
+    stripe_seat: Seat, deliver: Deliver
+) -> None:
+    """Left open, it could never be decided: staff cannot decide a chargeback, and the bank
+    will not write again. Decided as lost, the payout stays held and staff read why."""
+    deliver("created", "needs_response")
+
+    deliver("closed", "something_new")
+
+    dispute = _chargeback(stripe_seat)
+    assert dispute.state == DisputeState.CHARGEBACK_LOST
+    assert "'something_new'" in dispute.resolution_note
+    assert "provider's dashboard" in dispute.resolution_note
+    assert payout_held(stripe_seat)
+
+
+# --- A refund the provider refuses ----------------------------------------------------------
+
+
+def _reopened_after_the_refund_failed(
+    seat: Seat, dispute: Dispute, command: PaymentCommand
+) -> None:
+    dispute.refresh_from_db()
+    assert (dispute.state, dispute.refund_minor, dispute.resolved_at, dispute.refund_command) == (
+        DisputeState.OPEN,
+        0,
+        None,
+        command,
+    )
+    assert dispute.refund_error
+    # The charge is whole again, the payout is held again, and the client knows.
+    assert payment_of(seat).refunded_minor == 0
+    assert payout_held(seat)
+    email = OutboundEmail.objects.get(key=f"dispute-refund-failed:{dispute.pk}:{command.pk}")
+    assert "did not go through" in email.body and "30.00 EUR" in email.body
+    event = RoomEvent.objects.get(room_id=seat.room_id, kind="dispute_refund_failed")
+    assert event.data["command"] == command.pk
+    # Staff decide it again, with the whole charge refundable once more.
+    again = services.dispute_resolve(
+        dispute.pk, actor=StaffFactory.create(), outcome=Outcome.REJECT, note="Decided again."
+    )
+    assert (again.state, again.refund_error) == (DisputeState.REJECTED, "")
+    assert not payout_held(seat)
+
+
+@pytest.mark.django_db
+def test_a_refund_the_local_provider_refuses_opens_the_dispute_again(settings: Settings) -> None:
+    settings.PAYMENT_PROVIDER = "local"
+    seat = seat_charged()
+    dispute, command = _partial_refund_decided(seat)
+    # Meanwhile the whole charge went back another way: the provider refuses this refund.
+    LocalIntent.objects.filter(pk=payment_of(seat).intent_id).update(refunded_minor=CHARGED)
+
+    assert billing.command_execute(command.pk) == CommandState.FAILED
+
+    _reopened_after_the_refund_failed(seat, dispute, command)
+
+
+@pytest.mark.django_db
+def test_a_refund_stripe_reports_failed_later_opens_the_dispute_again_once(
+    stripe_seat: Seat, deliver_event: Deliver
+) -> None:
+    dispute, command = _partial_refund_decided(stripe_seat)
+    assert billing.command_execute(command.pk) == CommandState.SUCCEEDED
+    command.refresh_from_db()
+    refund = {
+        "id": command.provider_ref,
+        "object": "refund",
+        "amount": REFUND,
+        "payment_intent": payment_of(stripe_seat).intent_id,
+        "status": "failed",
+        "failure_reason": "expired_or_canceled_card",
+        "metadata": {"payment": str(command.payment_id), "command": str(command.pk)},
+    }
+
+    deliver_event("refund.failed", refund, event_id="evt_refund_failed")
+    # The same news again, under the other event type Stripe sends for it.
+    deliver_event("charge.refund.updated", refund, event_id="evt_refund_updated")
+
+    command.refresh_from_db()
+    assert command.state == CommandState.FAILED
+    assert "expired_or_canceled_card" in command.last_error
+    assert payment_of(stripe_seat).events.filter(kind="refund_failed").count() == 1
+    _reopened_after_the_refund_failed(stripe_seat, dispute, command)
+
+
+@pytest.mark.django_db
+def test_a_chargeback_after_the_payout_was_sent_says_so_on_the_dispute(
+    stripe_seat: Seat, deliver: Deliver
+) -> None:
+    payment = payment_of(stripe_seat)
+    PayoutAccount.objects.create(
+        user=payment.payee, provider="stripe", account_id="acct_paid", payouts_enabled=True
+    )
+    due_at = Settlement.objects.get(payment=payment).payout_due_at
+    assert billing.payouts_due_create(now=due_at + dt.timedelta(seconds=1)) == 1
+
+    deliver("created", "needs_response")
+
+    dispute = _chargeback(stripe_seat)
+    assert "payout of 102.00 EUR had already been sent" in dispute.text
+    assert payment_of(stripe_seat).events.filter(kind="payout_hold_too_late").exists()

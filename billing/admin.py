@@ -163,6 +163,7 @@ class PaymentAdmin(ReadOnlyAdmin):
 class PaymentCommandAdmin(ReadOnlyAdmin):
     list_display = ("pk", "payment", "kind", "amount_minor", "state", "attempts", "created_at")
     list_filter = ("state", "kind")
+    list_select_related = ("payment",)
     readonly_fields = [field.name for field in PaymentCommand._meta.fields]
 
 
@@ -179,4 +180,5 @@ class PayoutAccountAdmin(ReadOnlyAdmin):
     list_display = ("user", "account_id", "details_submitted", "payouts_enabled", "updated_at")
     list_filter = ("payouts_enabled",)
     search_fields = ("user__email", "account_id")
+    list_select_related = ("user",)
     readonly_fields = [field.name for field in PayoutAccount._meta.fields]

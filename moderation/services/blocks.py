@@ -33,18 +33,19 @@ def block(blocker: User, blocked_id: int, *, reason: str = "") -> Block:
             expert_id=blocked_id, seats__client=blocker, seats__state=confirmed
         )
         try:
+            # First the sessions of the two not live yet (booked, or a lobby where they have
+            # not met), canceled free: the client could not join, and would otherwise be
+            # priced as a no-show. Then the live ones, read after: a lobby that went live
+            # meanwhile is among them.
+            for expert_id, client_id in ((blocker.pk, blocked_id), (blocked_id, blocker.pk)):
+                for room_id in rooms.bookings_cancel_for_block(expert_id, client_id, actor=blocker):
+                    room = Room.objects.get(pk=room_id)
+                    event_write(room, "pair_blocked", blocker, blocked=blocked_id)
             for room in Room.objects.filter(pair, state=RoomState.LIVE).distinct():
                 client_id = blocked_id if room.expert_id == blocker.pk else blocker.pk
                 # Staff read this in the room's story; neither participant is told of it.
                 event_write(room, "pair_blocked", blocker, blocked=blocked_id)
                 rooms.pair_separate(room.pk, User.objects.get(pk=client_id), blocker=blocker)
-            # Sessions of the two that are not live yet (booked, or a lobby where they have
-            # not met) are canceled free: the client could not join, and would otherwise be
-            # priced as a no-show.
-            for expert_id, client_id in ((blocker.pk, blocked_id), (blocked_id, blocker.pk)):
-                for room_id in rooms.bookings_cancel_for_block(expert_id, client_id, actor=blocker):
-                    room = Room.objects.get(pk=room_id)
-                    event_write(room, "pair_blocked", blocker, blocked=blocked_id)
         except RoomsError as refused:
             raise ModerationError(str(refused)) from None
     return made

@@ -19,8 +19,8 @@ from rooms.models import Room
 
 
 def _staff_actions_of(room: Room, client_ids: list[int]) -> list[StaffAction]:
-    """Actions on the room, and bans of its people that took them out of it (a ban names its
-    rooms in `data`, not by foreign key: it may span several)."""
+    """Actions on the room, and bans of its people that took them out of it or canceled it (a
+    ban names its rooms in `data`, not by foreign key: it may span several)."""
     people = [room.expert_id, *client_ids]
     actions = StaffAction.objects.filter(
         Q(room=room) | Q(room__isnull=True, kind=StaffActionKind.USER_BAN, subject_id__in=people)
@@ -28,7 +28,9 @@ def _staff_actions_of(room: Room, client_ids: list[int]) -> list[StaffAction]:
     return [
         action
         for action in actions
-        if action.room_id == room.pk or room.pk in (action.data or {}).get("rooms", [])
+        if action.room_id == room.pk
+        or room.pk in (action.data or {}).get("rooms", [])
+        or room.pk in (action.data or {}).get("upcoming_canceled", [])
     ]
 
 
@@ -77,6 +79,8 @@ class _ModerationEntries(_BuilderBase):
             facts.append(Fact("Note to the client", dispute.resolution_note))
         if dispute.provider_dispute_id:
             facts.append(Fact("Provider dispute", dispute.provider_dispute_id))
+        if dispute.refund_error:
+            facts.append(Fact("Last refund failed", dispute.refund_error))
         chargeback = dispute.source == DisputeSource.CHARGEBACK
         return Entry(
             at=dispute.created_at,

@@ -186,7 +186,10 @@ def bookings_cancel_for_block(expert_id: int, client_id: int, *, actor: User) ->
     ).select_related("room")
     for seat in seats:
         if seat.room.kind == RoomKind.PRIVATE:
-            _room_cancel(seat.room_id, actor=actor, started_ok=True)
+            try:
+                _room_cancel(seat.room_id, actor=actor, started_ok=True)
+            except InvalidTransition:
+                continue  # went live a moment ago: the caller separates the pair there
         else:
             _seat_cancel_free(seat.pk, actor=actor, reason="expert_canceled", by="expert")
         touched.append(seat.room_id)

@@ -255,25 +255,36 @@ def rooms_advance(now: datetime | None = None) -> dict[str, int]:
     return done
 
 
+def _no_show_reason(room: Room) -> str | None:
+    """Who never came to an open lobby: the expert, or every client holding a seat."""
+    ever = set(Presence.objects.filter(room=room).values_list("user_id", flat=True))
+    holders = set(
+        Seat.objects.filter(room=room, state=SeatState.CONFIRMED).values_list(
+            "client_id", flat=True
+        )
+    )
+    if room.expert_id not in ever:
+        return CloseReason.EXPERT_NO_SHOW
+    if not ever & holders:
+        return CloseReason.CLIENT_NO_SHOW
+    return None
+
+
 def _rooms_due_to_close(now: datetime) -> list[tuple[int, str]]:
     due: list[tuple[int, str]] = []
     active = Room.objects.filter(state__in=(RoomState.OPEN, RoomState.LIVE))
-    for room_id in active.filter(ends_at__lte=now).values_list("pk", flat=True)[:500]:
-        due.append((room_id, CloseReason.TIME_LIMIT))
+    for room in active.filter(ends_at__lte=now)[:500]:
+        # A lobby nobody met in that reaches its end (the sweep was late, or the session is
+        # shorter than the no-show wait) is still a no-show, not a call that used its time.
+        reason = _no_show_reason(room) if room.state == RoomState.OPEN else None
+        due.append((room.pk, reason or CloseReason.TIME_LIMIT))
     no_show_at = now - timedelta(minutes=settings.NO_SHOW_MINUTES)
     for room in active.filter(state=RoomState.OPEN, starts_at__lte=no_show_at, ends_at__gt=now)[
         :500
     ]:
-        ever = set(Presence.objects.filter(room=room).values_list("user_id", flat=True))
-        holders = set(
-            Seat.objects.filter(room=room, state=SeatState.CONFIRMED).values_list(
-                "client_id", flat=True
-            )
-        )
-        if room.expert_id not in ever:
-            due.append((room.pk, CloseReason.EXPERT_NO_SHOW))
-        elif not ever & holders:
-            due.append((room.pk, CloseReason.CLIENT_NO_SHOW))
+        reason = _no_show_reason(room)
+        if reason is not None:
+            due.append((room.pk, reason))
     empty_since = now - timedelta(seconds=settings.EMPTY_TIMEOUT_SECONDS)
     stale_before = now - timedelta(seconds=settings.HEARTBEAT_STALE_SECONDS)
     for room in active.filter(state=RoomState.LIVE, ends_at__gt=now)[:500]:

@@ -156,6 +156,17 @@ class TestTimedTransitions:
         assert PaymentCommand.objects.get().kind == CommandKind.CANCEL
         assert RoomEvent.objects.filter(room=room, kind="expert_no_show").count() == 1
 
+    def test_a_lobby_that_reaches_its_end_unmet_is_still_a_no_show(self, seat: Seat) -> None:
+        """The sweep was down for the whole session: at its first run the room is past its
+        end, and what closes it is who never came, not the time limit."""
+        room = _room(seat)
+        _present(room, seat.client, _at(-3), None)
+        _advance(_at(-10))
+        assert _advance(_at(61))["closed"] == 1
+        assert _room(seat).close_reason == "expert_no_show"
+        assert _settlement(seat).amount_minor == 0
+        assert RoomEvent.objects.filter(room=room, kind="expert_no_show").count() == 1
+
     def test_expert_no_show_wins_when_nobody_came(self, seat: Seat) -> None:
         _advance(_at(-10))
         _advance(_at(10))

@@ -2,10 +2,16 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+# Imported first so their registrations exist to be replaced below, whatever the app order.
+import allauth.account.admin
+import allauth.mfa.admin  # noqa: F401
+from allauth.account.models import EmailAddress
+from allauth.mfa.models import Authenticator
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
@@ -57,6 +63,20 @@ class UserAdmin(DjangoUserAdmin):  # type: ignore[type-arg]
             },
         ),
     )
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # An account holds bookings, payments and audit rows that must outlive it; it is
+        # banned, never deleted.
+        return False
+
+    def user_change_password(
+        self, request: HttpRequest, id: str, form_url: str = ""
+    ) -> HttpResponse:
+        # Setting someone's password is taking over their account: a superuser's act only.
+        # Everyone else resets their own by email.
+        if not request.user.is_superuser:
+            raise PermissionDenied("Only a superuser can set another account's password.")
+        return super().user_change_password(request, id, form_url)
 
 
 class ReadOnlyInline(admin.TabularInline):  # type: ignore[type-arg]
@@ -192,3 +212,28 @@ class OutboundEmailAdmin(ReadOnlyAdmin):
     list_filter = ("sent_at",)
     search_fields = ("to", "subject", "key")
     readonly_fields = [field.name for field in OutboundEmail._meta.fields]
+
+
+# Addresses change through their owner's email management, which verifies them, and second
+# factors through the owner's security page: staff can look, not alter. A second factor's
+# secret is never shown.
+admin.site.unregister(EmailAddress)
+admin.site.unregister(Authenticator)
+
+
+@admin.register(EmailAddress)
+class EmailAddressAdmin(ReadOnlyAdmin):
+    list_display = ("email", "user", "primary", "verified")
+    list_filter = ("primary", "verified")
+    search_fields = ("email", "user__email", "user__display_name")
+    list_select_related = ("user",)
+    fields = readonly_fields = ("email", "user", "primary", "verified")
+
+
+@admin.register(Authenticator)
+class AuthenticatorAdmin(ReadOnlyAdmin):
+    list_display = ("user", "type", "created_at", "last_used_at")
+    list_filter = ("type",)
+    search_fields = ("user__email",)
+    list_select_related = ("user",)
+    fields = readonly_fields = ("user", "type", "created_at", "last_used_at")

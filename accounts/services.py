@@ -145,6 +145,11 @@ def expert_reject(profile_id: int, *, actor: User, reason: str) -> ExpertProfile
 
 
 def _expert_decide(profile_id: int, target: str, *, actor: User, reason: str) -> ExpertProfile:
+    if not (actor.is_active and actor.is_staff):
+        raise InvalidTransition("Only Parley staff decide expert applications.")
+    applicant_id = ExpertProfile.objects.values_list("user_id", flat=True).get(pk=profile_id)
+    if applicant_id == actor.pk:
+        raise InvalidTransition("You cannot decide your own application; ask another staff member.")
     sources = [source for source, targets in EXPERT_TRANSITIONS.items() if target in targets]
     # Conditional UPDATE: of two staff deciding at once, exactly one wins; the other is told.
     changed = ExpertProfile.objects.filter(pk=profile_id, status__in=sources).update(

@@ -11,7 +11,7 @@ from typing import Any
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Prefetch, Q, QuerySet
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -175,6 +175,8 @@ class LiveRoomAdmin(ReadOnlyAdmin):
         form_url: str = "",
         extra_context: dict[str, Any] | None = None,
     ) -> HttpResponse:
+        if not object_id.isdigit():
+            raise Http404("There is no such room.")
         return redirect("admin:moderation_liveroom_live", int(object_id))
 
     def live_view(self, request: HttpRequest, room_id: int) -> HttpResponse:
@@ -520,11 +522,13 @@ class UserAdmin(AccountsUserAdmin):
             fields += ("is_staff", "is_superuser", "groups", "user_permissions")
         return fields
 
-    @admin.action(description="Ban selected users (with a reason)")
+    @admin.action(description="Ban selected users (with a reason)", permissions=["change"])
     def ban(self, request: HttpRequest, queryset: QuerySet[User]) -> HttpResponse | None:
         return self._ban_or_unban(request, queryset, ban=True)
 
-    @admin.action(description="Lift the ban of selected users (with a reason)")
+    @admin.action(
+        description="Lift the ban of selected users (with a reason)", permissions=["change"]
+    )
     def unban(self, request: HttpRequest, queryset: QuerySet[User]) -> HttpResponse | None:
         return self._ban_or_unban(request, queryset, ban=False)
 

@@ -140,6 +140,11 @@ def dispute_resolve(
                 "A chargeback is decided by the card's bank, not here: its outcome arrives "
                 "from the payment provider. Answer it with evidence in the provider's dashboard."
             )
+        if actor.pk in (dispute.client_id, dispute.seat.room.expert_id):
+            raise ModerationError(
+                "You are the client or the expert of this session; another staff member "
+                "decides its dispute."
+            )
         payment = Payment.objects.get(pk=payment_id)
         amount = _refund_amount(outcome, payment, refund_minor)
         command = None

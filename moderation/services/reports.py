@@ -78,6 +78,10 @@ def report_resolve(report_id: int, *, actor: User, resolution: str) -> Report:
             raise ModerationError(
                 f"This report was already resolved on {report.resolved_at:%Y-%m-%d %H:%M} UTC."
             )
+        if actor.pk in (report.reporter_id, report.about_id):
+            raise ModerationError(
+                "You filed this report or it is about you; another staff member resolves it."
+            )
         now = timezone.now()
         Report.objects.filter(pk=report.pk).update(
             state=ReportState.RESOLVED, resolution=resolution, resolved_by=actor, resolved_at=now

@@ -2,7 +2,9 @@
 
 The base lives in accounts, the lowest layer, so every app's log uses the same one: the expert
 application history, the room history, payment events, staff actions. Updates and deletes are
-refused on the instance and on querysets, and admin shows these rows read-only.
+refused on the instance, on querysets and on the base manager; a row's parent and actor are
+PROTECTed, so no cascade deletes it or nulls its actor; admin shows these rows read-only.
+(Raw SQL is outside this: the ORM is the only writer.)
 """
 
 from __future__ import annotations
@@ -27,17 +29,33 @@ class AppendOnlyQuerySet(models.QuerySet[Any]):
     def update_or_create(self, *args: Any, **kwargs: Any) -> NoReturn:
         raise TypeError(f"{self.model.__name__} rows are append-only.")
 
+    def bulk_create(self, objs: Any, *args: Any, **kwargs: Any) -> Any:
+        # An upsert rewrites the row it collides with; ignoring the collision writes nothing.
+        if kwargs.get("update_conflicts"):
+            raise TypeError(f"{self.model.__name__} rows are append-only.")
+        return super().bulk_create(objs, *args, **kwargs)
+
 
 class AppendOnlyModel(models.Model):
     objects = AppendOnlyQuerySet.as_manager()
 
     class Meta:
         abstract = True
+        # The manager Django uses behind the scenes (and `_base_manager` in code) refuses too.
+        # A subclass's Meta must inherit this one to keep it.
+        base_manager_name = "objects"
 
     def save(self, *args: Any, **kwargs: Any) -> None:
-        if not self._state.adding:
+        # Always an INSERT: a new instance given the pk of an existing row would otherwise
+        # UPDATE that row in place.
+        if (
+            args
+            or not self._state.adding
+            or kwargs.get("force_update")
+            or kwargs.get("update_fields")
+        ):
             raise TypeError(f"{type(self).__name__} rows are append-only.")
-        super().save(*args, **kwargs)
+        super().save(**{**kwargs, "force_insert": True})
 
     def delete(self, *args: Any, **kwargs: Any) -> NoReturn:
         raise TypeError(f"{type(self).__name__} rows are append-only.")

@@ -146,15 +146,15 @@ class ExpertEventKind(models.TextChoices):
 class ExpertEvent(AppendOnlyModel):
     """Append-only history of an expert application: who did what, when and why."""
 
-    profile = models.ForeignKey(ExpertProfile, on_delete=models.CASCADE, related_name="events")
+    profile = models.ForeignKey(ExpertProfile, on_delete=models.PROTECT, related_name="events")
     kind = models.CharField(max_length=16, choices=ExpertEventKind.choices)
     actor = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.PROTECT, related_name="+"
     )
     reason = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
-    class Meta:
+    class Meta(AppendOnlyModel.Meta):
         ordering = ["created_at", "id"]
 
     def __str__(self) -> str:

@@ -125,13 +125,13 @@ class PaymentEvent(AppendOnlyModel):
         settings.AUTH_USER_MODEL,
         null=True,
         blank=True,
-        on_delete=models.SET_NULL,
+        on_delete=models.PROTECT,
         related_name="+",
     )
     data = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
-    class Meta:
+    class Meta(AppendOnlyModel.Meta):
         ordering = ["created_at", "pk"]
 
     def __str__(self) -> str:
@@ -313,7 +313,7 @@ class LocalOperation(AppendOnlyModel):
     outcome = models.CharField(max_length=200)
     created_at = models.DateTimeField(default=timezone.now)
 
-    class Meta:
+    class Meta(AppendOnlyModel.Meta):
         ordering = ["created_at", "pk"]
 
     def __str__(self) -> str:

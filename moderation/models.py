@@ -260,7 +260,7 @@ class StaffAction(AppendOnlyModel):
     data = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
-    class Meta:
+    class Meta(AppendOnlyModel.Meta):
         ordering = ["-created_at", "-pk"]
         constraints = [
             models.CheckConstraint(

@@ -291,15 +291,15 @@ CANCEL_REASONS = {
 class RoomEvent(AppendOnlyModel):
     """Append-only history of a room: transitions, bookings, cancellations, reschedules."""
 
-    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="events")
+    room = models.ForeignKey(Room, on_delete=models.PROTECT, related_name="events")
     kind = models.CharField(max_length=40)
     actor = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.PROTECT, related_name="+"
     )
     data = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
-    class Meta:
+    class Meta(AppendOnlyModel.Meta):
         ordering = ["created_at", "pk"]
 
     def __str__(self) -> str:

@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 import time_machine
 from django.contrib import admin
+from django.db import IntegrityError, transaction
+from django.db.models import ProtectedError
 from django.test import Client, RequestFactory
 from django.urls import reverse
 
@@ -70,6 +72,49 @@ def test_audit_rows_refuse_every_update_and_delete_through_the_orm(staff: User) 
         with pytest.raises(TypeError, match="append-only"):
             model.objects.filter(pk=row.pk).delete()
         assert model.objects.filter(pk=row.pk).exists()
+
+
+def _fields(row: Any) -> dict[str, Any]:
+    return {field.attname: getattr(row, field.attname) for field in type(row)._meta.concrete_fields}
+
+
+def test_audit_rows_refuse_the_orms_less_obvious_ways_to_rewrite_them(staff: User) -> None:
+    for model, row in _one_of_each_log(staff).items():
+        kept = _fields(model.objects.get(pk=row.pk))
+        # A new instance given an existing pk would UPDATE that row; it is an INSERT instead.
+        forged = model(**{**kept, "reason" if hasattr(row, "reason") else "kind": "rewritten"})
+        with pytest.raises(IntegrityError):
+            with transaction.atomic():
+                forged.save()
+        for options in ({"update_fields": ["created_at"]}, {"force_update": True}):
+            with pytest.raises(TypeError, match="append-only"):
+                row.save(**options)
+        with pytest.raises(TypeError, match="append-only"):
+            model.objects.bulk_create(
+                [forged], update_conflicts=True, unique_fields=["id"], update_fields=["created_at"]
+            )
+        with pytest.raises(TypeError, match="append-only"):
+            model._base_manager.filter(pk=row.pk).update(created_at=dt.datetime.now(dt.UTC))
+        with pytest.raises(TypeError, match="append-only"):
+            model._base_manager.filter(pk=row.pk).delete()
+        assert _fields(model.objects.get(pk=row.pk)) == kept
+
+
+def test_deleting_what_an_audit_row_belongs_to_is_refused(staff: User) -> None:
+    logs = _one_of_each_log(staff)
+    room_event, expert_event = logs[RoomEvent], logs[ExpertEvent]
+    room = Room.objects.get(pk=room_event.room_id)
+    profile = ExpertProfile.objects.get(pk=expert_event.profile_id)
+    ExpertEvent.objects.create(profile=profile, kind="approved", actor=staff)
+    RoomEvent.objects.create(room=room, kind="reported", actor=staff)
+    parents = [room, profile, Payment.objects.get(pk=logs[PaymentEvent].payment_id), staff]
+    for parent in parents:
+        with pytest.raises(ProtectedError):
+            with transaction.atomic():
+                parent.delete()
+    for model, row in logs.items():
+        assert model.objects.filter(pk=row.pk).exists()
+    assert RoomEvent.objects.filter(actor=staff).exists()
 
 
 def test_admin_offers_no_way_to_add_change_or_delete_audit_rows(staff: User) -> None:

@@ -128,7 +128,7 @@ class LiveRoomAdmin(ReadOnlyAdmin):
             room.pk,
         )
 
-    @admin.display(description="In the room (since)")
+    @admin.display(description="In the room (since, UTC)")
     def in_the_room(self, room: LiveRoom) -> str:
         inside = sorted(getattr(room, "inside", []), key=lambda presence: presence.opened_at)
         if not inside:
@@ -146,7 +146,7 @@ class LiveRoomAdmin(ReadOnlyAdmin):
             ),
         )
 
-    @admin.display(description="Live since")
+    @admin.display(description="Live since (UTC)")
     def live_since(self, room: LiveRoom) -> str:
         return f"{room.live_at:%H:%M:%S}" if room.live_at else "not yet"
 

@@ -150,6 +150,11 @@ def progress(message: str) -> None:
 def bench_django_setup() -> None:
     # The bench must not publish the confirmation emails' tasks to a real broker (see above).
     os.environ["CELERY_BROKER_URL"] = "memory://"
+    # Each client thread holds a connection of its own for the whole scenario, and so does the
+    # main thread: a pool smaller than that leaves the last threads waiting out the pool's
+    # timeout ("couldn't get a connection after 5 s") instead of booking.
+    configured = int(os.environ.get("DATABASE_POOL_MAX") or 0)
+    os.environ["DATABASE_POOL_MAX"] = str(max(configured, max(LEVELS) + 1))
     django_setup()
     # The memory broker has no host by design; kombu warns about that on every connection.
     logging.getLogger("kombu.connection").setLevel(logging.ERROR)

@@ -28,4 +28,6 @@ class AccountAdapter(DefaultAccountAdapter):  # type: ignore[misc]
             to=email,
             subject=message.subject,
             body=message.body,
+            # Verification and password-reset links sign a person in: sealed, never shown.
+            secret=True,
         )

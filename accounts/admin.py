@@ -206,12 +206,59 @@ class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         return False
 
 
+class EmailStatusFilter(admin.SimpleListFilter):
+    title = "status"
+    parameter_name = "status"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("pending", "Pending"), ("parked", "Parked"), ("sent", "Sent")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        if self.value() == "pending":
+            return queryset.filter(sent_at__isnull=True, parked_at__isnull=True)
+        if self.value() == "parked":
+            return queryset.filter(sent_at__isnull=True, parked_at__isnull=False)
+        if self.value() == "sent":
+            return queryset.filter(sent_at__isnull=False)
+        return queryset
+
+
 @admin.register(OutboundEmail)
 class OutboundEmailAdmin(ReadOnlyAdmin):
-    list_display = ("subject", "to", "created_at", "sent_at", "attempts")
-    list_filter = ("sent_at",)
+    list_display = ("subject", "to", "status", "created_at", "sent_at", "attempts", "last_error")
+    list_filter = (EmailStatusFilter, "sent_at", "parked_at")
     search_fields = ("to", "subject", "key")
-    readonly_fields = [field.name for field in OutboundEmail._meta.fields]
+    actions = ["send_again"]
+    # The body is shown through `body_shown`: a sealed one (a sign-in link) never is.
+    readonly_fields = [
+        *(field.name for field in OutboundEmail._meta.fields if field.name != "body"),
+        "body_shown",
+    ]
+    exclude = ("body",)
+
+    @admin.display(description="status")
+    def status(self, email: OutboundEmail) -> str:
+        if email.sent_at is not None:
+            return "sent"
+        return "parked" if email.parked_at is not None else "pending"
+
+    @admin.display(description="body")
+    def body_shown(self, email: OutboundEmail) -> str:
+        if email.sealed:
+            return "(Hidden: it carries a sign-in link or code. It is emptied once sent.)"
+        return email.body
+
+    @admin.action(description="Send selected parked emails again")
+    def send_again(self, request: HttpRequest, queryset: QuerySet[OutboundEmail]) -> None:
+        assert isinstance(request.user, User)  # noqa: S101
+        try:
+            count = services.email_unpark(
+                list(queryset.values_list("pk", flat=True)), actor=request.user
+            )
+        except AccountsError as error:
+            self.message_user(request, str(error), messages.ERROR)
+            return
+        self.message_user(request, f"Queued {count} parked email(s) again.", messages.SUCCESS)
 
 
 # Addresses change through their owner's email management, which verifies them, and second

@@ -8,7 +8,7 @@ from django.http import HttpRequest
 from accounts import services
 from accounts.choices import CURRENCY_CHOICES, language_choices, time_zone_choices
 from accounts.models import ExpertProfile, User
-from accounts.validators import validate_time_zone
+from accounts.validators import validate_no_control_characters, validate_time_zone
 
 
 class TimeZoneField(forms.ChoiceField):
@@ -36,7 +36,9 @@ class SignupForm(forms.Form):
     """Extra fields on allauth's signup form (allauth calls `signup` after creating the user)."""
 
     display_name = forms.CharField(
-        max_length=80, help_text="Shown to the people you meet in calls."
+        max_length=80,
+        validators=[validate_no_control_characters],
+        help_text="Shown to the people you meet in calls.",
     )
     time_zone = TimeZoneField(detect=True)
 
@@ -51,13 +53,14 @@ class SignupForm(forms.Form):
 
 
 class ProfileForm(forms.Form):
-    display_name = forms.CharField(max_length=80)
+    display_name = forms.CharField(max_length=80, validators=[validate_no_control_characters])
     time_zone = TimeZoneField()
 
 
 class ExpertApplicationForm(forms.Form):
     headline = forms.CharField(
         max_length=120,
+        validators=[validate_no_control_characters],
         help_text="One line that says what you help with, e.g. “Kubernetes cost reviews”.",
     )
     bio = forms.CharField(

@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from accounts.append_only import AppendOnlyModel
 from accounts.choices import CURRENCY_CHOICES
-from accounts.validators import validate_time_zone
+from accounts.validators import validate_no_control_characters, validate_time_zone
 
 
 class UserManager(BaseUserManager["User"]):
@@ -36,7 +36,9 @@ class User(AbstractBaseUser, PermissionsMixin):
 
     email = models.EmailField("email address", unique=True)
     display_name = models.CharField(
-        max_length=80, help_text="Shown to the people you meet in calls."
+        max_length=80,
+        validators=[validate_no_control_characters],
+        help_text="Shown to the people you meet in calls.",
     )
     time_zone = models.CharField(
         max_length=64,
@@ -93,7 +95,7 @@ class ExpertProfile(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="expert_profile"
     )
     slug = models.SlugField(max_length=90, unique=True)
-    headline = models.CharField(max_length=120)
+    headline = models.CharField(max_length=120, validators=[validate_no_control_characters])
     bio = models.TextField(max_length=5000)
     languages = models.JSONField(default=list, help_text="ISO 639-1 codes.")
     currency = models.CharField(max_length=3, choices=CURRENCY_CHOICES)
@@ -183,6 +185,12 @@ class OutboundEmail(models.Model):
     leased_until = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0)
     last_error = models.TextField(blank=True)
+    # Set when the email can never be sent as it is (a content error) or failed
+    # EMAIL_MAX_ATTEMPTS times: the sweep leaves it alone until staff send it again from admin.
+    parked_at = models.DateTimeField(null=True, blank=True)
+    # The body carries a secret (a password-reset or verification link): stored encrypted,
+    # never shown in admin, and emptied once sent (accounts/sealing.py).
+    sealed = models.BooleanField(default=False)
 
     class Meta:
         indexes = [models.Index(fields=["sent_at", "created_at"])]

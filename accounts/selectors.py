@@ -35,7 +35,9 @@ def expert_profile_of(user: User) -> ExpertProfile | None:
 def email_unsent_ids(older_than: timedelta = timedelta(minutes=1)) -> list[int]:
     now = timezone.now()
     return list(
-        OutboundEmail.objects.filter(sent_at__isnull=True, created_at__lt=now - older_than)
+        OutboundEmail.objects.filter(
+            sent_at__isnull=True, parked_at__isnull=True, created_at__lt=now - older_than
+        )
         .filter(Q(leased_until__isnull=True) | Q(leased_until__lt=now))
         .order_by("created_at")
         .values_list("pk", flat=True)[:500]

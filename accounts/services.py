@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 import secrets
 from datetime import timedelta
 from typing import Any
@@ -10,7 +12,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.sessions.models import Session
 from django.core.exceptions import ValidationError
-from django.core.mail import EmailMessage
+from django.core.mail import BadHeaderError, EmailMessage
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.template.loader import render_to_string
@@ -28,10 +30,14 @@ from accounts.models import (
     OutboundEmail,
     User,
 )
+from accounts.sealing import SealBroken, seal, unseal
 
 logger = logging.getLogger(__name__)
 
-EMAIL_LEASE = timedelta(minutes=5)
+# Content errors: sending the same message again cannot succeed, so it is parked at once.
+EMAIL_CONTENT_ERRORS = (BadHeaderError, ValueError, UnicodeError, SealBroken)
+SUBJECT_MAX = OutboundEmail._meta.get_field("subject").max_length or 200
+KEY_MAX = OutboundEmail._meta.get_field("key").max_length or 200
 
 
 def user_profile_update(user: User, *, display_name: str, time_zone: str) -> User:
@@ -193,15 +199,35 @@ def email_queue(
 
 
 def email_queue_rendered(
-    *, key: str, to: str, subject: str, body: str, ics: str = "", ics_method: str = ""
+    *,
+    key: str,
+    to: str,
+    subject: str,
+    body: str,
+    ics: str = "",
+    ics_method: str = "",
+    secret: bool = False,
 ) -> tuple[OutboundEmail, bool]:
     """Record an email in the caller's transaction; it is sent after commit, once per key.
+
+    The caller's transaction is a payment's authorization or a room's close: nothing about the
+    email's content may fail it. The subject is made one line that fits its column, the key is
+    shortened to fit (keeping it unique) and `to` loses its line breaks; an address that still
+    cannot be sent to parks the email later, at sending, without touching the caller's work.
+    `secret`: the body holds a sign-in secret, so it is sealed (accounts/sealing.py).
 
     Returns the email and whether this call created it (False: that key was queued before).
     """
     email, created = OutboundEmail.objects.get_or_create(
-        key=key,
-        defaults={"to": to, "subject": subject, "body": body, "ics": ics, "ics_method": ics_method},
+        key=_email_key_fit(key),
+        defaults={
+            "to": _header_safe(to)[:254],
+            "subject": email_subject_fit(subject),
+            "body": seal(body) if secret else body,
+            "sealed": secret,
+            "ics": ics,
+            "ics_method": _header_safe(ics_method)[:16],
+        },
     )
     if created:
         from accounts.tasks import email_send_task
@@ -212,31 +238,107 @@ def email_queue_rendered(
     return email, created
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+
+
+def _header_safe(text: str) -> str:
+    """One line: control characters (CR, LF, tab, NUL…) become a space, runs of space one."""
+    return " ".join(_CONTROL.sub(" ", text).split())
+
+
+def email_subject_fit(subject: str) -> str:
+    """A subject that is one header line and fits the outbox column, cut with an ellipsis."""
+    line = _header_safe(subject)
+    if len(line) <= SUBJECT_MAX:
+        return line
+    return line[: SUBJECT_MAX - 1].rstrip() + "…"
+
+
+def _email_key_fit(key: str) -> str:
+    if len(key) <= KEY_MAX:
+        return key
+    # Still one key per reason: the cut-off tail is kept as its hash.
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    return f"{key[: KEY_MAX - len(digest) - 1]}#{digest}"
+
+
 def email_send(email_id: int) -> bool:
-    """Send one queued email. Returns False when it is already sent or another worker has it."""
+    """Send one queued email. Returns False when it is already sent, parked, parked now, or
+    another worker has it.
+
+    A content error (a header with a line break in a row written before the outbox cleaned
+    them, a sealed body that cannot be opened) parks the email at once: trying again cannot
+    help. Any other failure is raised for the task's retry, and parks the email once it has
+    been tried EMAIL_MAX_ATTEMPTS times.
+    """
     now = timezone.now()
     leased = (
-        OutboundEmail.objects.filter(pk=email_id, sent_at__isnull=True)
+        OutboundEmail.objects.filter(pk=email_id, sent_at__isnull=True, parked_at__isnull=True)
         .filter(Q(leased_until__isnull=True) | Q(leased_until__lt=now))
-        .update(leased_until=now + EMAIL_LEASE, attempts=F("attempts") + 1)
+        .update(
+            leased_until=now + timedelta(seconds=settings.EMAIL_LEASE_SECONDS),
+            attempts=F("attempts") + 1,
+        )
     )
     if leased != 1:
         return False
     email = OutboundEmail.objects.get(pk=email_id)
-    message = EmailMessage(email.subject, email.body, to=[email.to])
-    if email.ics:
-        message.attach(
-            "invite.ics", email.ics, f"text/calendar; method={email.ics_method or 'PUBLISH'}"
-        )
     try:
+        body = unseal(email.body) if email.sealed else email.body
+        message = EmailMessage(email.subject, body, to=[email.to])
+        if email.ics:
+            message.attach(
+                "invite.ics", email.ics, f"text/calendar; method={email.ics_method or 'PUBLISH'}"
+            )
         message.send()
+    except EMAIL_CONTENT_ERRORS as exc:
+        _email_park(email, f"Cannot be sent as it is: {type(exc).__name__}: {exc}")
+        return False
     except Exception as exc:
-        OutboundEmail.objects.filter(pk=email_id).update(leased_until=None, last_error=str(exc))
+        error = str(exc) or type(exc).__name__
+        if email.attempts >= settings.EMAIL_MAX_ATTEMPTS:
+            _email_park(email, f"Failed {email.attempts} times; the last time: {error}")
+            return False
+        OutboundEmail.objects.filter(pk=email_id).update(leased_until=None, last_error=error)
         raise
-    OutboundEmail.objects.filter(pk=email_id).update(
-        sent_at=timezone.now(), leased_until=None, last_error=""
-    )
+    sent: dict[str, Any] = {"sent_at": timezone.now(), "leased_until": None, "last_error": ""}
+    if email.sealed:
+        # Delivered: the link lives in the person's mailbox now, and nowhere here.
+        sent["body"] = ""
+    OutboundEmail.objects.filter(pk=email_id).update(**sent)
     return True
+
+
+def _email_park(email: OutboundEmail, reason: str) -> None:
+    logger.warning("Email %s (%s) parked: %s", email.pk, email.key, reason)
+    OutboundEmail.objects.filter(pk=email.pk, sent_at__isnull=True).update(
+        parked_at=timezone.now(), leased_until=None, last_error=reason[:2000]
+    )
+
+
+def email_unpark(email_ids: list[int], *, actor: User) -> int:
+    """Staff send parked emails again (after fixing the mail server, or the address): each
+    gets a fresh set of attempts. Returns how many were queued."""
+    if not (actor.is_active and actor.is_staff):
+        raise AccountsError("Only Parley staff can send parked emails again.")
+    with transaction.atomic():
+        ids = list(
+            OutboundEmail.objects.select_for_update()
+            .filter(pk__in=email_ids, parked_at__isnull=False, sent_at__isnull=True)
+            .values_list("pk", flat=True)
+        )
+        OutboundEmail.objects.filter(pk__in=ids).update(
+            parked_at=None, attempts=0, leased_until=None
+        )
+        logger.info("Staff %s sent parked emails %s again.", actor.pk, ids)
+        from accounts.tasks import email_send_task
+
+        for email_id in ids:
+            transaction.on_commit(
+                lambda email_id=email_id: email_send_task.delay(email_id),  # type: ignore[misc]
+                robust=True,
+            )
+    return len(ids)
 
 
 def sessions_clear_expired() -> int:

@@ -3,15 +3,53 @@
 from __future__ import annotations
 
 import os
+from fnmatch import fnmatchcase
+from typing import Any
 
 from celery import Celery
 from celery.schedules import crontab
+from django.conf import settings
+from kombu import Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 app = Celery("parley")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+QUEUES = ("money", "rooms", "email")
+# Which queue each task goes to, first match wins. Anything not named here (a new task) goes to
+# the rooms queue, the general one.
+TASK_QUEUES: tuple[tuple[str, str], ...] = (
+    ("billing.tasks.*", "money"),
+    ("accounts.tasks.email_*", "email"),
+    ("rooms.tasks.*", "rooms"),
+    ("accounts.tasks.*", "rooms"),
+)
+DEFAULT_QUEUE = "rooms"
+
+
+def task_queue(name: str) -> str:
+    return next((queue for glob, queue in TASK_QUEUES if fnmatchcase(name, glob)), DEFAULT_QUEUE)
+
+
+def task_route(name: str, *args: Any, **kwargs: Any) -> dict[str, str]:
+    """Celery's router: every task to its queue."""
+    return {"queue": task_queue(name)}
+
+
+class QueueTimeLimits:
+    """Gives each task the soft and hard time limits of its queue (CELERY_QUEUE_TIME_LIMITS)."""
+
+    def annotate(self, task: Any) -> dict[str, int]:
+        soft, hard = settings.CELERY_QUEUE_TIME_LIMITS[task_queue(task.name)]
+        return {"soft_time_limit": soft, "time_limit": hard}
+
+
+app.conf.task_queues = [Queue(name, routing_key=name) for name in QUEUES]
+app.conf.task_default_queue = DEFAULT_QUEUE
+app.conf.task_routes = (task_route,)
+app.conf.task_annotations = [QueueTimeLimits()]
 
 app.conf.beat_schedule = {
     # Reservations are also ignored at read time once past; the sweep frees their rooms.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.template.loader import get_template
 
@@ -28,3 +28,14 @@ def server_error(request: HttpRequest) -> HttpResponse:
 
 def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
     return render(request, "errors/403_csrf.html", status=403)
+
+
+TOO_MANY = "You have done this too many times in a short while. Wait a few minutes, then try again."
+
+
+def too_many_requests(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """A rate limit said no (config/ratelimits.py, and allauth's, through handler429): 429 with
+    what to do; the page's fetch calls get the same sentence as JSON."""
+    if request.get_preferred_type(["text/html", "application/json"]) == "application/json":
+        return JsonResponse({"error": TOO_MANY}, status=429)
+    return render(request, "errors/429.html", {"reason": TOO_MANY}, status=429)

@@ -13,6 +13,7 @@ from typing import Any
 
 import dj_database_url
 import django_stubs_ext
+from csp.constants import NONE, SELF, UNSAFE_INLINE
 from django.core.exceptions import ImproperlyConfigured
 
 from config.env import env_bool, env_choice, env_int, env_list, env_str
@@ -57,6 +58,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Content-Security-Policy on every response (CONTENT_SECURITY_POLICY below).
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -66,6 +69,8 @@ MIDDLEWARE = [
     "accounts.middleware.TimezoneMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Turns a rate limit's refusal into RATELIMIT_VIEW's 429 (config/ratelimits.py).
+    "django_ratelimit.middleware.RatelimitMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -145,7 +150,18 @@ if REDIS_URL:
         }
     }
     CACHES: dict[str, Any] = {
-        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+        "default": {
+            # Holds only what may be lost (rate limits, used TOTP codes): a Redis that is down
+            # makes it answer "empty" instead of failing the sign-in (config/cache.py).
+            "BACKEND": "config.cache.FailOpenRedisCache",
+            "LOCATION": REDIS_URL,
+            "OPTIONS": {
+                # A Redis that hangs must cost a request a moment, not the request.
+                "socket_connect_timeout": 0.5,
+                "socket_timeout": 0.5,
+                "RETRY_AFTER_SECONDS": env_int("CACHE_RETRY_AFTER_SECONDS", 5),
+            },
+        }
     }
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
@@ -176,6 +192,25 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celery" / "beat-schedule")
+# Three queues, so a slow mail server cannot delay a room's close or a payment command
+# (config/celery.py routes each task; every worker command line names all three unless a
+# deployment runs one worker per queue). Each queue's tasks have a soft limit (the task is
+# interrupted and records why) and a hard one (its process is killed), in seconds.
+CELERY_QUEUE_TIME_LIMITS: dict[str, tuple[int, int]] = {
+    # Below PAYMENT_COMMAND_LEASE_SECONDS (120): a command's worker is gone before its lease
+    # ends, so a second worker never talks to the provider about it at the same time.
+    "money": (90, 110),
+    # The sweep runs every 10 s; one that takes a minute is stuck, not busy.
+    "rooms": (60, 90),
+    # Below the email lease (EMAIL_LEASE_SECONDS): see there.
+    "email": (60, 90),
+}
+# How long a worker owns an email while it talks to the mail server. Longer than the email
+# task's hard limit: by the time the lease runs out, the worker that took it has finished or
+# been killed, so the sweep's retry can never send the same email beside it.
+EMAIL_LEASE_SECONDS = env_int("EMAIL_LEASE_SECONDS", 300)
+if EMAIL_LEASE_SECONDS <= CELERY_QUEUE_TIME_LIMITS["email"][1]:
+    raise ImproperlyConfigured("EMAIL_LEASE_SECONDS must be longer than the email task's limit.")
 
 # --- Accounts and authentication ------------------------------------------------------------
 AUTH_USER_MODEL = "accounts.User"
@@ -216,6 +251,12 @@ EMAIL_PORT = env_int("EMAIL_PORT", 25)
 EMAIL_HOST_USER = env_str("EMAIL_HOST_USER")
 EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD")
 EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", default=False)
+# A mail server that accepts the connection and never answers would otherwise hold a worker
+# forever (Python's socket default is no timeout). Each SMTP step waits at most this long.
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 20)
+# An email that failed this many times is parked: no longer retried by the sweep, listed in
+# admin ("Status: parked") where staff can send it again.
+EMAIL_MAX_ATTEMPTS = env_int("EMAIL_MAX_ATTEMPTS", 8)
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Parley <noreply@parley.localhost>")
 SERVER_EMAIL = DEFAULT_FROM_EMAIL
 
@@ -230,6 +271,9 @@ PAYMENT_PROVIDER = env_choice(
 )
 if PAYMENT_PROVIDER == "stripe" and not STRIPE_SECRET_KEY:
     raise ImproperlyConfigured("PAYMENT_PROVIDER=stripe needs STRIPE_SECRET_KEY.")
+# The test-card provider holds no money: with DEBUG off it is refused (billing.E001, and at
+# Daphne's start) unless the deployment says it wants it (a staging site, the test suite).
+LOCAL_PAYMENTS_ALLOWED = env_bool("LOCAL_PAYMENTS_ALLOWED", default=False)
 # The platform's share of every settled amount (Clarity.fm's 15 %); the expert gets the rest.
 PLATFORM_FEE_PERCENT = env_int("PLATFORM_FEE_PERCENT", 15)
 # Experts are paid this long after the settlement, if no dispute is open (the dispute window).
@@ -242,6 +286,10 @@ HOLD_LATER_AFTER_DAYS = env_int("HOLD_LATER_AFTER_DAYS", 6)
 HOLD_BEFORE_HOURS = env_int("HOLD_BEFORE_HOURS", 24)
 # A seat whose hold is still not placed this long before the start is released.
 UNPAID_RELEASE_BEFORE_HOURS = env_int("UNPAID_RELEASE_BEFORE_HOURS", 2)
+# Reservations waiting for the card that one client may hold at once, overall and with one
+# expert: unpaid reservations block slots for everyone else (calendar squatting).
+UNPAID_RESERVATIONS_MAX = env_int("UNPAID_RESERVATIONS_MAX", 3)
+UNPAID_RESERVATIONS_PER_EXPERT_MAX = env_int("UNPAID_RESERVATIONS_PER_EXPERT_MAX", 2)
 # How long one worker owns a payment command while it talks to the provider: longer than a
 # Stripe call with its retries can take (3 × 20 s), so no second worker resends meanwhile.
 PAYMENT_COMMAND_LEASE_SECONDS = env_int("PAYMENT_COMMAND_LEASE_SECONDS", 120)
@@ -297,6 +345,58 @@ SECURE_REFERRER_POLICY = "same-origin"
 SESSION_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"
 
+# Which address is the client's, behind a load balancer (docs/ARCHITECTURE.md, "Behind a proxy").
+# Without it every request seems to come from the balancer, so ten failed logins by anyone
+# would lock everyone out. TRUSTED_PROXY_COUNT: how many proxies of ours append to
+# X-Forwarded-For (the client is the address that many from the right; what a client wrote
+# further left is ignored). TRUSTED_CLIENT_IP_HEADER: a header the proxy sets to the client's
+# address alone (e.g. X-Real-IP), used instead. Leave both unset when Daphne faces the
+# internet: then a client could name any address. allauth reads them (login limits), and so
+# do the POST limits (config/ratelimits.py); scripts/run.sh gives Daphne --proxy-headers
+# with them, for its logs and X-Forwarded-Proto.
+ALLAUTH_TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 0)
+ALLAUTH_TRUSTED_CLIENT_IP_HEADER = env_str("TRUSTED_CLIENT_IP_HEADER") or None
+
+# Rate limits of the POSTs that can harm others when repeated (config/ratelimits.py), per
+# signed-in user and per client address: "<count>/<period>" (s, m, h, d).
+POST_RATE_LIMITS = {
+    # Calendar squatting: reserving a slot is cheap, holding twenty is an attack.
+    "booking:user": env_str("RATE_LIMIT_BOOKING_USER", "20/h"),
+    "booking:ip": env_str("RATE_LIMIT_BOOKING_IP", "60/h"),
+    "report:user": env_str("RATE_LIMIT_REPORT_USER", "10/h"),
+    "report:ip": env_str("RATE_LIMIT_REPORT_IP", "30/h"),
+    "block:user": env_str("RATE_LIMIT_BLOCK_USER", "30/h"),
+    "block:ip": env_str("RATE_LIMIT_BLOCK_IP", "90/h"),
+    "dispute:user": env_str("RATE_LIMIT_DISPUTE_USER", "10/h"),
+    "dispute:ip": env_str("RATE_LIMIT_DISPUTE_IP", "30/h"),
+}
+RATELIMIT_VIEW = "config.errors.too_many_requests"
+# A cache that is down lets requests through (config/cache.py): a limit is not worth an outage.
+RATELIMIT_FAIL_OPEN = True
+
+# Content-Security-Policy (django-csp). Pages load only our own scripts (ES modules from
+# static/js, no inline script anywhere) and, on the pay page with the Stripe provider,
+# Stripe.js with its frames and API (Stripe's documented CSP list). Inline styles stay
+# allowed: two admin pages carry a <style> block, and a style cannot run code. The room's
+# WebSocket is covered by 'self'.
+_STRIPE = PAYMENT_PROVIDER == "stripe"
+CONTENT_SECURITY_POLICY: dict[str, Any] = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF, *(["https://js.stripe.com"] if _STRIPE else [])],
+        "style-src": [SELF, UNSAFE_INLINE],
+        "img-src": [SELF, "data:", *(["https://*.stripe.com"] if _STRIPE else [])],
+        "connect-src": [SELF, *(["https://api.stripe.com"] if _STRIPE else [])],
+        "frame-src": ["https://js.stripe.com", "https://hooks.stripe.com"] if _STRIPE else [NONE],
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        # The payouts form answers with a redirect to Stripe's onboarding, which form-action
+        # governs too.
+        "form-action": [SELF, *(["https://connect.stripe.com"] if _STRIPE else [])],
+        "frame-ancestors": [NONE],
+    }
+}
+
 # --- Logging --------------------------------------------------------------------------------
 LOGGING: dict[str, Any] = {
     "version": 1,
@@ -340,6 +440,8 @@ MEDIA_REPORT_MAX_DELAY_SECONDS = env_int("MEDIA_REPORT_MAX_DELAY_SECONDS", 60)
 # and how often one peer's call-quality summary is stored.
 SIGNALING_MAX_MESSAGE_BYTES = env_int("SIGNALING_MAX_MESSAGE_BYTES", 65_536)
 SIGNALING_MAX_MESSAGES_PER_SECOND = env_int("SIGNALING_MAX_MESSAGES_PER_SECOND", 50)
+# Admissions per participant per room in 10 s: each one makes every peer restart ICE.
+SIGNALING_JOINS_MAX = env_int("SIGNALING_JOINS_MAX", 6)
 STATS_MIN_INTERVAL_SECONDS = env_int("STATS_MIN_INTERVAL_SECONDS", 5)
 # TURN credentials last until the room's end plus this, and never longer than the maximum.
 TURN_VALID_AFTER_END_MINUTES = env_int("TURN_VALID_AFTER_END_MINUTES", 10)

@@ -20,3 +20,5 @@ handler400 = errors.bad_request
 handler403 = errors.permission_denied
 handler404 = errors.page_not_found
 handler500 = errors.server_error
+# allauth's rate limits answer with this too (allauth.core.internal.ratelimit.respond_429).
+handler429 = errors.too_many_requests

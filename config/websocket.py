@@ -19,17 +19,73 @@ from django.http.request import validate_host
 FORBIDDEN_ORIGIN = 4406
 
 
-def origin_allowed(scope: dict[str, Any]) -> bool:
-    """The Origin header names one of ALLOWED_HOSTS (a missing one is refused: browsers always
-    send it, and other clients can)."""
-    origin = dict(scope.get("headers", [])).get(b"origin")
-    if not origin:
-        return False
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin_parts(origin: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an origin, with the scheme's default port filled in."""
     try:
-        host = urlsplit(origin.decode("latin-1")).hostname
+        parts = urlsplit(origin)
+        port = parts.port
     except ValueError:
+        return None
+    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+    if scheme not in DEFAULT_PORTS or not host:
+        return None
+    return scheme, host, port or DEFAULT_PORTS[scheme]
+
+
+def _socket_is_secure(scope: dict[str, Any], headers: dict[bytes, bytes]) -> bool:
+    if scope.get("scheme") == "wss":
+        return True
+    # Behind a TLS-terminating proxy trusted for it, as Django decides for requests.
+    proxy: tuple[str, str] | None = getattr(settings, "SECURE_PROXY_SSL_HEADER", None)
+    if proxy:
+        name = proxy[0].removeprefix("HTTP_").replace("_", "-").lower().encode("latin-1")
+        forwarded = headers.get(name, b"").decode("latin-1").split(",")[0].strip()
+        return forwarded == proxy[1]
+    return False
+
+
+def _trusted(origin: tuple[str, str, int]) -> bool:
+    """The site's own public origin (SITE_URL) and CSRF_TRUSTED_ORIGINS, scheme, host and port
+    all equal (CSRF_TRUSTED_ORIGINS may name subdomains as https://*.example.com)."""
+    for entry in [settings.SITE_URL, *settings.CSRF_TRUSTED_ORIGINS]:
+        wildcard = "://*." in entry
+        trusted = _origin_parts(entry.replace("://*.", "://", 1))
+        if trusted is None:
+            continue
+        scheme, host, port = trusted
+        if (origin[0], origin[2]) != (scheme, port):
+            continue
+        if origin[1] == host or (wildcard and origin[1].endswith("." + host)):
+            return True
+    return False
+
+
+def origin_allowed(scope: dict[str, Any]) -> bool:
+    """The page that opens the socket is of this site: its Origin is SITE_URL or a trusted
+    origin, or it is the socket's own origin (the same scheme, http for ws and https for wss,
+    the same host and port as the handshake's Host, and a host in ALLOWED_HOSTS). Scheme and
+    port count: http://parley.example:8080 is another site than https://parley.example. A
+    missing Origin is refused (browsers always send it, and other clients can)."""
+    headers = dict(scope.get("headers", []))
+    origin = _origin_parts(headers.get(b"origin", b"").decode("latin-1"))
+    if origin is None:
         return False
-    return bool(host) and validate_host(host, settings.ALLOWED_HOSTS)
+    if _trusted(origin):
+        return True
+    scheme, host, port = origin
+    if scheme != ("https" if _socket_is_secure(scope, headers) else "http"):
+        return False
+    if not validate_host(host, settings.ALLOWED_HOSTS):
+        return False
+    host_header = headers.get(b"host", b"").decode("latin-1").lower()
+    if not host_header:
+        # In-process clients (tests) send no Host: only the scheme's default port is ours.
+        return port == DEFAULT_PORTS[scheme]
+    own = _origin_parts(f"{scheme}://{host_header}")
+    return own == origin
 
 
 class SameSiteOrigin:

@@ -10,13 +10,14 @@ from typing import Any
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import get_object_or_404, redirect, render
+from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from accounts.models import Block, User
 from billing.models import Settlement
+from config.ratelimits import post_rate_limited
 from moderation import services
 from moderation.forms import (
     BlockForm,
@@ -74,6 +75,7 @@ def _not_yours(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_POST
+@post_rate_limited("report")
 def report(request: HttpRequest, room_id: int) -> HttpResponse:
     """Report a session to staff, from its page (during the call, or after it)."""
     try:
@@ -98,6 +100,7 @@ def report(request: HttpRequest, room_id: int) -> HttpResponse:
 
 @login_required
 @require_POST
+@post_rate_limited("block")
 def block(request: HttpRequest, room_id: int) -> HttpResponse:
     """Block the other side of a session (the expert of a group session names the client in
     `user`). A session of the two that is running ends for them at once (services.block)."""
@@ -156,12 +159,16 @@ def blocks(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_POST
 def unblock(request: HttpRequest, user_id: int) -> HttpResponse:
-    """Lift one's own block; back to where the button was (`next`), or the list."""
-    blocked = get_object_or_404(User, pk=user_id)
-    if services.unblock(_user(request), blocked.pk):
-        messages.success(request, f"You unblocked {blocked.display_name}.")
+    """Lift one's own block; back to where the button was (`next`), or the list.
+
+    The name is read through the viewer's own block: anyone else's id gets one answer that
+    names nobody, so the URL cannot be used to learn who an id is, or whether it exists."""
+    user = _user(request)
+    own = Block.objects.filter(blocker=user, blocked_id=user_id).select_related("blocked").first()
+    if own is not None and services.unblock(user, user_id):
+        messages.success(request, f"You unblocked {own.blocked.display_name}.")
     else:
-        messages.info(request, f"{blocked.display_name} was not blocked by you.")
+        messages.info(request, "That person is not on your list of blocked people.")
     back = request.POST.get("next", "")
     if not url_has_allowed_host_and_scheme(
         back, allowed_hosts={request.get_host()}, require_https=request.is_secure()
@@ -187,6 +194,7 @@ def _seat_to_dispute(room: Room, client: User) -> Seat | None:
 
 @login_required
 @require_POST
+@post_rate_limited("dispute")
 def dispute(request: HttpRequest, room_id: int) -> HttpResponse:
     """A client disputes what their seat in this session cost (services.dispute_open)."""
     try:

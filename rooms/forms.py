@@ -7,8 +7,10 @@ from zoneinfo import ZoneInfo
 from django import forms
 
 from accounts.choices import CURRENCIES, CURRENCY_CHOICES
+from accounts.validators import validate_no_control_characters
 from rooms.availability import local_to_utc
 from rooms.models import MAX_GROUP_CAPACITY, Offering, OverrideKind, Weekday
+from rooms.services.offerings import FREE_NOT_YET
 
 
 class SlotChoiceForm(forms.Form):
@@ -86,11 +88,15 @@ class OfferingForm(forms.ModelForm[Offering]):
             field = self.fields[name]
             field.validators.append(_range_validator(name, low, high))
             field.widget.attrs.update({"min": low, "max": high})
+        # The title goes into email subjects: no line breaks or other control characters.
+        self.fields["title"].validators.append(validate_no_control_characters)
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
         price, currency = cleaned.get("price"), cleaned.get("currency")
-        if price is not None and currency in CURRENCIES:
+        if price is not None and price <= 0:
+            self.add_error("price", FREE_NOT_YET)
+        elif price is not None and currency in CURRENCIES:
             digits = CURRENCIES[currency][1]
             if price != round(price, digits):
                 self.add_error(

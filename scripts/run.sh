@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBUG=${DEBUG:-1}
+# The built-in test-card provider holds no money; `DEBUG=0 make run` is still a laptop.
+export LOCAL_PAYMENTS_ALLOWED=${LOCAL_PAYMENTS_ALLOWED:-1}
 PORT=${PORT:-8000}
 export SITE_URL=${SITE_URL:-http://127.0.0.1:$PORT}
 
@@ -15,13 +17,26 @@ fi
 .venv/bin/python manage.py migrate --noinput -v 0
 .venv/bin/python manage.py seed_demo
 
-mkdir -p var/celery
-# One worker process with beat embedded: enough for a laptop, and beat's schedule file stays
-# under var/ so restarts keep it.
+var_dir=${PARLEY_VAR_DIR:-var}
+mkdir -p "$var_dir/celery"
+# One worker process with beat embedded, consuming all three queues (config/celery.py): enough
+# for a laptop, and beat's schedule file stays under var/ so restarts keep it. A deployment runs
+# a worker per queue instead, so a slow mail server never delays a room's close or a payment.
 .venv/bin/celery -A config worker --beat --concurrency 1 --loglevel WARNING \
-  --schedule var/celery/beat-schedule &
+  --queues money,rooms,email --schedule "$var_dir/celery/beat-schedule" &
 celery_pid=$!
 trap 'kill "$celery_pid" 2>/dev/null; wait "$celery_pid" 2>/dev/null' EXIT INT TERM
 
+daphne_args=(-b 127.0.0.1 -p "$PORT")
+# Behind a proxy (TRUSTED_PROXY_COUNT or TRUSTED_CLIENT_IP_HEADER, config/settings.py) Daphne
+# takes the scheme and the client's address for its logs from the proxy's headers. Rate limits
+# do not rely on this: they read the trusted hop themselves (config/ratelimits.py).
+if [ "${TRUSTED_PROXY_COUNT:-0}" != 0 ] || [ -n "${TRUSTED_CLIENT_IP_HEADER:-}" ]; then
+  daphne_args+=(--proxy-headers)
+  if [ -n "${TRUSTED_CLIENT_IP_HEADER:-}" ]; then
+    daphne_args+=(--proxy-headers-host "$TRUSTED_CLIENT_IP_HEADER")
+  fi
+fi
+
 echo "Serving on http://127.0.0.1:$PORT (Ctrl-C stops it)"
-.venv/bin/daphne -b 127.0.0.1 -p "$PORT" config.asgi:application
+.venv/bin/daphne "${daphne_args[@]}" config.asgi:application

@@ -11,3 +11,6 @@ export ALLOWED_HOSTS=testserver,127.0.0.1,localhost
 export PARLEY_VAR_DIR=${PARLEY_VAR_DIR:-$PWD/var/test}
 export DJANGO_SETTINGS_MODULE=config.settings
 export DATABASE_POOL_MAX=${DATABASE_POOL_MAX:-20}
+# The suite and the benches pay with the built-in test-card provider on purpose (billing's
+# deploy check refuses it with DEBUG off unless a deployment opts in).
+export LOCAL_PAYMENTS_ALLOWED=${LOCAL_PAYMENTS_ALLOWED:-1}

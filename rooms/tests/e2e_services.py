@@ -292,6 +292,7 @@ class Deployment:
             CSRF_TRUSTED_ORIGINS="http://127.0.0.1",
             PARLEY_VAR_DIR=str(self.root / "var"),
             PAYMENT_PROVIDER="local",
+            LOCAL_PAYMENTS_ALLOWED="1",
             STUN_URLS=f"stun:127.0.0.1:{TURN_PORT}",
             TURN_URLS=f"turn:127.0.0.1:{TURN_PORT}?transport=udp",
             TURN_SECRET=TURN_SECRET,
@@ -313,6 +314,8 @@ class Deployment:
         return self.start(
             "celery",
             [str(BIN_DIR / "celery"), "-A", "config", "worker", "-B", "--concurrency=1"]
+            # Every queue (config/celery.py): one worker does all the work here.
+            + ["--queues=money,rooms,email"]
             + ["--loglevel=INFO", "--without-gossip", "--without-mingle"],
             env=env,
         )

@@ -1,0 +1,70 @@
+"""Three Celery queues with time limits (issue 16, F): a mail server that never answers must not
+hold up a room's close or a payment command, and no task runs forever."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+from config.celery import QUEUES, app
+
+ROOT = Path(__file__).resolve().parents[2]
+
+EXPECTED = {
+    "billing.tasks.command_execute_task": "money",
+    "billing.tasks.commands_send_due": "money",
+    "billing.tasks.webhook_process_task": "money",
+    "billing.tasks.webhooks_process_pending": "money",
+    "billing.tasks.payment_hold_place_task": "money",
+    "billing.tasks.holds_place_due": "money",
+    "billing.tasks.payouts_due_create": "money",
+    "rooms.tasks.rooms_advance": "rooms",
+    "rooms.tasks.reservations_expire": "rooms",
+    "rooms.tasks.reminders_queue": "rooms",
+    "rooms.tasks.presence_grace_end": "rooms",
+    "accounts.tasks.email_send_task": "email",
+    "accounts.tasks.email_sweep_unsent": "email",
+    "accounts.tasks.sessions_clear_expired": "rooms",
+}
+
+
+def _ours() -> list[str]:
+    app.loader.import_default_modules()
+    return sorted(
+        name for name in app.tasks if name.split(".")[0] in ("accounts", "billing", "rooms")
+    )
+
+
+@pytest.mark.parametrize(("task", "queue"), sorted(EXPECTED.items()))
+def test_each_task_is_routed_to_its_queue(task: str, queue: str) -> None:
+    assert app.amqp.router.route({}, task)["queue"].name == queue
+
+
+def test_every_task_of_the_apps_has_a_queue_and_time_limits() -> None:
+    assert set(QUEUES) == {"money", "rooms", "email"}
+    for name in _ours():
+        queue = app.amqp.router.route({}, name)["queue"].name
+        assert queue in QUEUES, name
+        task = app.tasks[name]
+        soft, hard = settings.CELERY_QUEUE_TIME_LIMITS[queue]
+        assert (task.soft_time_limit, task.time_limit) == (soft, hard), name
+        assert soft < hard
+    # Money tasks are killed before the payment command's lease ends: never two senders.
+    assert settings.CELERY_QUEUE_TIME_LIMITS["money"][1] < settings.PAYMENT_COMMAND_LEASE_SECONDS
+
+
+def test_beat_sends_only_tasks_that_have_a_queue() -> None:
+    for entry in app.conf.beat_schedule.values():
+        assert app.amqp.router.route({}, entry["task"])["queue"].name in QUEUES
+
+
+@pytest.mark.parametrize("path", ["scripts/run.sh", "rooms/tests/e2e_services.py"])
+def test_every_worker_started_by_the_project_consumes_all_queues(path: str) -> None:
+    text = (ROOT / path).read_text()
+    commands = re.findall(r"celery.{0,80}worker.*?(?:&|\)\n)", text, flags=re.S)
+    assert commands, f"no worker command found in {path}"
+    for command in commands:
+        assert re.search(r"(--queues[ =]|-Q )money,rooms,email", command), command

@@ -11,7 +11,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 
-from django.db import transaction
+from django.db import connection, transaction
 
 from billing.gateways.base import (
     BadSignature,
@@ -61,6 +61,22 @@ def _setup(row: LocalIntent) -> Setup:
     )
 
 
+# The first key of the two-key advisory locks this provider takes ("LoPr"), so they cannot
+# collide with advisory locks taken for anything else.
+_KEY_LOCK_CLASS = 0x4C6F5072
+
+
+def _key_lock(idempotency_key: str) -> None:
+    """Serialise requests carrying this key until the caller's transaction ends. SQLite needs
+    nothing: its transactions are IMMEDIATE (settings), one writer at a time."""
+    if connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", [_KEY_LOCK_CLASS, idempotency_key]
+        )
+
+
 def _card_method(number: str) -> str:
     """A saved card's id; it remembers whether the card declines, never the number."""
     outcome = "decline" if number in DECLINE_NUMBERS else "ok"
@@ -80,8 +96,16 @@ class LocalGateway:
         idempotency_key: str | None,
         act: Callable[[LocalIntent | None], tuple[LocalIntent | None, str, int | None]],
     ) -> LocalIntent | None:
-        """Run `act` once per idempotency key; a repeated key replays the first answer."""
+        """Run `act` once per idempotency key; a repeated key replays the first answer.
+
+        Requests with one key queue on a transaction-scoped lock of that key before looking
+        for an earlier answer, so a repeat sent while the first is in flight waits for it and
+        replays it, as Stripe does. (Looking first and inserting after let concurrent repeats
+        all miss and all act; the log's unique key then crashed every one but the first.)
+        """
         with transaction.atomic():
+            if idempotency_key:
+                _key_lock(idempotency_key)
             row = None
             if intent_id is not None:
                 row = LocalIntent.objects.select_for_update().filter(pk=intent_id).first()

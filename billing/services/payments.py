@@ -156,30 +156,52 @@ def _payment_check_payable(payment: Payment) -> None:
 
 def _payment_record_provider_id(payment: Payment, field: str, value: str) -> None:
     """Keep the first provider object created for a payment, while it still waits for the
-    card. A racing duplicate is dropped; if the payment ended meanwhile (the reservation
-    expired while the intent was being created), the new intent is canceled at the provider
-    and the payer is told, so no hold can be placed on a purchase that no longer exists."""
+    card; refuse (PaymentRefused) when the payment no longer does.
+
+    Decided on the payment's locked row. A conditional UPDATE whose condition spans a
+    relation (`.exclude(settlement__isnull=False)`) runs as `UPDATE … WHERE id IN (SELECT …)`,
+    and PostgreSQL re-checks only the target row's own columns after waiting for its lock: a
+    release committed meanwhile went unseen and the intent was written onto a released
+    payment with nothing to cancel it (issue 16 B).
+
+    A racing duplicate is dropped and canceled at the provider. An intent created for a
+    payment that ended meanwhile (the reservation expired while it was being created) is
+    recorded and canceled through the command outbox, so the provider cancels it even if the
+    client confirms it before the cancel arrives, and however long the provider is away.
+    """
+    duplicate = False
     with transaction.atomic():
-        changed = (
-            Payment.objects.filter(pk=payment.pk, state__in=UNPAID_STATES, **{field: ""})
-            .exclude(settlement__isnull=False)
-            .update(**{field: value})
+        locked = Payment.objects.select_for_update().get(pk=payment.pk)
+        current = getattr(locked, field)
+        ended = (
+            locked.state not in UNPAID_STATES or Settlement.objects.filter(payment=locked).exists()
         )
-        if changed:
+        if not current and (not ended or field == "intent_id"):
+            setattr(locked, field, value)
+            locked.save(update_fields=[field, "updated_at"])
             event_write(
-                payment, f"{field.removesuffix('_id')}_created", None, None, provider_id=value
+                locked,
+                f"{field.removesuffix('_id')}_created",
+                None,
+                None,
+                provider_id=value,
+                **({"after_end": True} if ended else {}),
             )
+            if ended and not locked.commands.filter(kind__in=HOLD_ENDING_COMMANDS).exists():
+                command_write(
+                    locked, CommandKind.CANCEL, 0, "released: intent created after the end"
+                )
+        duplicate = bool(current) and current != value
     payment.refresh_from_db()
-    if getattr(payment, field) == value:
-        return
-    if field == "intent_id":
+    if duplicate and field == "intent_id":
         try:
             gateway_for(payment.provider).intent_cancel(
                 value, idempotency_key=f"parley-orphan-{value}-cancel"
             )
         except GatewayError:
             logger.warning("payment %s: could not cancel unused intent %s", payment.pk, value)
-    _payment_check_payable(payment)
+    if ended or duplicate:
+        _payment_check_payable(payment)
 
 
 def payment_local_card(payment_id: int, *, card_number: str) -> Payment:
@@ -192,7 +214,15 @@ def payment_local_card(payment_id: int, *, card_number: str) -> Payment:
     payment = Payment.objects.get(pk=payment_id)
     if payment.provider != "local":
         raise PaymentRefused("This payment is taken by card at Stripe, not by the test form.")
-    checkout_saves_card = payment_checkout(payment_id).saves_card
+    try:
+        checkout_saves_card = payment_checkout(payment_id).saves_card
+    except PaymentRefused:
+        # The same form submitted twice at once: the other submission placed the hold while
+        # this one was on its way. That hold is this submission's answer too.
+        payment.refresh_from_db()
+        if payment.state in (PaymentState.AUTHORIZED, PaymentState.CAPTURED):
+            return payment
+        raise
     payment.refresh_from_db()
     gateway = LocalGateway()
     try:
@@ -204,6 +234,13 @@ def payment_local_card(payment_id: int, *, card_number: str) -> Payment:
         payment_record_failure(payment.pk, str(error), source="card_form")
         raise PaymentRefused(f"{error} Try another card.") from error
     except UnexpectedState as error:
+        # The same form submitted twice at once (a double click, a retry): the provider took
+        # the first and refuses the rest for the intent's state. What it holds is the answer
+        # to each of them, as a repeated request to Stripe gets the first one's answer.
+        payment = payment_sync(payment.pk, source="card_form")
+        saved = checkout_saves_card and payment.state == PaymentState.CARD_SAVED
+        if saved or payment.state not in UNPAID_STATES:
+            return payment
         raise PaymentRefused(str(error)) from error
     return payment_apply_intent(payment.pk, intent, source="card_form")
 
@@ -265,15 +302,22 @@ def payment_apply_intent(payment_id: int, intent: Intent, *, source: str) -> Pay
             # The cancel was heard before the authorization (webhooks come in any order): the
             # hold existed, and all of it was given back.
             payment.authorized_minor = payment.released_minor = payment.amount_minor
-            ended_without_intent = not payment.intent_id
             payment.intent_id = intent.id
             payment.save(
                 update_fields=["authorized_minor", "released_minor", "intent_id", "updated_at"]
             )
             event_write(payment, "authorized_late", None, payment.amount_minor, source=source)
-            if ended_without_intent:
-                # The payment ended before this intent was known, so nobody canceled it at
-                # the provider: do it now, so the client's card is not left with a hold.
+            # Unless the provider itself reported this intent canceled (then this snapshot is
+            # merely older than that one), the payment ended here without a hold, and only a
+            # cancel already written gives this one back: without one the client's card
+            # would keep it. A cancel the provider already did is reconciled as done.
+            canceled_there = payment.events.filter(
+                kind=PaymentState.CANCELED, data__intent=intent.id
+            ).exists()
+            if (
+                not canceled_there
+                and not payment.commands.filter(kind__in=HOLD_ENDING_COMMANDS).exists()
+            ):
                 command_write(payment, CommandKind.CANCEL, 0, "released: authorized after the end")
             return payment
         if target is None or not _moves_forward(payment.state, target):
@@ -402,7 +446,14 @@ def payment_hold_place(payment_id: int) -> Payment:
     except ProviderUnavailable as error:
         logger.warning("off-session hold for payment %s: %s; retrying", payment.pk, error)
         return payment
-    _payment_record_provider_id(payment, "intent_id", intent.id)
+    try:
+        _payment_record_provider_id(payment, "intent_id", intent.id)
+    except PaymentRefused:
+        # Released while the hold was being placed: the intent is recorded with its cancel
+        # written; applying it records the hold that the cancel gives back.
+        payment.refresh_from_db()
+        if payment.intent_id != intent.id:
+            raise
     return payment_apply_intent(payment.pk, intent, source="off_session")
 
 

@@ -573,9 +573,20 @@ def test_a_payment_that_ends_while_its_intent_is_created_leaves_no_intent_to_pay
     monkeypatch.setattr(LocalGateway, "intent_create", create_then_expire)
     with pytest.raises(PaymentRefused, match="no longer waiting for payment"):
         services.payment_checkout(payment.pk)
+    assert commands_run_pending() == [CommandState.SUCCEEDED]
     payment.refresh_from_db()
-    assert (payment.state, payment.intent_id) == (PaymentState.CANCELED, "")
-    assert list(LocalIntent.objects.values_list("status", flat=True)) == ["canceled"]
+    # The intent is recorded and canceled through the outbox (retried until the provider
+    # answers), not by a one-off call whose failure would leave it confirmable.
+    intent = LocalIntent.objects.get()
+    assert (payment.state, payment.intent_id, intent.status) == (
+        PaymentState.CANCELED,
+        intent.id,
+        "canceled",
+    )
+    assert (payment.authorized_minor, payment.released_minor, payment.captured_minor) == (0, 0, 0)
+    assert list(payment.commands.values_list("kind", "amount_minor", "state")) == [
+        (CommandKind.CANCEL, 0, CommandState.SUCCEEDED)
+    ]
 
 
 def test_a_hold_on_an_intent_unknown_when_the_payment_ended_is_canceled() -> None:
@@ -654,3 +665,39 @@ def test_no_refund_while_the_bank_holds_a_chargeback(closed: str | None) -> None
     payment.refresh_from_db()
     assert payment.refunded_minor == 0
     assert not PaymentCommand.objects.filter(kind=CommandKind.REFUND).exists()
+
+
+def test_a_hold_placed_as_the_payment_is_released_is_given_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hold_at = timezone.now() + dt.timedelta(days=9)
+    payment = _card_saved(hold_at)
+    create = LocalGateway.intent_create
+
+    def create_then_release(self: LocalGateway, **kwargs: Any) -> Any:
+        intent = create(self, **kwargs)  # off-session: authorized at once
+        # Meanwhile the client canceled in time and the payment was released.
+        services.payment_release(Payment.objects.get(pk=payment.pk), reason="canceled in time")
+        return intent
+
+    monkeypatch.setattr(LocalGateway, "intent_create", create_then_release)
+    with time_machine.travel(hold_at + dt.timedelta(seconds=1)):
+        payment = services.payment_hold_place(payment.pk)
+    assert commands_run_pending() == [CommandState.SUCCEEDED]
+    payment.refresh_from_db()
+
+    intent = LocalIntent.objects.get(kind="payment")
+    assert (payment.state, payment.intent_id, intent.status) == (
+        PaymentState.CANCELED,
+        intent.id,
+        "canceled",
+    )
+    assert (payment.authorized_minor, payment.released_minor, payment.captured_minor) == (
+        5000,
+        5000,
+        0,
+    )
+    assert list(payment.commands.values_list("kind", "amount_minor", "state")) == [
+        (CommandKind.CANCEL, 0, CommandState.SUCCEEDED)
+    ]
+    assert Settlement.objects.get(payment=payment).amount_minor == 0

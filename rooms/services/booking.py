@@ -11,14 +11,14 @@ from typing import Any
 
 from allauth.account.models import EmailAddress
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
 from accounts.models import User
 from accounts.selectors import users_blocked_between
 from billing import services as billing
-from billing.models import Payment
+from billing.models import Payment, PaymentState
 from rooms import emails, selectors
 from rooms.availability import Slot, candidate_slots
 from rooms.errors import BookingRefused, RoomsError, SlotTaken
@@ -53,6 +53,7 @@ def booking_reserve(client: User, offering: Offering, slot_start: datetime) -> S
     slot = slot_check_policy(offering, slot_start, now)
     try:
         with transaction.atomic():
+            _unpaid_limit_check(client, offering.expert, now)
             room = _room_create(offering, slot, RoomKind.PRIVATE, now)
             seat = Seat.objects.create(
                 room=room,
@@ -131,8 +132,10 @@ def group_seat_reserve(client: User, room_id: int) -> Seat:
     """Take a seat in a published group session, if one is left."""
     now = timezone.now()
     with transaction.atomic():
-        # Payments first (the lock order): the client's own stale reservation here may be
-        # released below.
+        # The client's booking lock first (it is taken before anything else by every
+        # booking), then payments (the lock order): the client's own stale reservation here
+        # may be released below.
+        _client_booking_lock(client)
         billing.payments_lock(
             list(
                 Seat.objects.filter(
@@ -157,6 +160,7 @@ def group_seat_reserve(client: User, room_id: int) -> Seat:
         _seats_expire_stale(Seat.objects.filter(room=room, client=client), now)
         if Seat.objects.holding_place().filter(room=room, client=client).exists():
             raise BookingRefused("You already have a seat in this session.")
+        _unpaid_limit_check(client, room.expert, now, locked=True)
         if selectors.seats_holding(room) >= room.capacity:
             raise BookingRefused("This session is full.")
         seat = Seat.objects.create(
@@ -167,6 +171,56 @@ def group_seat_reserve(client: User, room_id: int) -> Seat:
         )
         event_write(room, "seat_reserved", client, seat=seat.pk)
     return seat
+
+
+# The first key of the two-key advisory lock a client's bookings queue on ("Book").
+_CLIENT_BOOKING_LOCK_CLASS = 0x426F6F6B
+
+
+def _client_booking_lock(client: User) -> None:
+    """Serialise one client's bookings until the caller's transaction ends, so counting their
+    unpaid reservations and adding one cannot interleave with another of their bookings.
+
+    An advisory lock rather than the client's user row: a client may be an expert too, and
+    bookings lock experts' rows (the calendar lock) in whatever order clients book each
+    other. Taken first in every booking transaction, so it never waits behind a row lock
+    that a holder of it wants. SQLite needs nothing (IMMEDIATE transactions: one writer).
+    """
+    if connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_advisory_xact_lock(%s, %s)", [_CLIENT_BOOKING_LOCK_CLASS, client.pk]
+        )
+
+
+def _unpaid_limit_check(client: User, expert: User, now: datetime, *, locked: bool = False) -> None:
+    """Refuse a booking that would give the client more reservations waiting for the card
+    than allowed, overall or with this expert: one client must not hold an expert's calendar
+    (or many experts' calendars) without paying. A saved card (a hold placed later) is paid
+    for this purpose. Counted under the client's booking lock, so concurrent bookings of one
+    client cannot all pass the count."""
+    if not locked:
+        _client_booking_lock(client)
+    unpaid = Seat.objects.filter(
+        client=client,
+        state=SeatState.RESERVED,
+        reserved_until__gt=now,
+        payment__state=PaymentState.PENDING,
+    )
+    hold = settings.RESERVATION_HOLD_MINUTES
+    overall = settings.UNPAID_RESERVATIONS_MAX
+    if unpaid.count() >= overall:
+        raise BookingRefused(
+            f"You have {overall} bookings waiting for payment. Pay for one of them (or let it "
+            f"lapse: an unpaid booking is released after {hold} minutes) before booking another."
+        )
+    per_expert = settings.UNPAID_RESERVATIONS_PER_EXPERT_MAX
+    if unpaid.filter(room__expert=expert).count() >= per_expert:
+        raise BookingRefused(
+            f"You have {per_expert} bookings with {expert.display_name} waiting for payment. "
+            "Pay for them (or let them lapse) before booking another session with them."
+        )
 
 
 def _payment_open(room: Room, client: User, now: datetime) -> Payment:

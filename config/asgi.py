@@ -14,8 +14,12 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
+from billing.checks import payment_provider_enforce  # noqa: E402
 from config.routing import websocket_urlpatterns  # noqa: E402
 from config.websocket import SameSiteOrigin  # noqa: E402
+
+# Daphne runs no system checks: a production server must not start taking test cards.
+payment_provider_enforce()
 
 
 def websocket_stack(routes: list[Any]) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import socket
 from datetime import datetime, timedelta
@@ -19,13 +20,24 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.utils import timezone
+from redis.exceptions import RedisError
 
 from rooms import broadcast, selectors, services
 from rooms.errors import NotAllowed, RoomsError
-from rooms.models import Room
+from rooms.models import Room, RoomState
 from rooms.protocol import VERSION, Message, ProtocolError, RateLimit, message_read
+from rooms.services.room_state import room_catch_up
+
+logger = logging.getLogger(__name__)
 
 PROCESS = f"{socket.gethostname()}:{os.getpid()}"
+
+# What the channel layer raises when Redis is down or unreachable (redis-py's errors, and the
+# OS's for a refused or reset connection). The socket answers `unavailable` instead of dying.
+LAYER_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError)
+UNAVAILABLE = (
+    "Signaling is unavailable for a moment. Your call goes on; the page reconnects by itself."
+)
 
 # Close codes (docs/SIGNALING.md): a refusal at connect says its reason in the code too,
 # because Daphne sends no close-frame reason text.
@@ -40,6 +52,8 @@ REFUSAL_CLOSE_CODES = {
     "blocked": 4423,
     "removed": 4424,
     "too_early": 4425,
+    "too_many_joins": 4429,
+    "unavailable": 4503,
 }
 CLOSE_ENDED = 4000
 CLOSE_REPLACED = 4001
@@ -51,10 +65,36 @@ WARNING_MINUTES = (5, 1)
 class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     room_id: int
     admitted: bool = False
+    # The handshake was read (connect ran): from then on a refusal is a message and a code.
+    handshake_read: bool = False
+    # `ended` was sent (by the room's broadcast or this socket's own paid-end timer).
+    ended_told: bool = False
     # Participants in the room as this socket knows them: signals may be addressed to them.
     peers: set[int]
 
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except LAYER_ERRORS:
+            if self.handshake_read:
+                raise
+            # The channel layer failed before the handshake was read (its own channel could
+            # not be subscribed): answer the handshake here rather than with an HTTP 500.
+            logger.warning("Channel layer unavailable at connect", exc_info=True)
+            await self.unavailable_handshake(receive, send)
+
+    @staticmethod
+    async def unavailable_handshake(receive: Any, send: Any) -> None:
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return
+        error = {"v": VERSION, "type": "error", "code": "unavailable", "message": UNAVAILABLE}
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.send", "text": json.dumps({**error, "ref": None})})
+        await send({"type": "websocket.close", "code": REFUSAL_CLOSE_CODES["unavailable"]})
+
     async def connect(self) -> None:
+        self.handshake_read = True
         self.peers = set()
         self.timers: list[asyncio.Task[None]] = []
         self.limit = RateLimit(settings.SIGNALING_MAX_MESSAGES_PER_SECOND)
@@ -67,8 +107,17 @@ class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             return
         # In the groups before the presence exists, so nothing addressed to this participant
         # after its join commits can miss it.
-        await self.channel_layer.group_add(broadcast.room_group(self.room_id), self.channel_name)
-        await self.channel_layer.group_add(self.own_group, self.channel_name)
+        try:
+            await self.channel_layer.group_add(
+                broadcast.room_group(self.room_id), self.channel_name
+            )
+            await self.channel_layer.group_add(self.own_group, self.channel_name)
+        except LAYER_ERRORS:
+            # Without its groups the socket would miss the room's news: refuse it cleanly; the
+            # page dials again with backoff and resumes within the grace.
+            logger.warning("Channel layer unavailable joining room %s", self.room_id)
+            await self.refuse("unavailable", UNAVAILABLE)
+            return
         try:
             welcome = await database_sync_to_async(self.join)()
         except Room.DoesNotExist:
@@ -77,10 +126,19 @@ class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         except services.JoinRefused as refused:
             await self.refuse(refused.code, str(refused))
             return
+        except Exception:
+            # The database (or a bug) failed the join: a clean refusal the page retries, not
+            # a 1011. Nothing was written (the join is one transaction).
+            logger.exception("Joining room %s failed", self.room_id)
+            await self.refuse("unavailable", UNAVAILABLE)
+            return
         self.admitted = True
         self.peers = {peer["id"] for peer in welcome["peers"]}
         await self.tell(welcome)
-        self.warnings_schedule(datetime.fromisoformat(welcome["room"]["ends_at"]))
+        ends_at = datetime.fromisoformat(welcome["room"]["ends_at"])
+        self.warnings_schedule(ends_at)
+        # The socket is not served past the paid end, whether or not a worker closes the room.
+        self.timers.append(asyncio.create_task(self.paid_end(ends_at)))
 
     @property
     def own_group(self) -> str:
@@ -96,13 +154,19 @@ class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
 
     async def refuse(self, code: str, message: str) -> None:
         await self.error(code, message)
-        await self.leave_groups()
+        try:
+            await self.leave_groups()
+        except LAYER_ERRORS:
+            logger.warning("Channel layer unavailable leaving room %s", self.room_id)
         await self.close(code=REFUSAL_CLOSE_CODES[code])
 
     async def disconnect(self, code: int) -> None:
-        for timer in self.timers:
+        for timer in getattr(self, "timers", []):
             timer.cancel()
-        await self.leave_groups()
+        try:
+            await self.leave_groups()
+        except LAYER_ERRORS:
+            logger.warning("Channel layer unavailable leaving room %s", self.room_id)
         if self.admitted:
             self.admitted = False
             await database_sync_to_async(services.presence_close)(
@@ -133,23 +197,39 @@ class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             await HANDLERS[message.type](self, message)
         except ProtocolError as error:
             await self.error(error.code, error.message, error.ref)
+        except LAYER_ERRORS:
+            # Redis is down: this message could not be relayed. The socket stays (heartbeats
+            # need only the database) and the peers' media keeps flowing peer to peer.
+            logger.warning("Channel layer unavailable in room %s", self.room_id, exc_info=True)
+            await self.error("unavailable", UNAVAILABLE)
+        except Exception:
+            # A bug or a database outage: answered, logged, and the socket stays up rather
+            # than dying with 1011.
+            logger.exception("A message in room %s failed", self.room_id)
+            await self.error("server_error", "Something went wrong on our side; try again.")
 
     async def on_heartbeat(self, message: Message) -> None:
         alive = await database_sync_to_async(services.presence_heartbeat)(self.channel_name)
         if not alive:
-            # Swept while silent, or closed by the room: this connection is over.
-            self.admitted = False
-            await self.close(code=CLOSE_GONE)
+            # Swept while silent, closed by the room, or past the paid end: this connection
+            # is over. If the room ended (or is due to), say so as a close would.
+            if not await self.end_if_over():
+                self.admitted = False
+                await self.close(code=CLOSE_GONE)
             return
         await self.tell({"type": "heartbeat_ack", "server_time": timezone.now().isoformat()})
 
     async def on_signal(self, message: Message) -> None:
         to = message.fields["to"]
         self.peer_check(to, "signal")
-        await self.channel_layer.group_send(
-            broadcast.participant_group(self.room_id, to),
-            {"type": "peer.signal", "from": self.user.pk, "data": message.fields["data"]},
-        )
+        try:
+            await self.channel_layer.group_send(
+                broadcast.participant_group(self.room_id, to),
+                {"type": "peer.signal", "from": self.user.pk, "data": message.fields["data"]},
+            )
+        except LAYER_ERRORS:
+            logger.warning("Channel layer unavailable relaying in room %s", self.room_id)
+            raise ProtocolError("unavailable", UNAVAILABLE, "signal") from None
 
     async def on_media_state(self, message: Message) -> None:
         fields = message.fields
@@ -217,10 +297,44 @@ class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         await self.tell(message)
 
     async def room_ended(self, event: dict[str, Any]) -> None:
+        if self.ended_told:
+            return
+        self.ended_told = True
         self.admitted = False
         charge = event["charges"].get(str(self.user.pk))
         await self.tell({"type": "ended", "reason": event["reason"], "charge": charge})
         await self.close(code=CLOSE_ENDED)
+
+    async def paid_end(self, ends_at: datetime) -> None:
+        """At the paid end, close the room (`time_limit`, as the sweep would) and this socket,
+        even when no worker runs; the room's broadcast may tell the other sockets first."""
+        await asyncio.sleep(max(0.0, (ends_at - timezone.now()).total_seconds()) + 0.1)
+        if self.admitted:
+            await self.end_if_over()
+
+    async def end_if_over(self) -> bool:
+        """Bring the room up to the clock; if it is closed, tell this socket `ended` (with its
+        charge, from the database) and close it. Returns whether it did."""
+        if self.ended_told:
+            return True
+        try:
+            ended = await database_sync_to_async(self.ended_message)()
+        except Exception:
+            logger.exception("Catching room %s up with the clock failed", self.room_id)
+            ended = None
+        if ended is None or self.ended_told:
+            return self.ended_told
+        self.ended_told = True
+        self.admitted = False
+        await self.tell(ended)
+        await self.close(code=CLOSE_ENDED)
+        return True
+
+    def ended_message(self) -> dict[str, Any] | None:
+        room = room_catch_up(self.room_id)
+        if room.state != RoomState.CLOSED:
+            return None
+        return selectors.room_ended_message(room, self.user)
 
     async def peer_signal(self, event: dict[str, Any]) -> None:
         if event["from"] not in self.peers:

@@ -283,3 +283,21 @@ def room_summary(room: Room, viewer: User) -> dict[str, Any]:
         "is_expert": viewer.pk == room.expert_id,
         "closed_at": room.closed_at,
     }
+
+
+def room_ended_message(room: Room, user: User) -> dict[str, Any]:
+    """The `ended` message of a closed room for one participant, from the database (what the
+    close's broadcast says, for a socket that learns of the close by itself)."""
+    charge = None
+    if user.pk != room.expert_id:
+        settlement = (
+            Settlement.objects.filter(payment__seat__room=room, payment__seat__client=user)
+            .order_by("-pk")
+            .first()
+        )
+        charge = {
+            "amount_minor": settlement.amount_minor if settlement else 0,
+            "currency": room.currency,
+            "billable_seconds": settlement.inputs.get("billable_seconds", 0) if settlement else 0,
+        }
+    return {"type": "ended", "reason": room.close_reason, "charge": charge}

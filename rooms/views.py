@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
@@ -20,6 +21,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 from accounts.choices import CURRENCIES
 from accounts.models import User
 from billing.pricing import format_money
+from config.ratelimits import post_rate_limited
 from rooms import selectors, services
 from rooms.availability import Slot
 from rooms.errors import RoomsError, SlotTaken
@@ -44,6 +46,9 @@ from rooms.models import (
     Weekday,
 )
 from rooms.probe import ProbeRefused, probe_answer
+from rooms.services.room_state import room_catch_up
+
+logger = logging.getLogger(__name__)
 
 
 def _user(request: HttpRequest) -> User:
@@ -75,7 +80,11 @@ def join(request: HttpRequest, room_id: int) -> HttpResponse:
     """The room page: lobby, preflight, the call and its bill (docs/CALL_PAGE.md)."""
     user = _user(request)
     room, seat = _participant_room(user, room_id)
+    # The page follows the clock even with no worker running: a lobby whose time has come
+    # opens, a room whose close is due closes.
+    room = _room_caught_up(room)
     is_expert = room.expert_id == user.pk
+    paid = is_expert or (seat is not None and seat.state == SeatState.CONFIRMED)
     config = {
         "roomId": room.pk,
         "userId": user.pk,
@@ -84,13 +93,15 @@ def join(request: HttpRequest, room_id: int) -> HttpResponse:
         "stateUrl": reverse("rooms:room_state", args=[room.pk]),
         "summaryUrl": reverse("rooms:room_summary", args=[room.pk]),
         "probeUrl": reverse("rooms:probe", args=[room.pk]),
-        "seatPaid": is_expert or (seat is not None and seat.state == SeatState.CONFIRMED),
+        "seatPaid": paid,
         "csrfToken": get_token(request),
         # For the connectivity test before joining; the call itself gets fresh ones in the
-        # socket's welcome.
+        # socket's welcome. TURN relays cost money: only the expert and paid seats get them.
         "iceServers": ice_servers(
             room_id=room.pk, user_id=user.pk, room_ends_at=room.ends_at, now=timezone.now()
-        ),
+        )
+        if paid
+        else [],
         **selectors.room_page_state(room),
     }
     return render(
@@ -113,7 +124,20 @@ def join(request: HttpRequest, room_id: int) -> HttpResponse:
 def room_state(request: HttpRequest, room_id: int) -> JsonResponse:
     """The room's state for a page that has no socket yet (before the lobby opens)."""
     room, _ = _participant_room(_user(request), room_id)
-    return JsonResponse(selectors.room_page_state(room))
+    return JsonResponse(selectors.room_page_state(_room_caught_up(room)))
+
+
+def _room_caught_up(room: Room) -> Room:
+    """The room brought up to the clock (`room_catch_up`); as it was if that fails (the
+    page still shows, and the sweep tries again)."""
+    if room.state not in (RoomState.SCHEDULED, RoomState.OPEN, RoomState.LIVE):
+        return room
+    try:
+        with transaction.atomic():
+            return room_catch_up(room.pk)
+    except Exception:
+        logger.exception("Catching room %s up with the clock failed", room.pk)
+        return room
 
 
 @login_required
@@ -134,11 +158,17 @@ async def probe(request: HttpRequest, room_id: int) -> JsonResponse:
     if not isinstance(user, User):
         return JsonResponse({"error": "Log in to test your connection."}, status=401)
     try:
-        room, _ = await database_sync_to_async(_participant_room)(user, room_id)
+        room, seat = await database_sync_to_async(_participant_room)(user, room_id)
     except PermissionDenied as refused:
         return JsonResponse({"error": str(refused)}, status=403)
     except Http404:
         return JsonResponse({"error": "There is no such session."}, status=404)
+    if room.expert_id != user.pk and (seat is None or seat.state != SeatState.CONFIRMED):
+        # The test goes through TURN, a relay that costs money: for paid seats only.
+        return JsonResponse(
+            {"error": "The connection test is for paid bookings. Pay for your seat first."},
+            status=403,
+        )
     if room.state in (RoomState.CLOSED, RoomState.CANCELED):
         return JsonResponse({"error": "This session is over."}, status=410)
     try:
@@ -267,6 +297,7 @@ def _slot_page(
     )
 
 
+@post_rate_limited("booking")
 def offering_book(request: HttpRequest, offering_id: int) -> HttpResponse:
     """Pick a time of an offering (GET) and reserve it (POST)."""
     offering = get_object_or_404(Offering.objects.select_related("expert"), pk=offering_id)
@@ -296,6 +327,7 @@ def offering_book(request: HttpRequest, offering_id: int) -> HttpResponse:
 
 @login_required
 @require_POST
+@post_rate_limited("booking")
 def group_seat_take(request: HttpRequest, room_id: int) -> HttpResponse:
     room = get_object_or_404(Room, pk=room_id)
     try:

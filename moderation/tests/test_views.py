@@ -34,7 +34,7 @@ from rooms.tests.factories import (
     seat_pay,
     weekdays_available,
 )
-from rooms.tests.signaling import Call, Socket, call_create, session_cookie
+from rooms.tests.signaling import Call, Socket, call_create, room_running_now, session_cookie
 
 JSON = {"Accept": "application/json"}
 SETTLED_AT = CALL_START + dt.timedelta(minutes=3)  # room_closed_after_a_call's end
@@ -78,6 +78,8 @@ def _group_room(clients: int = 2) -> tuple[Room, list[User]]:
             seat_pay(rooms.group_seat_reserve(person, room.pk))
     with time_machine.travel(CALL_START - dt.timedelta(minutes=10), tick=False):
         rooms.rooms_advance()
+    # Sockets are admitted by the real clock: the session runs now.
+    room_running_now(room.pk)
     return Room.objects.select_related("expert").get(pk=room.pk), people
 
 
@@ -225,8 +227,9 @@ async def test_a_client_blocking_the_expert_mid_call_ends_it_for_both_and_cannot
 
     again = Socket(call.room.pk, await database_sync_to_async(session_cookie)(call.client))
     refused = await again.open()
-    assert (refused["type"], refused["code"]) == ("error", "blocked")
-    assert await again.closed_with() == 4423
+    # The session is over, and that is what the client hears (nothing names the block).
+    assert (refused["type"], refused["code"]) == ("error", "room_ended")
+    assert await again.closed_with() == 4410
     assert room.offering_id is not None
     offering = await Offering.objects.aget(pk=room.offering_id)
     refusal = await database_sync_to_async(_book_again)(call.client, offering)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -82,7 +83,7 @@ def seat_cancel(seat_id: int, *, actor: User, expected_fee_minor: int | None = N
             fee_minor=fee,
             rule=f"free until {settings.FREE_CANCELLATION_HOURS} h before, "
             f"then {room.late_cancel_fee_percent}% of {room.max_amount_minor}",
-            hours_before=round(hours_before, 2),
+            hours_before=_hours_floor(hours_before),
         )
         if room.kind == RoomKind.PRIVATE:
             room_transition(room, RoomState.CANCELED, actor, reason="client_canceled")
@@ -103,6 +104,18 @@ def _seat_lock(seat_id: int) -> Seat:
     return seat
 
 
+def _hours_floor(hours: float) -> float:
+    """Hours to two places, rounded down: a cancellation a moment inside the fee period must not
+    read as "24.0 h before" next to a fee that applies from 24 h."""
+    return math.floor(hours * 100) / 100
+
+
+def _time_before_start(hours: float) -> str:
+    """ "23 h 59 min", rounded down to the minute for the same reason."""
+    minutes = math.floor(hours * 60)
+    return f"{minutes // 60} h {minutes % 60} min"
+
+
 def _seat_money_on_cancel(
     seat: Seat, room: Room, fee: int, actor: User | None, hours_before: float
 ) -> None:
@@ -120,12 +133,12 @@ def _seat_money_on_cancel(
         currency=room.currency,
         rule="late_cancel",
         inputs={
-            "hours_before_start": round(hours_before, 2),
+            "hours_before_start": _hours_floor(hours_before),
             "free_hours": settings.FREE_CANCELLATION_HOURS,
             "late_cancel_fee_percent": room.late_cancel_fee_percent,
             "max_amount_minor": room.max_amount_minor,
         },
-        explanation=f"Canceled {hours_before:.1f} h before the start (free until "
+        explanation=f"Canceled {_time_before_start(hours_before)} before the start (free until "
         f"{settings.FREE_CANCELLATION_HOURS} h): {room.late_cancel_fee_percent}% of "
         f"{format_money(room.max_amount_minor, room.currency)} = "
         f"{format_money(fee, room.currency)}.",

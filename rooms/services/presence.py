@@ -7,11 +7,14 @@ room, and a process that dies leaves rows the sweeper closes at their last heart
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import F, Value
+from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from accounts.models import User
@@ -34,7 +37,14 @@ from rooms.models import (
 from rooms.protocol import CANDIDATE_TYPES, MEDIA_STATES
 from rooms.selectors import participant
 from rooms.services.records import event_write
-from rooms.services.room_state import room_mark_live
+from rooms.services.room_state import room_catch_up, room_mark_live, room_open
+
+logger = logging.getLogger(__name__)
+
+# Connects per participant per room (SIGNALING_JOINS_MAX) are counted over this window: a
+# client reconnecting in a loop makes every peer restart ICE each time. The page's own backoff
+# (static/js/room/signaling.js) stays well under the limit.
+JOINS_WINDOW_SECONDS = 10
 
 
 class JoinRefused(RoomsError):
@@ -55,9 +65,12 @@ class Joined:
     went_live: bool
 
 
-def room_admission_check(room: Room, user: User) -> None:
+def room_admission_check(room: Room, user: User, *, now: datetime | None = None) -> None:
     """Raise JoinRefused unless `user` may be in `room` now: its expert or a confirmed seat
-    holder, not blocked by the other side, active, the room open or live and not full."""
+    holder, not blocked by the other side, active, the room open or live (by the clock: a
+    lobby whose time has come counts as open, a room past its paid end as ended) and not
+    full."""
+    now = now or timezone.now()
     if not user.is_active:
         raise JoinRefused("blocked", "This account is suspended.")
     is_expert = room.expert_id == user.pk
@@ -65,14 +78,21 @@ def room_admission_check(room: Room, user: User) -> None:
         seat = Seat.objects.filter(room=room, client=user).order_by("-pk").first()
         if seat is None:
             raise JoinRefused("not_participant", "This room is for its expert and its clients.")
+        if room.state in (RoomState.CLOSED, RoomState.CANCELED):
+            # Said before the seat's state: a canceled session cancels its seats too, and
+            # "not paid" would send the client to pay for a session that is gone.
+            raise JoinRefused("room_ended", f"This session is {room.get_state_display().lower()}.")
         if seat.state != SeatState.CONFIRMED:
             raise JoinRefused("not_paid", "Your seat in this session is not paid.")
         if users_blocked_between(user.pk, room.expert_id):
             raise JoinRefused("blocked", "You cannot join this session.")
-    if room.state == RoomState.SCHEDULED:
+    lobby_opens_at = room.starts_at - timedelta(minutes=settings.LOBBY_OPENS_MINUTES)
+    if room.state == RoomState.SCHEDULED and now < lobby_opens_at:
         raise JoinRefused("too_early", "The lobby opens 10 minutes before the start.")
     if room.state in (RoomState.CLOSED, RoomState.CANCELED):
         raise JoinRefused("room_ended", f"This session is {room.get_state_display().lower()}.")
+    if now >= room.ends_at:
+        raise JoinRefused("room_ended", "The booked time of this session is over.")
     if RoomEvent.objects.filter(room=room, kind="participant_removed", data__user=user.pk).exists():
         raise JoinRefused("removed", "You were removed from this session.")
     others = (
@@ -96,11 +116,37 @@ def presence_open(
     now: datetime | None = None,
 ) -> Joined:
     """A connection joins: admitted or refused, replacing the user's older connection, and
-    starting the live window when the expert and a seat holder are first both in."""
-    now = now or timezone.now()
+    starting the live window when the expert and a seat holder are first both in.
+
+    The room follows the clock here, with or without a Celery worker: a lobby whose time has
+    come opens, and a room whose close is due (its paid end, a no-show) closes first."""
+    if now is None:
+        try:
+            room_catch_up(room_id)
+        except Room.DoesNotExist:
+            raise
+        except Exception:
+            # The sweep will try again; admission below still follows the clock.
+            logger.exception("Catching room %s up with the clock failed.", room_id)
     with transaction.atomic():
         room = Room.objects.select_for_update().get(pk=room_id)
-        room_admission_check(room, user)
+        # Read after the room's lock: every presence of this room committed before it
+        # started no earlier, so the one this replaces never ends before it began.
+        now = now or timezone.now()
+        room_admission_check(room, user, now=now)
+        if room.state == RoomState.SCHEDULED:
+            # The lobby's time has come but no sweep has opened it yet.
+            room_open(room.pk, now=now)
+            room.refresh_from_db()
+        window = now - timedelta(seconds=JOINS_WINDOW_SECONDS)
+        if (
+            Presence.objects.filter(room=room, user=user, opened_at__gt=window).count()
+            >= settings.SIGNALING_JOINS_MAX
+        ):
+            raise JoinRefused(
+                "too_many_joins",
+                f"Too many connections in a short time; try again in {JOINS_WINDOW_SECONDS} s.",
+            )
         mine = Presence.objects.select_for_update().filter(room=room, user=user)
         old = mine.filter(closed_at__isnull=True).first()
         grace = timedelta(seconds=settings.RESUME_GRACE_SECONDS)
@@ -111,7 +157,9 @@ def presence_open(
             and now - last_closed.closed_at <= grace
         )
         if old is not None:
-            Presence.objects.filter(pk=old.pk).update(closed_at=now, close_reason="replaced")
+            Presence.objects.filter(pk=old.pk).update(
+                closed_at=Greatest(Value(now), F("opened_at")), close_reason="replaced"
+            )
         presence = Presence.objects.create(
             room=room,
             user=user,
@@ -149,12 +197,16 @@ def _both_sides_in(room: Room) -> bool:
 
 
 def presence_heartbeat(connection_id: str, *, now: datetime | None = None) -> bool:
-    """A heartbeat; False when the connection is no longer open (replaced, swept, room closed),
-    so the consumer closes its socket."""
+    """A heartbeat; False when the connection is no longer open (replaced, swept, room closed)
+    or the room's paid time is over, so the consumer closes its socket."""
+    now = now or timezone.now()
+    # Never backwards: a heartbeat read its clock before the row it updates was written (or
+    # after a later one) cannot move the last heartbeat before the start, where the sweeper
+    # would end the presence.
     return bool(
-        Presence.objects.filter(connection_id=connection_id, closed_at__isnull=True).update(
-            last_heartbeat_at=now or timezone.now()
-        )
+        Presence.objects.filter(
+            connection_id=connection_id, closed_at__isnull=True, room__ends_at__gt=now
+        ).update(last_heartbeat_at=Greatest(Value(now), F("last_heartbeat_at")))
     )
 
 
@@ -176,12 +228,12 @@ def participant_remove(
     Returns whether they were in the room at that moment."""
     if not reason.strip():
         raise RoomsError("Say why the participant is removed.")
-    now = now or timezone.now()
     notice = notice or f"You were removed from this session: {reason}"
     with transaction.atomic():
         room = Room.objects.select_for_update().get(pk=room_id)
+        now = now or timezone.now()  # after the lock, see presence_open
         closed = Presence.objects.filter(room=room, user=user, closed_at__isnull=True).update(
-            closed_at=now, close_reason="removed"
+            closed_at=Greatest(Value(now), F("opened_at")), close_reason="removed"
         )
         event_write(room, "participant_removed", actor, user=user.pk, reason=reason)
         told = "session_ended" if discreet else reason
@@ -236,7 +288,6 @@ def presence_close(connection_id: str, *, reason: str, now: datetime | None = No
     whether this call ended the presence (a replaced or swept one is already ended)."""
     if reason not in PRESENCE_CLOSE_REASONS:
         raise RoomsError(f"A presence closes as one of: {', '.join(PRESENCE_CLOSE_REASONS)}.")
-    now = now or timezone.now()
     with transaction.atomic():
         presence = (
             Presence.objects.select_for_update()
@@ -245,6 +296,8 @@ def presence_close(connection_id: str, *, reason: str, now: datetime | None = No
         )
         if presence is None:
             return False
+        # After the row's lock, and never before the row began.
+        now = max(now or timezone.now(), presence.opened_at)
         Presence.objects.filter(pk=presence.pk).update(closed_at=now, close_reason=reason)
         _presence_ended(presence, reason)
     return True
@@ -258,8 +311,12 @@ def presences_sweep_stale(now: datetime | None = None) -> int:
     swept = 0
     for presence in Presence.objects.filter(closed_at__isnull=True, last_heartbeat_at__lt=stale):
         with transaction.atomic():
-            if Presence.objects.filter(pk=presence.pk, closed_at__isnull=True).update(
-                closed_at=presence.last_heartbeat_at, close_reason="stale"
+            # The row's own last heartbeat (one may have landed since it was read), never
+            # before the start.
+            if Presence.objects.filter(
+                pk=presence.pk, closed_at__isnull=True, last_heartbeat_at__lt=stale
+            ).update(
+                closed_at=Greatest(F("last_heartbeat_at"), F("opened_at")), close_reason="stale"
             ):
                 swept += 1
                 _presence_ended(presence, "stale")
@@ -293,7 +350,7 @@ def presence_grace_check(room_id: int, user_id: int, *, now: datetime | None = N
         return False
     last = presences.order_by("-closed_at").first()
     grace = timedelta(seconds=settings.RESUME_GRACE_SECONDS)
-    if last is None or last.closed_at is None or now - last.closed_at < grace:
+    if last is None or last.closed_at is None or now - last.closed_at <= grace:
         return False
     if last.close_reason not in DROP_REASONS:
         return False
@@ -352,7 +409,6 @@ def media_state_report(
         raise RoomsError(f"Media state must be one of {', '.join(MEDIA_STATES)}.")
     if candidate_type and candidate_type not in CANDIDATE_TYPES:
         raise RoomsError("Unknown ICE candidate type.")
-    now = now or timezone.now()
     room = Room.objects.get(pk=room_id)
     pair = {reporter.pk, peer_id}
     if room.expert_id not in pair or len(pair) != 2:
@@ -361,12 +417,18 @@ def media_state_report(
     if not Seat.objects.filter(room=room, client_id=client_id, state=SeatState.CONFIRMED).exists():
         raise RoomsError("That peer has no seat in this room.")
     with transaction.atomic():
+        # The room's lock orders this report with the close: a link opens only in a room that
+        # is still open, and the time is read after the lock (see room_close).
+        room = Room.objects.select_for_update().get(pk=room_id)
+        now = now or timezone.now()
         open_link = (
             MediaLink.objects.select_for_update()
             .filter(room=room, client_id=client_id, reported_by=reporter, ended_at__isnull=True)
             .first()
         )
         if state == "connected":
+            if room.state not in (RoomState.OPEN, RoomState.LIVE) or now >= room.ends_at:
+                raise RoomsError("This session has ended; its media is no longer metered.")
             if open_link is not None:
                 return open_link
             return MediaLink.objects.create(
@@ -380,6 +442,8 @@ def media_state_report(
             ended_at = now
             if since is not None:
                 earliest = now - timedelta(seconds=settings.MEDIA_REPORT_MAX_DELAY_SECONDS)
-                ended_at = min(now, max(since, earliest, open_link.started_at))
-            MediaLink.objects.filter(pk=open_link.pk).update(ended_at=ended_at)
+                ended_at = min(now, max(since, earliest))
+            MediaLink.objects.filter(pk=open_link.pk).update(
+                ended_at=max(ended_at, open_link.started_at)
+            )
         return None

@@ -6,17 +6,25 @@ together or not at all. Closing twice, or from two processes at once, settles on
 payments and the room are locked first, and a closed room is returned as it is.
 
 Timed transitions run from `rooms_advance` (the beat sweep every 10 s, and a task scheduled
-for the exact moment); both may run at once without harm.
+for the exact moment when it is near); both may run at once without harm. They also follow the
+clock without Celery: admission, the room page and the sockets call `room_catch_up`, which does
+for one room what the sweep would do now.
+
+Every transition reads its time after it holds its locks: a presence or media link committed
+while it waited starts no later than that moment, so ending it there never ends it before it
+began. A caller passing `now` (tests) is clamped the same way: nothing ends before it starts.
 """
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import F, Q, Value
+from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from accounts.models import User
@@ -35,30 +43,45 @@ from rooms.models import (
 )
 from rooms.services.records import event_write, room_transition, seat_transition
 
+logger = logging.getLogger(__name__)
 
-def room_timers_schedule(room: Room) -> None:
+# How far ahead a room's exact moment is handed to Celery as an ETA task. A Redis broker
+# redelivers an unacknowledged message after its visibility timeout (1 h by default), so an ETA
+# further out would be delivered again every hour until it runs. Moments further out are left to
+# the beat sweep (every 10 s), which needs no message to survive.
+TIMER_ETA_HORIZON = timedelta(minutes=50)
+
+
+def room_timers_schedule(room: Room, *, now: datetime | None = None) -> None:
     """After commit, ask Celery to advance the room at its exact moments (lobby opening,
-    no-show check, paid end); the beat sweep every 10 s is the safety net for lost ones."""
+    no-show check, paid end) that are within TIMER_ETA_HORIZON; the beat sweep every 10 s
+    covers the later ones and any task that was lost."""
     from rooms.tasks import rooms_advance as advance_task
 
-    moments = (
-        room.starts_at - timedelta(minutes=settings.LOBBY_OPENS_MINUTES),
-        room.starts_at + timedelta(minutes=settings.NO_SHOW_MINUTES),
-        room.ends_at,
-    )
+    now = now or timezone.now()
+    moments = [
+        moment
+        for moment in (
+            room.starts_at - timedelta(minutes=settings.LOBBY_OPENS_MINUTES),
+            room.starts_at + timedelta(minutes=settings.NO_SHOW_MINUTES),
+            room.ends_at,
+        )
+        if now <= moment <= now + TIMER_ETA_HORIZON
+    ]
 
     def schedule() -> None:
         for moment in moments:
             advance_task.apply_async(eta=moment)
 
-    transaction.on_commit(schedule, robust=True)
+    if moments:
+        transaction.on_commit(schedule, robust=True)
 
 
 def room_open(room_id: int, *, now: datetime | None = None) -> bool:
     """Open the lobby (from start − LOBBY_OPENS_MINUTES). Returns whether this call did it."""
-    now = now or timezone.now()
     with transaction.atomic():
         room = Room.objects.select_for_update().get(pk=room_id)
+        now = now or timezone.now()
         lobby = timedelta(minutes=settings.LOBBY_OPENS_MINUTES)
         if room.state != RoomState.SCHEDULED or room.starts_at > now + lobby:
             return False
@@ -92,9 +115,15 @@ def room_close(
 ) -> Room:
     """Close the room and settle every seat, in one transaction; safe to call any number of
     times from anywhere (the first close stands)."""
+    return _room_close(room_id, reason=reason, actor=actor, now=now)[0]
+
+
+def _room_close(
+    room_id: int, *, reason: str, actor: User | None, now: datetime | None
+) -> tuple[Room, bool]:
+    """`room_close`, also saying whether this call closed the room."""
     if reason not in CloseReason.values:
         raise InvalidTransition(f"{reason!r} is not a reason a room closes for.")
-    now = now or timezone.now()
     with transaction.atomic():
         # The lock order of every writer: payments, then the room, then its seats.
         billing.payments_lock(
@@ -108,21 +137,30 @@ def room_close(
         )
         room = Room.objects.select_for_update().get(pk=room_id)
         if room.state == RoomState.CLOSED:
-            return room
+            return room, False
         if room.state not in (RoomState.OPEN, RoomState.LIVE):
             raise InvalidTransition(
                 f"This session is {RoomState(room.state).label.lower()}; only an open or live "
                 "room can close."
             )
+        # Read after the locks: every presence and media link committed before them started
+        # no later than this (their writers take the room's lock too).
+        ran_at = timezone.now()
+        # The paid time is the most a call can last: a close that runs late (the sweep was
+        # down) still ends the live window, the presences and the media links at the paid end.
+        end = min(now or ran_at, room.ends_at)
         Presence.objects.filter(room=room, closed_at__isnull=True).update(
-            closed_at=now, close_reason="room_closed"
+            closed_at=Greatest(Value(end), F("opened_at")), close_reason="room_closed"
         )
-        MediaLink.objects.filter(room=room, ended_at__isnull=True).update(ended_at=now)
-        settled = [_seat_settle(room, seat, now, actor, reason) for seat in _seats_to_settle(room)]
+        MediaLink.objects.filter(room=room, ended_at__isnull=True).update(
+            ended_at=Greatest(Value(end), F("started_at"))
+        )
+        settled = [_seat_settle(room, seat, end, actor, reason) for seat in _seats_to_settle(room)]
         room_transition(
-            room, RoomState.CLOSED, actor, reason=reason, closed_at=now, close_reason=reason
+            room, RoomState.CLOSED, actor, reason=reason, closed_at=end, close_reason=reason
         )
-        event_write(room, "closed", actor, reason=reason, seats=settled)
+        # closed_at is where the call ended for billing; ran_at is when the close happened.
+        event_write(room, "closed", actor, reason=reason, seats=settled, ran_at=ran_at.isoformat())
         if reason == CloseReason.EXPERT_NO_SHOW:
             event_write(room, "expert_no_show", None, expert=room.expert_id)
         # Moderation files the automatic report on an expert no-show.
@@ -137,7 +175,7 @@ def room_close(
         }
         # Every socket of the room hears why and what it cost, then closes.
         broadcast.room_send(room.pk, {"type": "room.ended", "reason": reason, "charges": charges})
-    return room
+    return room, True
 
 
 def room_end_by_expert(room_id: int, user: User, *, now: datetime | None = None) -> Room:
@@ -201,13 +239,18 @@ def seat_meter(room: Room, seat: Seat, now: datetime) -> dict[str, Any]:
         metering.to_micros(link.started_at, link.ended_at or now)
         for link in MediaLink.objects.filter(room=room, client_id=seat.client_id)
     ]
-    window = metering.to_micros(room.live_at, room.closed_at or now) if room.live_at else (0, 0)
+    window = (0, 0)
+    if room.live_at:
+        window = metering.to_micros(room.live_at, max(room.live_at, room.closed_at or now))
     billable = metering.billable_time(
         live_window=window, expert_presence=expert, client_presence=client, media_links=media
     )
-    if not metering.total(expert):
+    # Who came is whether a connection was admitted, not how long it lasted: a join that a
+    # close (a block, the paid end) cut at the very instant it was admitted still came, as
+    # `_no_show_reason` counts it too; it is billed nothing, but it is never a no-show.
+    if not _came(room, room.expert_id):
         outcome = "expert_no_show"
-    elif not metering.total(client):
+    elif not _came(room, seat.client_id):
         outcome = "client_no_show"
     else:
         outcome = "completed"
@@ -221,6 +264,10 @@ def seat_meter(room: Room, seat: Seat, now: datetime) -> dict[str, Any]:
         "client_presence": metering.as_seconds(client),
         "media_links": metering.as_seconds(media),
     }
+
+
+def _came(room: Room, user_id: int) -> bool:
+    return Presence.objects.filter(room=room, user_id=user_id).exists()
 
 
 def _presence_intervals(room: Room, user_id: int, now: datetime) -> list[metering.Interval]:
@@ -240,19 +287,45 @@ def rooms_advance(now: datetime | None = None) -> dict[str, int]:
     """The timed transitions that are due (beat every 10 s, and tasks at the exact moment).
 
     Each room moves in its own transaction through a guarded service, so two sweeps, or a
-    sweep and a task, running at once do each thing once.
+    sweep and a task, running at once do each thing once. A room that fails is logged and left
+    for the next run; it never stops the others.
     """
     now = now or timezone.now()
-    done = {"opened": 0, "closed": 0}
+    done = {"opened": 0, "closed": 0, "failed": 0}
     lobby = timedelta(minutes=settings.LOBBY_OPENS_MINUTES)
     for room_id in Room.objects.filter(
         state=RoomState.SCHEDULED, starts_at__lte=now + lobby
     ).values_list("pk", flat=True)[:500]:
-        done["opened"] += room_open(room_id, now=now)
+        try:
+            done["opened"] += room_open(room_id)
+        except Exception:
+            logger.exception("Opening room %s failed; the next sweep tries again.", room_id)
+            done["failed"] += 1
     for room_id, reason in _rooms_due_to_close(now):
-        room = room_close(room_id, reason=reason, now=now)
-        done["closed"] += room.closed_at == now
+        try:
+            done["closed"] += _room_close(room_id, reason=reason, actor=None, now=None)[1]
+        except Exception:
+            logger.exception(
+                "Closing room %s (%s) failed; the next sweep tries again.", room_id, reason
+            )
+            done["failed"] += 1
     return done
+
+
+def room_catch_up(room_id: int) -> Room:
+    """Do for one room what the sweep would do now: open its lobby once the lobby time has come,
+    close it when a close is due (the paid end, a no-show, empty). The room follows the clock
+    even when no Celery worker runs: admission, the room page and the sockets call this."""
+    now = timezone.now()
+    room = Room.objects.get(pk=room_id)
+    lobby = timedelta(minutes=settings.LOBBY_OPENS_MINUTES)
+    if room.state == RoomState.SCHEDULED and room.starts_at <= now + lobby:
+        room_open(room_id)
+        room = Room.objects.get(pk=room_id)
+    reason = _close_reason_due(room, now)
+    if reason is not None:
+        room = room_close(room_id, reason=reason)
+    return room
 
 
 def _no_show_reason(room: Room) -> str | None:
@@ -270,32 +343,46 @@ def _no_show_reason(room: Room) -> str | None:
     return None
 
 
-def _rooms_due_to_close(now: datetime) -> list[tuple[int, str]]:
-    due: list[tuple[int, str]] = []
-    active = Room.objects.filter(state__in=(RoomState.OPEN, RoomState.LIVE))
-    for room in active.filter(ends_at__lte=now)[:500]:
+def _close_reason_due(room: Room, now: datetime) -> str | None:
+    """Why this room must close now, if it must."""
+    if room.state not in (RoomState.OPEN, RoomState.LIVE):
+        return None
+    if room.ends_at <= now:
         # A lobby nobody met in that reaches its end (the sweep was late, or the session is
         # shorter than the no-show wait) is still a no-show, not a call that used its time.
         reason = _no_show_reason(room) if room.state == RoomState.OPEN else None
-        due.append((room.pk, reason or CloseReason.TIME_LIMIT))
-    no_show_at = now - timedelta(minutes=settings.NO_SHOW_MINUTES)
-    for room in active.filter(state=RoomState.OPEN, starts_at__lte=no_show_at, ends_at__gt=now)[
-        :500
-    ]:
-        reason = _no_show_reason(room)
-        if reason is not None:
-            due.append((room.pk, reason))
+        return reason or CloseReason.TIME_LIMIT
+    if room.state == RoomState.OPEN:
+        if room.starts_at <= now - timedelta(minutes=settings.NO_SHOW_MINUTES):
+            return _no_show_reason(room)
+        return None
     empty_since = now - timedelta(seconds=settings.EMPTY_TIMEOUT_SECONDS)
     stale_before = now - timedelta(seconds=settings.HEARTBEAT_STALE_SECONDS)
-    for room in active.filter(state=RoomState.LIVE, ends_at__gt=now)[:500]:
-        presences = Presence.objects.filter(room=room)
-        # Someone is in (a connection still beating), or left less than the timeout ago
-        # (a stale connection counts as left at its last heartbeat).
-        recent = (
-            Q(closed_at__isnull=True, last_heartbeat_at__gt=stale_before)
-            | Q(closed_at__gt=empty_since)
-            | Q(closed_at__isnull=True, last_heartbeat_at__gt=empty_since)
+    # Someone is in (a connection still beating), or left less than the timeout ago (a stale
+    # connection counts as left at its last heartbeat).
+    recent = (
+        Q(closed_at__isnull=True, last_heartbeat_at__gt=stale_before)
+        | Q(closed_at__gt=empty_since)
+        | Q(closed_at__isnull=True, last_heartbeat_at__gt=empty_since)
+    )
+    if not Presence.objects.filter(room=room).filter(recent).exists():
+        return CloseReason.EMPTY
+    return None
+
+
+def _rooms_due_to_close(now: datetime) -> list[tuple[int, str]]:
+    due: list[tuple[int, str]] = []
+    active = Room.objects.filter(state__in=(RoomState.OPEN, RoomState.LIVE))
+    no_show_at = now - timedelta(minutes=settings.NO_SHOW_MINUTES)
+    candidates = (
+        list(active.filter(ends_at__lte=now)[:500])
+        + list(
+            active.filter(state=RoomState.OPEN, starts_at__lte=no_show_at, ends_at__gt=now)[:500]
         )
-        if not presences.filter(recent).exists():
-            due.append((room.pk, CloseReason.EMPTY))
+        + list(active.filter(state=RoomState.LIVE, ends_at__gt=now)[:500])
+    )
+    for room in candidates:
+        reason = _close_reason_due(room, now)
+        if reason is not None:
+            due.append((room.pk, reason))
     return due

@@ -11,7 +11,9 @@ from typing import Any
 import time_machine
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
+from django.db.models import F
 from django.test import Client
+from django.utils.timezone import now as datetime_now
 
 from accounts.models import User
 from config.asgi import application
@@ -32,12 +34,28 @@ class Call:
 
 
 def call_create() -> Call:
-    """A private room whose lobby is open, its expert and a client who paid for the seat."""
+    """A private room whose lobby is open, its expert and a client who paid for the seat.
+
+    The room runs by the clock of the test (the real one unless a test travels): it started a
+    minute ago and has an hour to go, since admission follows the clock."""
     seat = seat_booked()
     with time_machine.travel(START - dt.timedelta(minutes=10), tick=False):
         services.rooms_advance()
+    room_running_now(seat.room_id)
     room = Room.objects.select_related("expert").get(pk=seat.room_id)
     return Call(room, seat, room.expert, seat.client)
+
+
+def room_running_now(room_id: int) -> None:
+    """Move a room booked at CALL_START to the test's clock (the real one unless a test
+    travels): started a minute ago, its length to go. Sockets are admitted by the clock."""
+    shift = datetime_now() - dt.timedelta(minutes=1) - START
+    Room.objects.filter(pk=room_id).update(
+        starts_at=F("starts_at") + shift,
+        ends_at=F("ends_at") + shift,
+        blocked_from=F("blocked_from") + shift,
+        blocked_until=F("blocked_until") + shift,
+    )
 
 
 def session_cookie(user: User) -> tuple[bytes, bytes]:

@@ -293,7 +293,8 @@ async def test_the_end_is_announced_five_and_one_minutes_before(
     call: Call, seconds_left: float, minutes: int
 ) -> None:
     ends_at = timezone.now() + dt.timedelta(seconds=seconds_left)
-    starts_at = ends_at - dt.timedelta(hours=1)
+    # Started a minute ago: within the no-show wait, so the room is not closed on connect.
+    starts_at = timezone.now() - dt.timedelta(minutes=1)
     await database_sync_to_async(Room.objects.filter(pk=call.room.pk).update)(
         starts_at=starts_at, ends_at=ends_at, blocked_from=starts_at, blocked_until=ends_at
     )
@@ -342,7 +343,13 @@ async def test_a_socket_the_room_does_not_admit_is_refused_with_a_code_and_a_rea
         if who == "closed room":
             services.room_close(room_id, reason=CloseReason.TIME_LIMIT)
         if who == "scheduled room":
-            Room.objects.filter(pk=room_id).update(state=RoomState.SCHEDULED)
+            # Its lobby opens in 50 minutes (a lobby whose time has come opens itself).
+            starts_at = timezone.now() + dt.timedelta(hours=1)
+            ends_at = starts_at + dt.timedelta(hours=1)
+            Room.objects.filter(pk=room_id).update(
+                state=RoomState.SCHEDULED, opened_at=None, starts_at=starts_at, ends_at=ends_at,
+                blocked_from=starts_at, blocked_until=ends_at,
+            )  # fmt: skip
         if who == "no such room":
             room_id += 1000
         if who == "foreign origin":

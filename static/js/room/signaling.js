@@ -30,6 +30,14 @@ const FINAL_CLOSES = {
   4424: "removed",
 };
 const TOO_EARLY = 4425;
+// Refusals worth trying again later, not at the backoff: the server allows at most 6 joins
+// per participant and room in 10 s (too_many_joins); signaling itself is briefly down
+// (unavailable: Redis). The call's media goes on peer to peer meanwhile.
+const RETRY_AFTER_MS = { 4429: 10000, 4503: 2000 };
+// The page's own pace stays under the server's join limit: at most JOINS_PER_WINDOW
+// admissions in JOIN_WINDOW_MS, whatever the network does.
+const JOINS_PER_WINDOW = 5;
+const JOIN_WINDOW_MS = 10000;
 
 export class Signaling {
   /**
@@ -53,6 +61,9 @@ export class Signaling {
     this.lastError = null;
     // Server clock minus local clock, in ms, from the heartbeat round trips.
     this.clockOffsetMs = 0;
+    // When this page was last admitted (welcome), newest last.
+    this.joins = [];
+    this.notBefore = 0;
   }
 
   connect() {
@@ -102,6 +113,7 @@ export class Signaling {
     }
     if (message.type === "welcome") {
       this.attempt = 0;
+      this.joins = [...this.joins, Date.now()].slice(-JOINS_PER_WINDOW);
       this.startHeartbeats(message.heartbeat_seconds);
       this.clockOffsetMs = Date.parse(message.server_time) - Date.now();
       this.onState("open");
@@ -168,26 +180,35 @@ export class Signaling {
       this.onState("closed", { reason: FINAL_CLOSES[code], error: this.lastError, code });
       return;
     }
-    this.retry(); // 1006 (network), 4008 (the server had swept us), a server restart…
+    // 1006 (network), 4008 (the server had swept us), a server restart, 4429, 4503…
+    this.retry(RETRY_AFTER_MS[code] || 0);
   }
 
   /** Something says the network is back (media flows again): dial now, not at the backoff. */
   hurry() {
     if (this.stopped || this.socket || !this.retryTimer) return;
+    if (Date.now() < this.notBefore) return; // the server asked us to wait, or our join pace
     clearTimeout(this.retryTimer);
     this.retryTimer = null;
     this.connect();
   }
 
-  retry() {
+  retry(atLeastMs = 0) {
     if (this.stopped) return;
     this.onState("reconnecting");
     // Full jitter: a room's worth of clients cut off together do not all come back at once.
     const ceiling = Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** this.attempt);
     this.attempt += 1;
+    let floor = atLeastMs ? atLeastMs + Math.random() * BACKOFF_BASE_MS : 0;
+    if (this.joins.length >= JOINS_PER_WINDOW) {
+      // Admitted often lately (a flapping network): wait until the oldest leaves the window.
+      floor = Math.max(floor, this.joins[0] + JOIN_WINDOW_MS - Date.now());
+    }
+    this.notBefore = Date.now() + floor;
+    const delay = Math.max(floor, Math.random() * ceiling);
     this.retryTimer = setTimeout(() => {
       this.retryTimer = null;
       this.connect();
-    }, Math.random() * ceiling);
+    }, delay);
   }
 }

@@ -1,11 +1,9 @@
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from typing import Any
 
 import pytest
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.test import Client
 from django.urls import reverse
 
@@ -19,6 +17,9 @@ from accounts.tests.factories import (
     totp_enable,
 )
 from accounts.tests.helpers import login_with_mfa
+
+# The race helpers are the project's one set (rooms' tests): threads, locks, overlap proof.
+from rooms.tests.races import lock_held_until_waited_on, race
 
 pytestmark = pytest.mark.django_db
 
@@ -197,37 +198,33 @@ def test_non_staff_cannot_reach_the_approval_action(client: Client) -> None:
 def test_two_staff_deciding_at_once_produce_exactly_one_decision() -> None:
     approver, rejecter = StaffFactory.create(), StaffFactory.create()
     profile = ExpertProfileFactory.create()
-    barrier = threading.Barrier(2)
-    outcomes: list[str] = []
 
-    def decide(action: Callable[[], object], name: str) -> None:
-        try:
-            barrier.wait()
-            action()
-            outcomes.append(name)
-        except InvalidTransition:
-            outcomes.append("refused")
-        finally:
-            connection.close()
-
-    threads = [
-        threading.Thread(
-            target=decide, args=(lambda: services.expert_approve(profile.pk, actor=approver), "ok")
-        ),
-        threading.Thread(
-            target=decide,
-            args=(
+    # Both conditional UPDATEs queue on the application's row: they are inside their
+    # transactions together when the holder lets go, and the second re-reads the first's
+    # decision.
+    with lock_held_until_waited_on(
+        lambda: ExpertProfile.objects.select_for_update().get(pk=profile.pk), waiters=2
+    ) as held:
+        outcomes = race(
+            [
+                lambda: services.expert_approve(profile.pk, actor=approver),
                 lambda: services.expert_reject(profile.pk, actor=rejecter, reason="No"),
-                "ok",
-            ),
-        ),
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+            ]
+        )
 
-    assert sorted(outcomes) == ["ok", "refused"]
+    assert held.seen, f"the two staff never queued together ({held.most_waiting} seen)"
+    assert outcomes.overlapped()
     profile.refresh_from_db()
-    assert profile.status in {ExpertStatus.APPROVED, ExpertStatus.REJECTED}
+    if outcomes[0] == "ok":
+        assert (
+            outcomes[1]
+            == "This application is already “Approved”; it cannot become “Not approved”."
+        )
+        assert profile.status == ExpertStatus.APPROVED
+    else:
+        assert outcomes == [
+            "This application is already “Not approved”; it cannot become “Approved”.",
+            "ok",
+        ]
+        assert profile.status == ExpertStatus.REJECTED
     assert ExpertEvent.objects.filter(profile=profile).count() == 1

@@ -129,7 +129,14 @@ def test_staff_ending_a_live_group_room_charges_no_fee_to_a_client_not_there_yet
     fee = Settlement.objects.get(payment__seat=late)
     assert (fee.amount_minor, fee.rule) == (0, "released")
     assert "before this client joined" in fee.explanation
-    assert Settlement.objects.get(payment__seat=present).rule != "released"
+    # The client who was there is priced as a call, not released: two minutes in the room but
+    # no media link reported, so a call that never connected, charged nothing.
+    came = Settlement.objects.get(payment__seat=present)
+    assert (came.amount_minor, came.rule, came.inputs["outcome"]) == (
+        0,
+        "under_a_minute",
+        "completed",
+    )
 
 
 def test_ending_an_ended_room_is_refused_and_writes_nothing(live_seat: Seat, staff: User) -> None:

@@ -15,7 +15,7 @@ from rooms import selectors, services
 from rooms.errors import BookingRefused, RoomsError, SlotTaken
 from rooms.models import Offering, Room, RoomEvent, RoomKind, RoomState, Seat, SeatState
 from rooms.tests.factories import NOW, OfferingFactory, expert_create, seat_pay
-from rooms.tests.races import race
+from rooms.tests.races import lock_held_until_waited_on, race, racers_at_once
 
 pytestmark = pytest.mark.django_db
 
@@ -84,10 +84,18 @@ def test_fifty_clients_racing_for_one_slot_get_one_room_and_49_taken_answers(
 ) -> None:
     clients = [UserFactory.create() for _ in range(50)]
 
-    outcomes = race([partial(_book, client, offering) for client in clients])
+    # Every booking queues on the expert's calendar lock: as many as this process's connection
+    # pool lets into PostgreSQL at once (18 of the 50; the rest queue on the pool) are inside
+    # booking_reserve together when the holder lets go.
+    with lock_held_until_waited_on(
+        lambda: User.objects.select_for_update().get(pk=offering.expert_id),
+        waiters=racers_at_once(50),
+    ) as held:
+        outcomes = race([partial(_book, client, offering) for client in clients])
 
-    assert outcomes.count("ok") == 1
-    assert outcomes.count("This slot was just taken. Pick another time.") == 49
+    assert held.seen, f"the bookings never queued together ({held.most_waiting} seen)"
+    assert outcomes.overlapped()
+    assert sorted(outcomes) == ["This slot was just taken. Pick another time."] * 49 + ["ok"]
     assert Room.objects.count() == 1
     assert Seat.objects.count() == 1
 
@@ -99,10 +107,16 @@ def test_twenty_clients_racing_for_a_group_of_three_get_three_seats() -> None:
     room = services.group_room_publish(expert, group, SLOT)
     clients = [UserFactory.create() for _ in range(20)]
 
-    outcomes = race([partial(services.group_seat_reserve, client, room.pk) for client in clients])
+    with lock_held_until_waited_on(
+        lambda: Room.objects.select_for_update().get(pk=room.pk), waiters=racers_at_once(20)
+    ) as held:
+        outcomes = race(
+            [partial(services.group_seat_reserve, client, room.pk) for client in clients]
+        )
 
-    assert outcomes.count("ok") == 3
-    assert outcomes.count("This session is full.") == 17
+    assert held.seen, f"the clients never queued together ({held.most_waiting} seen)"
+    assert outcomes.overlapped()
+    assert sorted(outcomes) == ["This session is full."] * 17 + ["ok"] * 3
     assert Seat.objects.filter(room=room).count() == 3
 
 

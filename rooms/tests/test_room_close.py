@@ -27,6 +27,7 @@ from rooms.models import (
     Seat,
     SeatState,
 )
+from rooms.services.room_state import room_timers_schedule
 from rooms.tests.factories import (
     CALL_START,
     NOW,
@@ -36,7 +37,7 @@ from rooms.tests.factories import (
     seat_pay,
     weekdays_available,
 )
-from rooms.tests.races import race
+from rooms.tests.races import lock_held_until_waited_on, race
 
 UTC = dt.UTC
 START = CALL_START  # six hours after NOW, a 60-minute session
@@ -260,19 +261,46 @@ class TestClose:
 
 
 @pytest.mark.django_db
-def test_a_booked_room_asks_to_be_advanced_at_its_exact_moments(
+def test_a_room_booked_hours_ahead_schedules_no_far_timer(
     offering: Offering,
     monkeypatch: pytest.MonkeyPatch,
     django_capture_on_commit_callbacks: DjangoCaptureOnCommitCallbacks,
 ) -> None:
+    """A Redis broker redelivers an ETA task every visibility timeout (1 h) until it runs, so
+    nothing further out than the near future is handed to Celery: the 10 s sweep covers it."""
     etas: list[dt.datetime] = []
     monkeypatch.setattr(rooms_tasks.rooms_advance, "apply_async", lambda eta: etas.append(eta))
     with (
         time_machine.travel(NOW, tick=False),
         django_capture_on_commit_callbacks(execute=True),
     ):
+        seat = services.booking_reserve(
+            UserFactory.create(), offering, START + dt.timedelta(days=3)
+        )
         services.booking_reserve(UserFactory.create(), offering, START)
-    assert etas == [_at(-10), _at(10), END]
+    assert etas == []
+    room = Room.objects.get(pk=seat.room_id)
+    assert room.starts_at - NOW > dt.timedelta(days=3)
+
+
+@pytest.mark.django_db
+def test_a_room_asks_to_be_advanced_at_its_exact_moments_when_they_are_near(
+    offering: Offering,
+    monkeypatch: pytest.MonkeyPatch,
+    django_capture_on_commit_callbacks: DjangoCaptureOnCommitCallbacks,
+) -> None:
+    etas: list[dt.datetime] = []
+    monkeypatch.setattr(rooms_tasks.rooms_advance, "apply_async", lambda eta: etas.append(eta))
+    with time_machine.travel(NOW, tick=False):
+        seat = services.booking_reserve(UserFactory.create(), offering, START)
+    with django_capture_on_commit_callbacks(execute=True):
+        room_timers_schedule(_room(seat), now=_at(-30))
+    # The lobby and the no-show check are within the horizon; the paid end is not yet.
+    assert etas == [_at(-10), _at(10)]
+    etas.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        room_timers_schedule(_room(seat), now=_at(15))
+    assert etas == [END]
 
 
 @pytest.mark.django_db(transaction=True)
@@ -292,11 +320,30 @@ def test_ten_callers_closing_one_room_at_once_settle_each_seat_once() -> None:
     _present(room, expert, _at(0), _at(30))
     services.room_mark_live(room.pk, at=_at(0))
 
-    outcomes = race(
-        [partial(services.room_close, room.pk, reason="ended_by_expert", now=_at(30))] * 10
-    )
+    # The closers queue on the room (the first holding the payments, the rest behind it on
+    # those): all ten are inside room_close together when the holder lets go.
+    with lock_held_until_waited_on(
+        lambda: Room.objects.select_for_update().get(pk=room.pk), waiters=10
+    ) as held:
+        outcomes = race(
+            [partial(services.room_close, room.pk, reason="ended_by_expert", now=_at(30))] * 10
+        )
 
+    assert held.seen, f"the closers never queued together ({held.most_waiting} seen)"
+    assert outcomes.overlapped()
+    # A close that finds the room closed returns it: every caller is answered "ok".
     assert outcomes == ["ok"] * 10
-    assert Settlement.objects.count() == 3
-    assert PaymentCommand.objects.filter(kind=CommandKind.CAPTURE).count() == 3
+    # 30 minutes with media up: each seat pays the fixed price, once.
+    assert (
+        sorted(Settlement.objects.values_list("amount_minor", "inputs__billable_seconds", "rule"))
+        == [(12000, 1800, "fixed")] * 3
+    )
+    assert (
+        sorted(
+            PaymentCommand.objects.filter(kind=CommandKind.CAPTURE).values_list(
+                "amount_minor", flat=True
+            )
+        )
+        == [12000] * 3
+    )
     assert RoomEvent.objects.filter(room=room, kind="closed").count() == 1

@@ -230,8 +230,10 @@ def test_when_the_expert_ends_the_call_both_pages_show_what_was_settled(
     for side in (expert, client):
         expect(side.page.locator("#room")).to_have_attribute("data-phase", "ended")
     settlement = settlement_wait(booked.payment_id)
-    assert settlement.amount_minor > 0, (
-        f"a {CHARGED_CALL_SECONDS:.0f} s call was settled at 0: {settlement.explanation} "
+    # 1.00 EUR a started minute: a call of 66 s (and the second or two ending it takes) is two
+    # started minutes.
+    assert (settlement.amount_minor, settlement.rule) == (200, "per_minute"), (
+        f"a {CHARGED_CALL_SECONDS:.0f} s call was settled as: {settlement.explanation} "
         f"{settlement.inputs}"
     )
     # 1:1: the client's page shows its seat's charge; the expert's the room's total.

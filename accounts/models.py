@@ -191,6 +191,11 @@ class OutboundEmail(models.Model):
     # The body carries a secret (a password-reset or verification link): stored encrypted,
     # never shown in admin, and emptied once sent (accounts/sealing.py).
     sealed = models.BooleanField(default=False)
+    # Who sent a parked email again, and when: staff's decision stays on the row it changed.
+    unparked_by = models.ForeignKey(
+        User, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    unparked_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         indexes = [models.Index(fields=["sent_at", "created_at"])]

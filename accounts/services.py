@@ -328,7 +328,11 @@ def email_unpark(email_ids: list[int], *, actor: User) -> int:
             .values_list("pk", flat=True)
         )
         OutboundEmail.objects.filter(pk__in=ids).update(
-            parked_at=None, attempts=0, leased_until=None
+            parked_at=None,
+            attempts=0,
+            leased_until=None,
+            unparked_by=actor,
+            unparked_at=timezone.now(),
         )
         logger.info("Staff %s sent parked emails %s again.", actor.pk, ids)
         from accounts.tasks import email_send_task

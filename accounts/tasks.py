@@ -1,11 +1,19 @@
 from __future__ import annotations
 
 from celery import shared_task
+from django.conf import settings
 
 from accounts import selectors, services
 
 
-@shared_task(autoretry_for=(OSError,), retry_backoff=True, retry_backoff_max=600, max_retries=8)
+# One count of attempts: the row's (`email_send` parks the email at EMAIL_MAX_ATTEMPTS); the
+# task's own retries stop at the same number, they never outlive it.
+@shared_task(
+    autoretry_for=(OSError,),
+    retry_backoff=True,
+    retry_backoff_max=600,
+    max_retries=settings.EMAIL_MAX_ATTEMPTS,
+)
 def email_send_task(email_id: int) -> bool:
     return services.email_send(email_id)
 

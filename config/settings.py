@@ -293,6 +293,13 @@ UNPAID_RESERVATIONS_PER_EXPERT_MAX = env_int("UNPAID_RESERVATIONS_PER_EXPERT_MAX
 # How long one worker owns a payment command while it talks to the provider: longer than a
 # Stripe call with its retries can take (3 × 20 s), so no second worker resends meanwhile.
 PAYMENT_COMMAND_LEASE_SECONDS = env_int("PAYMENT_COMMAND_LEASE_SECONDS", 120)
+if PAYMENT_COMMAND_LEASE_SECONDS <= CELERY_QUEUE_TIME_LIMITS["money"][1]:
+    # A worker killed at its hard limit must be gone before its lease lets another worker
+    # send the same command, or two of them talk to the provider about one payment at once.
+    raise ImproperlyConfigured(
+        "PAYMENT_COMMAND_LEASE_SECONDS must be longer than the money queue's hard time limit "
+        f"({CELERY_QUEUE_TIME_LIMITS['money'][1]} s)."
+    )
 
 # --- WebRTC ICE servers ---------------------------------------------------------------------
 STUN_URLS = env_list("STUN_URLS")
@@ -353,7 +360,8 @@ X_FRAME_OPTIONS = "DENY"
 # address alone (e.g. X-Real-IP), used instead. Leave both unset when Daphne faces the
 # internet: then a client could name any address. allauth reads them (login limits), and so
 # do the POST limits (config/ratelimits.py); scripts/run.sh gives Daphne --proxy-headers
-# with them, for its logs and X-Forwarded-Proto.
+# with them, for X-Forwarded-Proto and its logs (whose address, X-Forwarded-For's left-most
+# entry, the client can write: nothing trusts it).
 ALLAUTH_TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 0)
 ALLAUTH_TRUSTED_CLIENT_IP_HEADER = env_str("TRUSTED_CLIENT_IP_HEADER") or None
 

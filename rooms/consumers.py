@@ -26,7 +26,6 @@ from rooms import broadcast, selectors, services
 from rooms.errors import NotAllowed, RoomsError
 from rooms.models import Room, RoomState
 from rooms.protocol import VERSION, Message, ProtocolError, RateLimit, message_read
-from rooms.services.room_state import room_catch_up
 
 logger = logging.getLogger(__name__)
 
@@ -331,7 +330,7 @@ class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         return True
 
     def ended_message(self) -> dict[str, Any] | None:
-        room = room_catch_up(self.room_id)
+        room = services.room_catch_up(self.room_id)
         if room.state != RoomState.CLOSED:
             return None
         return selectors.room_ended_message(room, self.user)

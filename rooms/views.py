@@ -46,7 +46,6 @@ from rooms.models import (
     Weekday,
 )
 from rooms.probe import ProbeRefused, probe_answer
-from rooms.services.room_state import room_catch_up
 
 logger = logging.getLogger(__name__)
 
@@ -76,13 +75,16 @@ def _participant_room(user: User, room_id: int) -> tuple[Room, Seat | None]:
 
 
 @login_required
+# Not in the request's transaction: a close the catch-up runs settles money, and must commit
+# (and let go of the payments' and the room's locks) before the page is rendered.
+@transaction.non_atomic_requests
 def join(request: HttpRequest, room_id: int) -> HttpResponse:
     """The room page: lobby, preflight, the call and its bill (docs/CALL_PAGE.md)."""
     user = _user(request)
-    room, seat = _participant_room(user, room_id)
     # The page follows the clock even with no worker running: a lobby whose time has come
-    # opens, a room whose close is due closes.
-    room = _room_caught_up(room)
+    # opens, a room whose close is due closes. First, so the seat read next is what it left.
+    _room_caught_up(_participant_room(user, room_id)[0])
+    room, seat = _participant_room(user, room_id)
     is_expert = room.expert_id == user.pk
     paid = is_expert or (seat is not None and seat.state == SeatState.CONFIRMED)
     config = {
@@ -121,6 +123,7 @@ def join(request: HttpRequest, room_id: int) -> HttpResponse:
 
 
 @login_required
+@transaction.non_atomic_requests  # as `join`: a close commits before the answer is read
 def room_state(request: HttpRequest, room_id: int) -> JsonResponse:
     """The room's state for a page that has no socket yet (before the lobby opens)."""
     room, _ = _participant_room(_user(request), room_id)
@@ -134,7 +137,7 @@ def _room_caught_up(room: Room) -> Room:
         return room
     try:
         with transaction.atomic():
-            return room_catch_up(room.pk)
+            return services.room_catch_up(room.pk)
     except Exception:
         logger.exception("Catching room %s up with the clock failed", room.pk)
         return room

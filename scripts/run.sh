@@ -4,8 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBUG=${DEBUG:-1}
-# The built-in test-card provider holds no money; `DEBUG=0 make run` is still a laptop.
-export LOCAL_PAYMENTS_ALLOWED=${LOCAL_PAYMENTS_ALLOWED:-1}
 PORT=${PORT:-8000}
 export SITE_URL=${SITE_URL:-http://127.0.0.1:$PORT}
 
@@ -29,8 +27,10 @@ trap 'kill "$celery_pid" 2>/dev/null; wait "$celery_pid" 2>/dev/null' EXIT INT T
 
 daphne_args=(-b 127.0.0.1 -p "$PORT")
 # Behind a proxy (TRUSTED_PROXY_COUNT or TRUSTED_CLIENT_IP_HEADER, config/settings.py) Daphne
-# takes the scheme and the client's address for its logs from the proxy's headers. Rate limits
-# do not rely on this: they read the trusted hop themselves (config/ratelimits.py).
+# takes the scheme and the client's address for its logs from the proxy's headers. With
+# X-Forwarded-For that address is the left-most entry, which the client writes: logs may show
+# a forged one. Rate limits do not rely on it: they read the trusted hop themselves
+# (config/ratelimits.py).
 if [ "${TRUSTED_PROXY_COUNT:-0}" != 0 ] || [ -n "${TRUSTED_CLIENT_IP_HEADER:-}" ]; then
   daphne_args+=(--proxy-headers)
   if [ -n "${TRUSTED_CLIENT_IP_HEADER:-}" ]; then

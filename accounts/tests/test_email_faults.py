@@ -153,6 +153,9 @@ def test_staff_see_parked_emails_in_admin_and_send_them_again(
     assert response.status_code == 302
     parked.refresh_from_db()
     assert parked.sent_at is not None and parked.parked_at is None
+    assert parked.unparked_by == staff and parked.unparked_at is not None
+    pending.refresh_from_db()
+    assert pending.unparked_by is None
     assert [message.subject for message in mailoutbox] == ["About parked"]
 
 
@@ -272,3 +275,36 @@ def test_staff_reading_the_outbox_in_admin_never_see_a_sign_in_link(
     assert b"ada@example.test" in page.content
     assert not RESET_LINK.search(page.content)
     assert b"Hidden: it carries a sign-in link" in page.content
+
+
+@pytest.mark.django_db
+def test_sign_in_emails_queued_before_sealing_are_sealed_or_emptied_by_the_migration() -> None:
+    from importlib import import_module
+
+    from django.apps import apps
+
+    from accounts.sealing import unseal
+
+    link = "http://testserver/accounts/password/reset/key/3-abc-123/"
+    pending = OutboundEmail.objects.create(
+        key="allauth:password_reset_key:1", to="a@example.com", subject="Reset", body=link
+    )
+    sent = OutboundEmail.objects.create(
+        key="allauth:password_reset_key:2",
+        to="b@example.com",
+        subject="Reset",
+        body=link,
+        sent_at=pending.created_at,
+    )
+    booking = OutboundEmail.objects.create(
+        key="booking:1", to="c@example.com", subject="Booked", body="See you"
+    )
+    migration = import_module("accounts.migrations.0005_seal_signin_emails_queued_before")
+    migration.seal_signin_emails(apps, None)
+
+    pending.refresh_from_db()
+    sent.refresh_from_db()
+    booking.refresh_from_db()
+    assert pending.sealed and link not in pending.body and unseal(pending.body) == link
+    assert (sent.sealed, sent.body) == (True, "")
+    assert (booking.sealed, booking.body) == (False, "See you")

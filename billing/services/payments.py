@@ -239,7 +239,9 @@ def payment_local_card(payment_id: int, *, card_number: str) -> Payment:
         # to each of them, as a repeated request to Stripe gets the first one's answer.
         payment = payment_sync(payment.pk, source="card_form")
         saved = checkout_saves_card and payment.state == PaymentState.CARD_SAVED
-        if saved or payment.state not in UNPAID_STATES:
+        # Only a hold (or the saved card) answers this submission; a payment that ended
+        # (released, failed) is refused with the provider's reason.
+        if saved or payment.state in (PaymentState.AUTHORIZED, PaymentState.CAPTURED):
             return payment
         raise PaymentRefused(str(error)) from error
     return payment_apply_intent(payment.pk, intent, source="card_form")

@@ -81,3 +81,10 @@ def test_env_helpers_parse_and_name_the_bad_variable(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("X_INT", "twelve")
     with pytest.raises(ImproperlyConfigured, match="X_INT must be an integer"):
         env_int("X_INT", 0)
+
+
+def test_a_payment_command_lease_shorter_than_the_money_tasks_limit_refuses_to_start() -> None:
+    result = _manage("check", DEBUG="1", PAYMENT_COMMAND_LEASE_SECONDS="60")
+    assert result.returncode != 0
+    assert "PAYMENT_COMMAND_LEASE_SECONDS must be longer" in result.stderr
+    assert _manage("check", DEBUG="1", PAYMENT_COMMAND_LEASE_SECONDS="300").returncode == 0

@@ -47,7 +47,9 @@ from rooms.services.presence import (
     room_admission_check,
 )
 from rooms.services.room_state import (
+    room_catch_up,
     room_close,
+    room_close_if_due,
     room_end_by_expert,
     room_mark_live,
     room_open,
@@ -82,7 +84,9 @@ __all__ = [
     "reservations_expire",
     "room_cancel_by_expert",
     "room_cancel_by_staff",
+    "room_catch_up",
     "room_close",
+    "room_close_if_due",
     "room_end_by_expert",
     "room_mark_live",
     "room_open",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -60,7 +59,7 @@ def seat_cancel(seat_id: int, *, actor: User, expected_fee_minor: int | None = N
             raise InvalidTransition(f"This booking is already {seat.get_state_display().lower()}.")
         if room.state not in (RoomState.SCHEDULED, RoomState.OPEN) or room.starts_at <= now:
             raise InvalidTransition("The session has started; it can no longer be canceled.")
-        hours_before = (room.starts_at - now).total_seconds() / 3600
+        before = room.starts_at - now
         fee = selectors.seat_cancellation_fee(seat, now)
         if expected_fee_minor is not None and fee != expected_fee_minor:
             raise InvalidTransition(
@@ -83,11 +82,11 @@ def seat_cancel(seat_id: int, *, actor: User, expected_fee_minor: int | None = N
             fee_minor=fee,
             rule=f"free until {settings.FREE_CANCELLATION_HOURS} h before, "
             f"then {room.late_cancel_fee_percent}% of {room.max_amount_minor}",
-            hours_before=_hours_floor(hours_before),
+            hours_before=_hours_floor(before),
         )
         if room.kind == RoomKind.PRIVATE:
             room_transition(room, RoomState.CANCELED, actor, reason="client_canceled")
-        _seat_money_on_cancel(seat, room, fee, actor, hours_before)
+        _seat_money_on_cancel(seat, room, fee, actor, before)
         if was_confirmed:
             emails.booking_canceled(seat, by="client")
     return seat
@@ -104,20 +103,21 @@ def _seat_lock(seat_id: int) -> Seat:
     return seat
 
 
-def _hours_floor(hours: float) -> float:
-    """Hours to two places, rounded down: a cancellation a moment inside the fee period must not
-    read as "24.0 h before" next to a fee that applies from 24 h."""
-    return math.floor(hours * 100) / 100
+def _hours_floor(before: timedelta) -> float:
+    """Hours to two places, rounded down (in whole units of 36 s, not on a float): a
+    cancellation a moment inside the fee period must not read as "24.0 h before" next to a fee
+    that applies from 24 h."""
+    return (before // timedelta(seconds=36)) / 100
 
 
-def _time_before_start(hours: float) -> str:
+def _time_before_start(before: timedelta) -> str:
     """ "23 h 59 min", rounded down to the minute for the same reason."""
-    minutes = math.floor(hours * 60)
+    minutes = before // timedelta(minutes=1)
     return f"{minutes // 60} h {minutes % 60} min"
 
 
 def _seat_money_on_cancel(
-    seat: Seat, room: Room, fee: int, actor: User | None, hours_before: float
+    seat: Seat, room: Room, fee: int, actor: User | None, before: timedelta
 ) -> None:
     """The cancellation's money, in its transaction: the late fee captured, or a release."""
     if seat.payment is None:
@@ -133,12 +133,12 @@ def _seat_money_on_cancel(
         currency=room.currency,
         rule="late_cancel",
         inputs={
-            "hours_before_start": _hours_floor(hours_before),
+            "hours_before_start": _hours_floor(before),
             "free_hours": settings.FREE_CANCELLATION_HOURS,
             "late_cancel_fee_percent": room.late_cancel_fee_percent,
             "max_amount_minor": room.max_amount_minor,
         },
-        explanation=f"Canceled {_time_before_start(hours_before)} before the start (free until "
+        explanation=f"Canceled {_time_before_start(before)} before the start (free until "
         f"{settings.FREE_CANCELLATION_HOURS} h): {room.late_cancel_fee_percent}% of "
         f"{format_money(room.max_amount_minor, room.currency)} = "
         f"{format_money(fee, room.currency)}.",
@@ -227,7 +227,7 @@ def _seat_cancel_free(seat_id: int, *, actor: User, reason: str, by: CanceledBy)
             _lobby_empty(room, now)
         else:
             _lobby_empty(room, now, seat.client_id)
-        _seat_money_on_cancel(seat, room, 0, actor, 0)
+        _seat_money_on_cancel(seat, room, 0, actor, timedelta(0))
         if was_confirmed:
             emails.booking_canceled(seat, by=by)
 
@@ -282,7 +282,7 @@ def _room_cancel(
                 cancel_fee_minor=0,
             )
             event_write(room, "seat_canceled", actor, seat=seat.pk, fee_minor=0, rule=reason)
-            _seat_money_on_cancel(seat, room, 0, actor, 0)
+            _seat_money_on_cancel(seat, room, 0, actor, timedelta(0))
             if was_confirmed:
                 emails.booking_canceled(seat, by=by)
     return room

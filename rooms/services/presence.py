@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Value
+from django.db.models import Exists, F, OuterRef, Value
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
@@ -203,9 +203,13 @@ def presence_heartbeat(connection_id: str, *, now: datetime | None = None) -> bo
     # Never backwards: a heartbeat read its clock before the row it updates was written (or
     # after a later one) cannot move the last heartbeat before the start, where the sweeper
     # would end the presence.
+    # The paid end is an EXISTS on the room, not `room__ends_at`: a condition through a join
+    # makes the UPDATE `WHERE id IN (SELECT …)`, and PostgreSQL does not re-check a subquery
+    # after waiting for the row's lock, so a heartbeat queued behind a close revived the row.
+    before_the_end = Exists(Room.objects.filter(pk=OuterRef("room_id"), ends_at__gt=now))
     return bool(
         Presence.objects.filter(
-            connection_id=connection_id, closed_at__isnull=True, room__ends_at__gt=now
+            before_the_end, connection_id=connection_id, closed_at__isnull=True
         ).update(last_heartbeat_at=Greatest(Value(now), F("last_heartbeat_at")))
     )
 

@@ -21,6 +21,7 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F, Q, Value
@@ -118,11 +119,20 @@ def room_close(
     return _room_close(room_id, reason=reason, actor=actor, now=now)[0]
 
 
+def room_close_if_due(room_id: int) -> tuple[Room, bool]:
+    """Close the room if a timed close (the paid end, a no-show, empty) is due, deciding which
+    under the room's lock; returns the room and whether this call closed it. The sweep and
+    `room_catch_up` read the room before they lock it, and a join or leave that commits while
+    they wait changes the answer: a room found empty that someone has just joined stays open."""
+    return _room_close(room_id, reason=None, actor=None, now=None)
+
+
 def _room_close(
-    room_id: int, *, reason: str, actor: User | None, now: datetime | None
+    room_id: int, *, reason: str | None, actor: User | None, now: datetime | None
 ) -> tuple[Room, bool]:
-    """`room_close`, also saying whether this call closed the room."""
-    if reason not in CloseReason.values:
+    """`room_close`, also saying whether this call closed the room; with no reason, the timed
+    close that is due under the lock, if any."""
+    if reason is not None and reason not in CloseReason.values:
         raise InvalidTransition(f"{reason!r} is not a reason a room closes for.")
     with transaction.atomic():
         # The lock order of every writer: payments, then the room, then its seats.
@@ -138,6 +148,8 @@ def _room_close(
         room = Room.objects.select_for_update().get(pk=room_id)
         if room.state == RoomState.CLOSED:
             return room, False
+        if reason is None and room.state not in (RoomState.OPEN, RoomState.LIVE):
+            return room, False
         if room.state not in (RoomState.OPEN, RoomState.LIVE):
             raise InvalidTransition(
                 f"This session is {RoomState(room.state).label.lower()}; only an open or live "
@@ -146,6 +158,10 @@ def _room_close(
         # Read after the locks: every presence and media link committed before them started
         # no later than this (their writers take the room's lock too).
         ran_at = timezone.now()
+        if reason is None:
+            reason = _close_reason_due(room, ran_at)
+            if reason is None:
+                return room, False
         # The paid time is the most a call can last: a close that runs late (the sweep was
         # down) still ends the live window, the presences and the media links at the paid end.
         end = min(now or ran_at, room.ends_at)
@@ -298,12 +314,18 @@ def rooms_advance(now: datetime | None = None) -> dict[str, int]:
     ).values_list("pk", flat=True)[:500]:
         try:
             done["opened"] += room_open(room_id)
+        except SoftTimeLimitExceeded:
+            raise
         except Exception:
             logger.exception("Opening room %s failed; the next sweep tries again.", room_id)
             done["failed"] += 1
     for room_id, reason in _rooms_due_to_close(now):
         try:
-            done["closed"] += _room_close(room_id, reason=reason, actor=None, now=None)[1]
+            # Found due on reads made before its lock: decided again under it.
+            done["closed"] += room_close_if_due(room_id)[1]
+        except SoftTimeLimitExceeded:
+            # The task's time is up: stop here, the next tick goes on with the rest.
+            raise
         except Exception:
             logger.exception(
                 "Closing room %s (%s) failed; the next sweep tries again.", room_id, reason
@@ -322,9 +344,8 @@ def room_catch_up(room_id: int) -> Room:
     if room.state == RoomState.SCHEDULED and room.starts_at <= now + lobby:
         room_open(room_id)
         room = Room.objects.get(pk=room_id)
-    reason = _close_reason_due(room, now)
-    if reason is not None:
-        room = room_close(room_id, reason=reason)
+    if _close_reason_due(room, now) is not None:
+        room = room_close_if_due(room_id)[0]
     return room
 
 

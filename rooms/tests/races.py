@@ -119,11 +119,14 @@ def sessions_waiting_on_a_lock() -> int:
 
 
 @contextmanager
-def lock_held_until_waited_on(lock: Callable[[], object], waiters: int) -> Iterator[Held]:
+def lock_held_until_waited_on(
+    lock: Callable[[], object], waiters: int, *, then: Callable[[], object] | None = None
+) -> Iterator[Held]:
     """Take the racers' contended lock (`lock` runs inside a transaction of a thread of its
     own, e.g. a `select_for_update`) and keep it until `waiters` sessions wait on a lock, then
-    commit. Inside the block, start the racers; after it, `held.seen` says whether they were
-    all seen waiting together (assert it: that is the proof that they raced)."""
+    run `then` in the same transaction (a write the waiters must find when they get the lock)
+    and commit. Inside the block, start the racers; after it, `held.seen` says whether they
+    were all seen waiting together (assert it: that is the proof that they raced)."""
     held = Held(waiters)
     locked = threading.Event()
 
@@ -138,6 +141,8 @@ def lock_held_until_waited_on(lock: Callable[[], object], waiters: int) -> Itera
                         held.seen = True
                         break
                     time.sleep(POLL_SECONDS)
+                if then is not None:
+                    then()
         finally:
             locked.set()
             connection.close()

@@ -49,9 +49,11 @@ def seat_cancel(seat_id: int, *, actor: User, expected_fee_minor: int | None = N
     `expected_fee_minor` is the fee the client was shown; if the clock crossed the free
     cancellation deadline since, the client is asked again instead of charged by surprise.
     """
-    now = timezone.now()
     with transaction.atomic():
         seat = _seat_lock(seat_id)
+        # Read after the locks: a cancel that waited behind a payment crossing the free
+        # cancellation deadline is priced at the moment it happens.
+        now = timezone.now()
         room = seat.room
         if seat.client_id != actor.pk:
             raise RoomsError("Only the client who booked this seat can cancel it.")

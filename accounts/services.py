@@ -268,8 +268,8 @@ def email_send(email_id: int) -> bool:
 
     A content error (a header with a line break in a row written before the outbox cleaned
     them, a sealed body that cannot be opened) parks the email at once: trying again cannot
-    help. Any other failure is raised for the task's retry, and parks the email once it has
-    been tried EMAIL_MAX_ATTEMPTS times.
+    help. Any other failure is raised for the task's retry (then the minute sweep's), and
+    parks the email once it has been tried EMAIL_MAX_ATTEMPTS times over EMAIL_GIVE_UP_HOURS.
     """
     now = timezone.now()
     leased = (
@@ -296,7 +296,10 @@ def email_send(email_id: int) -> bool:
         return False
     except Exception as exc:
         error = str(exc) or type(exc).__name__
-        if email.attempts >= settings.EMAIL_MAX_ATTEMPTS:
+        failing_for = now - email.created_at
+        if email.attempts >= settings.EMAIL_MAX_ATTEMPTS and failing_for >= timedelta(
+            hours=settings.EMAIL_GIVE_UP_HOURS
+        ):
             _email_park(email, f"Failed {email.attempts} times; the last time: {error}")
             return False
         OutboundEmail.objects.filter(pk=email_id).update(leased_until=None, last_error=error)

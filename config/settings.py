@@ -254,9 +254,12 @@ EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", default=False)
 # A mail server that accepts the connection and never answers would otherwise hold a worker
 # forever (Python's socket default is no timeout). Each SMTP step waits at most this long.
 EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 20)
-# An email that failed this many times is parked: no longer retried by the sweep, listed in
-# admin ("Status: parked") where staff can send it again.
+# An email that failed this many times, and for this long, is parked: no longer retried by
+# the sweep, listed in admin ("Status: parked") where staff can send it again. Both, because
+# the task's back-off and the minute sweep use up the attempts within minutes: a mail server
+# down for a while (an outage that passes) must delay emails, not park them.
 EMAIL_MAX_ATTEMPTS = env_int("EMAIL_MAX_ATTEMPTS", 8)
+EMAIL_GIVE_UP_HOURS = env_int("EMAIL_GIVE_UP_HOURS", 24)
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Parley <noreply@parley.localhost>")
 SERVER_EMAIL = DEFAULT_FROM_EMAIL
 

@@ -4,6 +4,7 @@ not be readable by whoever can read the outbox."""
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import socket
 import threading
@@ -115,7 +116,8 @@ def test_an_email_that_keeps_failing_is_parked_after_the_maximum_attempts(
 ) -> None:
     settings.EMAIL_BACKEND = "accounts.tests.test_email_outbox.RefusingEmailBackend"
     settings.EMAIL_MAX_ATTEMPTS = 3
-    email = _stored("refused")
+    # Failing for longer than EMAIL_GIVE_UP_HOURS: not an outage that will pass.
+    email = _stored("refused", created_at=django_now() - dt.timedelta(hours=25))
 
     for _attempt in range(2):
         with pytest.raises(OSError):
@@ -157,6 +159,24 @@ def test_staff_see_parked_emails_in_admin_and_send_them_again(
     pending.refresh_from_db()
     assert pending.unparked_by is None
     assert [message.subject for message in mailoutbox] == ["About parked"]
+
+
+def test_a_mail_server_down_for_a_few_minutes_parks_nothing_and_the_sweep_sends_it_after(
+    settings: Settings, mailoutbox: list[EmailMessage]
+) -> None:
+    settings.EMAIL_BACKEND = "accounts.tests.test_email_outbox.RefusingEmailBackend"
+    email = _stored("outage", created_at=django_now() - dt.timedelta(minutes=3))
+    # The task's retries and the minute sweep use up the attempts within minutes.
+    for _attempt in range(django_settings.EMAIL_MAX_ATTEMPTS + 2):
+        with pytest.raises(OSError):
+            services.email_send(email.pk)
+    email.refresh_from_db()
+    assert email.parked_at is None and email.attempts == django_settings.EMAIL_MAX_ATTEMPTS + 2
+    assert email.pk in selectors.email_unsent_ids()
+
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    assert services.email_send(email.pk) is True
+    assert [message.subject for message in mailoutbox] == ["About outage"]
 
 
 def django_now() -> Any:

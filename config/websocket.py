@@ -29,7 +29,8 @@ def _origin_parts(origin: str) -> tuple[str, str, int] | None:
         port = parts.port
     except ValueError:
         return None
-    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+    # A fully qualified name may end with a dot; Django's host check drops it too.
+    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower().removesuffix(".")
     if scheme not in DEFAULT_PORTS or not host:
         return None
     return scheme, host, port or DEFAULT_PORTS[scheme]
@@ -78,7 +79,8 @@ def origin_allowed(scope: dict[str, Any]) -> bool:
     scheme, host, port = origin
     if scheme != ("https" if _socket_is_secure(scope, headers) else "http"):
         return False
-    if not validate_host(host, settings.ALLOWED_HOSTS):
+    # urlsplit drops an IPv6 literal's brackets; ALLOWED_HOSTS writes them, as Host does.
+    if not validate_host(f"[{host}]" if ":" in host else host, settings.ALLOWED_HOSTS):
         return False
     host_header = headers.get(b"host", b"").decode("latin-1").lower()
     if not host_header:

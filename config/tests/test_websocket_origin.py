@@ -70,3 +70,21 @@ def test_a_trusted_forwarded_proto_makes_the_socket_secure(settings: Settings) -
     scope["headers"].append((b"x-forwarded-proto", b"https"))
     assert origin_allowed(scope)
     assert not origin_allowed(_scope("https://testserver", "testserver"))
+
+
+@pytest.mark.parametrize(
+    ("origin", "host", "allowed_hosts"),
+    [
+        # An IPv6 literal is written with brackets in ALLOWED_HOSTS and in Host, as Django's
+        # requests check it; a fully qualified name may end with a dot.
+        ("http://[::1]:8000", "[::1]:8000", ["[::1]"]),
+        ("http://parley.example.", "parley.example.", ["parley.example"]),
+    ],
+)
+def test_ipv6_hosts_and_fully_qualified_names_are_our_own_origins(
+    settings: Settings, origin: str, host: str, allowed_hosts: list[str]
+) -> None:
+    settings.ALLOWED_HOSTS = allowed_hosts
+    assert origin_allowed(_scope(origin, host))
+    # Still the same site only on the same port.
+    assert not origin_allowed(_scope(f"{origin.removesuffix(':8000')}:8080", host))

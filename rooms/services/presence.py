@@ -7,13 +7,14 @@ room, and a process that dies leaves rows the sweeper closes at their last heart
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import Exists, F, OuterRef, Value
+from django.db import connection, transaction
+from django.db.models import F, Value
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
@@ -200,17 +201,32 @@ def presence_heartbeat(connection_id: str, *, now: datetime | None = None) -> bo
     """A heartbeat; False when the connection is no longer open (replaced, swept, room closed)
     or the room's paid time is over, so the consumer closes its socket."""
     now = now or timezone.now()
-    # Never backwards: a heartbeat read its clock before the row it updates was written (or
-    # after a later one) cannot move the last heartbeat before the start, where the sweeper
-    # would end the presence.
-    # The paid end is an EXISTS on the room, not `room__ends_at`: a condition through a join
-    # makes the UPDATE `WHERE id IN (SELECT …)`, and PostgreSQL does not re-check a subquery
-    # after waiting for the row's lock, so a heartbeat queued behind a close revived the row.
-    before_the_end = Exists(Room.objects.filter(pk=OuterRef("room_id"), ends_at__gt=now))
-    return bool(
-        Presence.objects.filter(
-            before_the_end, connection_id=connection_id, closed_at__isnull=True
-        ).update(last_heartbeat_at=Greatest(Value(now), F("last_heartbeat_at")))
+    at = connection.ops.adapt_datetimefield_value(now)
+    with connection.cursor() as cursor:
+        cursor.execute(_heartbeat_sql(), [at, connection_id, at])
+        return bool(cursor.rowcount == 1)
+
+
+@functools.cache
+def _heartbeat_sql() -> str:
+    """The heartbeat's one UPDATE, written out: every socket sends one every 5 s, and building
+    it through the ORM (the EXISTS and GREATEST below) tripled its cost in Python, which is
+    what bounds how many sockets one Daphne process holds (bench/signaling.py).
+
+    - Never backwards (GREATEST): a heartbeat that read its clock before the row it updates
+      was written cannot move the last heartbeat before the start, where the sweeper would
+      end the presence.
+    - The paid end is an EXISTS on the room, not a join: a condition through a join makes
+      Django's UPDATE `WHERE id IN (SELECT …)`, and PostgreSQL does not re-check a subquery
+      after waiting for the row's lock, so a heartbeat queued behind a close revived the row.
+      A correlated EXISTS is re-checked with the row.
+    """
+    greatest = "GREATEST" if connection.vendor == "postgresql" else "MAX"
+    presence, room = Presence._meta.db_table, Room._meta.db_table
+    return (
+        f"UPDATE {presence} SET last_heartbeat_at = {greatest}(%s, last_heartbeat_at)"  # noqa: S608
+        f" WHERE connection_id = %s AND closed_at IS NULL AND EXISTS (SELECT 1 FROM {room}"
+        f" WHERE {room}.id = {presence}.room_id AND {room}.ends_at > %s)"
     )
 
 

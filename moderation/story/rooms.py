@@ -3,10 +3,11 @@ quality each side of a call reported."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db.models import Aggregate, Count, FloatField, Max, Min
+from django.utils.dateparse import parse_datetime
 
 from moderation.story.base import _BuilderBase
 from moderation.story.records import Entry, Fact, Person, QualityRow
@@ -97,6 +98,21 @@ class _RoomEntries(_BuilderBase):
             pk=presence.pk,
         )
 
+    def _close_late_facts(self, data: dict[str, Any]) -> list[Fact]:
+        """A close that ran after the call's end (no worker at the paid end) says both times:
+        the call, and the bill, end at the paid end; the close itself ran later."""
+        ran_at = parse_datetime(str(data.get("ran_at") or ""))
+        ended = self.room.closed_at
+        if ran_at is None or ended is None or ran_at - ended < timedelta(seconds=1):
+            return []
+        return [
+            Fact("Call ended (billed to)", clock_text(ended)),
+            Fact(
+                "Close ran at",
+                f"{clock_text(ran_at)}, {duration_text((ran_at - ended).total_seconds())} late",
+            ),
+        ]
+
     def _interval_facts(self, start: datetime, end: datetime | None) -> list[Fact]:
         if end is None:
             return [Fact("Until", "still open")]
@@ -152,6 +168,7 @@ class _RoomEntries(_BuilderBase):
             return f"Room: {old} → {new}", "room", facts, ""
         if kind == "closed":
             facts = [Fact("Why", _close_reason(data.get("reason")))]
+            facts.extend(self._close_late_facts(data))
             for seat_data in data.get("seats") or []:
                 client = self.name_of(seat_data.get("client"), email=False)
                 facts.append(Fact(f"Seat of {client}", self._meter_summary(seat_data)))

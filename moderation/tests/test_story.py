@@ -336,3 +336,27 @@ def test_a_story_is_read_only_and_a_missing_room_is_404(staff_client: Client) ->
     assert staff_client.post(_url(room)).status_code == 405
     missing = reverse("admin:rooms_room_story", args=[room.pk + 1000])
     assert staff_client.get(missing).status_code == 404
+
+
+def test_a_close_that_ran_late_says_when_it_ran_and_that_the_bill_ends_at_the_paid_end() -> None:
+    from rooms import services as rooms
+
+    seat = seat_booked()
+    room = Room.objects.get(pk=seat.room_id)
+    with time_machine.travel(_at(-5), tick=False):
+        assert rooms.room_open(room.pk)
+    with time_machine.travel(_at(0), tick=False):
+        rooms.presence_open(room.pk, room.expert, connection_id="expert")
+        rooms.presence_open(room.pk, seat.client, connection_id="client")
+    # No worker at the paid end: the sweep that closes the room runs half an hour late.
+    Presence.objects.filter(room=room).update(last_heartbeat_at=room.ends_at)
+    with time_machine.travel(room.ends_at + dt.timedelta(minutes=30), tick=False):
+        assert rooms.rooms_advance()["closed"] == 1
+    entry = next(e for e in room_story(room.pk).entries if e.title == "Room closed")
+    facts = {fact.label: fact.value for fact in entry.facts}
+    assert facts["Call ended (billed to)"] == "2026-12-01 15:00:00.000"
+    assert facts["Close ran at"].endswith("30 min 00 s late")
+
+    on_time = room_closed_after_a_call(seat_booked())
+    entry = next(e for e in room_story(on_time.pk).entries if e.title == "Room closed")
+    assert "Close ran at" not in [fact.label for fact in entry.facts]

@@ -58,3 +58,27 @@ def payment_provider_enforce() -> None:
     if problems:
         problem = problems[0]
         raise ImproperlyConfigured(f"{problem.id}: {problem.msg} {problem.hint}")
+
+
+@register()
+def command_lease_check(
+    *,
+    app_configs: Sequence[AppConfig] | None,
+    databases: Sequence[str] | None,
+    **kwargs: Any,
+) -> list[CheckMessage]:
+    """A Celery worker killed at the money queue's hard time limit must be gone before its
+    command's lease lets another worker send the same command, or two of them talk to the
+    provider about one payment at once. (A check, not a refusal in settings: a process that
+    runs no Celery task, such as a test's worker with a short lease, may set any lease.)"""
+    hard = settings.CELERY_QUEUE_TIME_LIMITS["money"][1]
+    if settings.PAYMENT_COMMAND_LEASE_SECONDS > hard:
+        return []
+    return [
+        Error(
+            "PAYMENT_COMMAND_LEASE_SECONDS must be longer than the money queue's hard time "
+            f"limit ({hard} s).",
+            hint="Leave it at its default (120), or set it above the limit.",
+            id="billing.E002",
+        )
+    ]

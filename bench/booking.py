@@ -147,6 +147,21 @@ def progress(message: str) -> None:
 # --- Database -------------------------------------------------------------------------------
 
 
+def summary(results: list[Result]) -> dict[str, float]:
+    """The figures the issues name, under their keys; one a run did not measure is left out
+    (numbers only)."""
+    figures: dict[str, float | None] = {}
+    for r in results:
+        if (r.scenario, r.clients) == ("booking", 1):
+            figures["p50_ratio_1_client"] = r.p50_ratio_to_baseline
+        if (r.scenario, r.clients) == ("booking", 32):
+            figures["ops_per_s_32_clients"] = r.ops_per_s
+    errors = [r.errors for r in results if r.clients == 32 and r.scenario != "baseline"]
+    if errors:
+        figures["errors_32_clients"] = sum(errors)
+    return {key: value for key, value in figures.items() if value is not None}
+
+
 def bench_django_setup() -> None:
     # The bench must not publish the confirmation emails' tasks to a real broker (see above).
     os.environ["CELERY_BROKER_URL"] = "memory://"
@@ -575,6 +590,7 @@ def main() -> int:
 
     if args.json:
         report = {
+            "summary": summary(results),
             "bench": "booking",
             "bookings": args.bookings,
             "warmup": WARMUP_BOOKINGS,

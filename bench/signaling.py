@@ -1141,6 +1141,23 @@ def max_healthy(steps: list[IdleStep]) -> int:
     return max((s.sockets for s in steps if s.healthy), default=0)
 
 
+def summary(relay: list[RelayResult], steps: list[IdleStep]) -> dict[str, float]:
+    """The figures the issues name, under their keys; one a run did not measure (the join
+    storm is not built yet, --quick has no 200-room level) is left out (numbers only)."""
+    figures: dict[str, float | None] = {}
+    for r in relay:
+        if r.server == DAPHNE and r.rooms in (1, 200):
+            suffix = "1_room" if r.rooms == 1 else "200_rooms"
+            figures[f"relay_p50_ratio_{suffix}"] = r.p50_ratio_to_baseline
+            if r.rooms == 200:
+                figures["relay_msgs_per_s_200_rooms"] = r.msgs_per_s
+    healthy = [s for s in steps if s.healthy]
+    figures["idle_sockets_held"] = max_healthy(steps)
+    if healthy:
+        figures["kib_per_socket"] = max(healthy, key=lambda s: s.sockets).kib_per_socket
+    return {key: value for key, value in figures.items() if value is not None}
+
+
 def message_count(text: str) -> int:
     value = int(text)
     if value < MIN_MESSAGES:
@@ -1219,6 +1236,7 @@ def main() -> int:
     stopped = next((s for s in steps if not s.healthy), None)
     if args.json:
         output = {
+            "summary": summary(report.relay, steps),
             "bench": "signaling",
             "messages": plan.messages,
             "min_rounds_per_room": plan.min_rounds_per_room,

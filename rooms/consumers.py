@@ -153,19 +153,13 @@ class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
 
     async def refuse(self, code: str, message: str) -> None:
         await self.error(code, message)
-        try:
-            await self.leave_groups()
-        except LAYER_ERRORS:
-            logger.warning("Channel layer unavailable leaving room %s", self.room_id)
+        await self.leave_groups()
         await self.close(code=REFUSAL_CLOSE_CODES[code])
 
     async def disconnect(self, code: int) -> None:
         for timer in getattr(self, "timers", []):
             timer.cancel()
-        try:
-            await self.leave_groups()
-        except LAYER_ERRORS:
-            logger.warning("Channel layer unavailable leaving room %s", self.room_id)
+        await self.leave_groups()
         if self.admitted:
             self.admitted = False
             await database_sync_to_async(services.presence_close)(
@@ -175,10 +169,14 @@ class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     async def leave_groups(self) -> None:
         if getattr(self, "user", None) is None or not self.user.is_authenticated:
             return
-        await self.channel_layer.group_discard(
-            broadcast.room_group(self.room_id), self.channel_name
-        )
-        await self.channel_layer.group_discard(self.own_group, self.channel_name)
+        try:
+            await self.channel_layer.group_discard(
+                broadcast.room_group(self.room_id), self.channel_name
+            )
+            await self.channel_layer.group_discard(self.own_group, self.channel_name)
+        except LAYER_ERRORS:
+            # Redis is down: its subscriptions go with the connection anyway.
+            logger.warning("Channel layer unavailable leaving room %s", self.room_id)
 
     # --- from the participant ----------------------------------------------------------------
 

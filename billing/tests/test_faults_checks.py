@@ -3,11 +3,7 @@ opts in with LOCAL_PAYMENTS_ALLOWED=1. Checked in-process and on the real comman
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from django.core.checks import run_checks
@@ -15,8 +11,7 @@ from django.core.exceptions import ImproperlyConfigured
 from pytest_django import Settings
 
 from billing.checks import LOCAL_PROVIDER_REFUSED, payment_provider_enforce
-
-ROOT = Path(__file__).resolve().parents[2]
+from config.tests.helpers import manage
 
 # What a production deployment sets, minus any Stripe key.
 PRODUCTION = {
@@ -27,19 +22,6 @@ PRODUCTION = {
     "TURN_URLS": "turn:turn.example.com:3478",
     "TURN_SECRET": "coturn-shared-secret",
 }
-
-
-def _manage(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    # Only what the deployment sets: nothing of the test run's environment.
-    base = {"PATH": os.environ["PATH"], "PARLEY_VAR_DIR": os.environ["PARLEY_VAR_DIR"]}
-    return subprocess.run(  # noqa: S603
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env={**base, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def _ids(settings: Settings) -> list[str]:
@@ -72,14 +54,14 @@ def test_the_test_card_provider_with_debug_off_is_an_error_unless_opted_in(
 
 
 def test_check_deploy_refuses_a_production_without_a_stripe_key() -> None:
-    result = _manage("check", "--deploy", **PRODUCTION)
+    result = manage("check", "--deploy", **PRODUCTION)
     assert result.returncode != 0
     assert LOCAL_PROVIDER_REFUSED in result.stderr
     assert "LOCAL_PAYMENTS_ALLOWED=1" in result.stderr
 
 
 def test_check_deploy_accepts_the_test_card_provider_when_opted_in() -> None:
-    result = _manage("check", "--deploy", **PRODUCTION, LOCAL_PAYMENTS_ALLOWED="1")
+    result = manage("check", "--deploy", **PRODUCTION, LOCAL_PAYMENTS_ALLOWED="1")
     assert result.returncode == 0, result.stderr
     assert LOCAL_PROVIDER_REFUSED not in result.stderr + result.stdout
 
@@ -88,6 +70,6 @@ def test_runserver_refuses_to_start_a_production_without_a_stripe_key() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    result = _manage("runserver", "--noreload", f"127.0.0.1:{port}", **PRODUCTION)
+    result = manage("runserver", "--noreload", f"127.0.0.1:{port}", **PRODUCTION)
     assert result.returncode != 0
     assert LOCAL_PROVIDER_REFUSED in result.stderr

@@ -8,12 +8,10 @@ until PostgreSQL shows every racer waiting, so all of them are inside the provid
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import pytest
-from django.db import connection, transaction
+from django.db import connection
 from django.test import Client
 from django.urls import reverse
 
@@ -23,44 +21,16 @@ from billing import services
 from billing.gateways.base import Intent
 from billing.gateways.local import TEST_CARD, LocalGateway
 from billing.models import LocalIntent, LocalOperation, Payment, PaymentState
-from rooms.tests.races import sessions_waiting_on_a_lock
+from rooms.tests.races import lock_held_until_waited_on
 
 AMOUNT = 12000
 RACERS = 4
 
 
-@contextmanager
-def _operations_locked_until_waited_on(waiters: int) -> Iterator[Callable[[], bool]]:
-    """Inside the block, nobody can write to the local provider's operation log; on leaving
-    it, the lock is held until `waiters` sessions wait on a lock (or 20 s pass). Yields
-    "were they all seen waiting?"."""
-    seen = threading.Event()
-    locked = threading.Event()
-    let_go = threading.Event()
-
-    def hold() -> None:
-        try:
-            with transaction.atomic():
-                with connection.cursor() as cursor:
-                    cursor.execute("LOCK TABLE billing_localoperation IN SHARE MODE")
-                locked.set()
-                let_go.wait(30)
-                for _ in range(2000):
-                    if sessions_waiting_on_a_lock() >= waiters:
-                        seen.set()
-                        break
-                    time.sleep(0.01)
-        finally:
-            connection.close()
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    assert locked.wait(10)
-    try:
-        yield seen.is_set
-    finally:
-        let_go.set()
-        holder.join(timeout=60)
+def _lock_operations() -> None:
+    """Nobody can write to the local provider's operation log until this transaction ends."""
+    with connection.cursor() as cursor:
+        cursor.execute("LOCK TABLE billing_localoperation IN SHARE MODE")
 
 
 def _in_threads(actions: list[Callable[[], object]]) -> Callable[[], list[object]]:
@@ -96,11 +66,11 @@ def test_one_idempotency_key_sent_four_times_at_once_creates_one_intent_and_repl
             amount_minor=AMOUNT, currency="EUR", metadata={}, idempotency_key="k-once"
         )
 
-    with _operations_locked_until_waited_on(RACERS) as all_seen:
+    with lock_held_until_waited_on(_lock_operations, RACERS) as held:
         started = _in_threads([create] * RACERS)
     results = started()
 
-    assert all_seen(), "the racers were never all waiting at once: they did not overlap"
+    assert held.seen, "the racers were never all waiting at once: they did not overlap"
     assert all(isinstance(result, Intent) for result in results), results
     intents = {result.id for result in results if isinstance(result, Intent)}
     assert len(intents) == 1
@@ -130,11 +100,11 @@ def test_the_card_form_submitted_four_times_at_once_authorizes_once_and_answers_
         response = browser.post(url, form)
         return response.status_code, response.headers.get("Location", "")
 
-    with _operations_locked_until_waited_on(RACERS) as all_seen:
+    with lock_held_until_waited_on(_lock_operations, RACERS) as held:
         started = _in_threads([submit] * RACERS)
     answers = started()
 
-    assert all_seen(), "the submissions were never all waiting at once: they did not overlap"
+    assert held.seen, "the submissions were never all waiting at once: they did not overlap"
     # Every submission is told the card is paid and goes on; none sees an error page.
     assert answers == [(302, "/sessions/")] * RACERS
     payment.refresh_from_db()

@@ -1,33 +1,14 @@
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from config.env import env_bool, env_choice, env_int, env_list
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _manage(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    # A clean environment: only what a deployment would set, nothing from the test run.
-    base = {"PATH": os.environ["PATH"], "PARLEY_VAR_DIR": os.environ["PARLEY_VAR_DIR"]}
-    return subprocess.run(  # noqa: S603
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env={**base, **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+from config.tests.helpers import manage
 
 
 def test_deploy_check_reports_nothing_with_debug_off_and_secrets_set() -> None:
-    result = _manage(
+    result = manage(
         "check",
         "--deploy",
         "--fail-level",
@@ -45,13 +26,13 @@ def test_deploy_check_reports_nothing_with_debug_off_and_secrets_set() -> None:
 
 
 def test_debug_off_without_a_secret_key_refuses_to_start() -> None:
-    result = _manage("check")
+    result = manage("check")
     assert result.returncode != 0
     assert "SECRET_KEY must be set when DEBUG is off." in result.stderr
 
 
 def test_embedded_defaults_need_no_environment_in_debug() -> None:
-    result = _manage("check", DEBUG="1")
+    result = manage("check", DEBUG="1")
     assert result.returncode == 0, result.stderr
 
 
@@ -65,7 +46,7 @@ def test_embedded_defaults_need_no_environment_in_debug() -> None:
     ],
 )
 def test_a_wrong_switch_names_itself(env: dict[str, str], message: str) -> None:
-    result = _manage("check", **env)
+    result = manage("check", **env)
     assert result.returncode != 0
     assert message in result.stderr
 
@@ -84,7 +65,7 @@ def test_env_helpers_parse_and_name_the_bad_variable(monkeypatch: pytest.MonkeyP
 
 
 def test_a_payment_command_lease_shorter_than_the_money_tasks_limit_refuses_to_start() -> None:
-    result = _manage("check", DEBUG="1", PAYMENT_COMMAND_LEASE_SECONDS="60")
+    result = manage("check", DEBUG="1", PAYMENT_COMMAND_LEASE_SECONDS="60")
     assert result.returncode != 0
     assert "PAYMENT_COMMAND_LEASE_SECONDS must be longer" in result.stderr
-    assert _manage("check", DEBUG="1", PAYMENT_COMMAND_LEASE_SECONDS="300").returncode == 0
+    assert manage("check", DEBUG="1", PAYMENT_COMMAND_LEASE_SECONDS="300").returncode == 0

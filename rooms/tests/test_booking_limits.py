@@ -6,13 +6,12 @@ cannot all slip past the count."""
 from __future__ import annotations
 
 import datetime as dt
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from functools import partial
 
 import pytest
 import time_machine
-from django.db import connection, transaction
+from django.db import connection
 from django.test import Client
 from django.urls import reverse
 
@@ -23,7 +22,7 @@ from rooms import services
 from rooms.errors import RoomsError
 from rooms.models import Offering, Seat, SeatState
 from rooms.tests.factories import NOW, OfferingFactory, expert_create, seat_pay, weekdays_available
-from rooms.tests.races import sessions_waiting_on_a_lock
+from rooms.tests.races import lock_held_until_waited_on, race
 
 UTC = dt.UTC
 DAY = dt.datetime(2026, 12, 2, tzinfo=UTC)
@@ -118,42 +117,19 @@ def test_the_booking_page_says_why_a_fourth_unpaid_booking_is_refused() -> None:
 def test_four_bookings_of_one_client_at_once_leave_three_unpaid_reservations() -> None:
     client = UserFactory.create()
     offerings = [_offering() for _ in range(4)]
-    outcomes: list[str] = []
-    lock = threading.Lock()
 
-    def book(offering: Offering) -> Callable[[], None]:
-        def run() -> None:
-            try:
-                services.booking_reserve(client, offering, _at(9))
-                result = "ok"
-            except RoomsError as error:
-                result = str(error)
-            except Exception as error:  # a crash is a finding
-                result = f"crashed: {error!r}"
-            finally:
-                connection.close()
-            with lock:
-                outcomes.append(result)
-
-        return run
+    def lock_payments() -> None:
+        with connection.cursor() as cursor:
+            cursor.execute("LOCK TABLE billing_payment IN SHARE MODE")
 
     # No payment can be written until all four bookings wait at once (on the table lock, or
     # on each other): they are provably inside the booking together, past any check made
     # before the payment is written.
-    seen = False
-    threads = [threading.Thread(target=book(offering)) for offering in offerings]
-    with transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute("LOCK TABLE billing_payment IN SHARE MODE")
-        for thread in threads:
-            thread.start()
-        for _ in range(2000):
-            if sessions_waiting_on_a_lock() >= len(threads):
-                seen = True
-                break
-            time.sleep(0.01)
-    for thread in threads:
-        thread.join(timeout=60)
+    with lock_held_until_waited_on(lock_payments, len(offerings)) as held:
+        outcomes = race(
+            [partial(services.booking_reserve, client, offering, _at(9)) for offering in offerings]
+        )
+    seen = held.seen
 
     assert seen, "the four bookings were never all waiting at once: they did not overlap"
     assert sorted(outcomes) == sorted(

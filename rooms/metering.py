@@ -1,12 +1,17 @@
 """Metering: what a seat is billed for, as interval arithmetic on integers.
 
-Billable time (PRODUCT.md, What is billed) = the time inside the room's live window during
-which the client and the expert were both present AND their media link was up. Intervals are
-half-open [start, end) on integer epoch microseconds, so union and intersection are exact (a
-brute-force count of units gives the same number; the property tests check it), and the total
-is rounded down to whole seconds once, at the end: a second is billed only when the pair had a
-whole second of it, and a resume — one presence closing and the next opening in the same
-instant — loses nothing to rounding (rounding each piece first would drop a second per resume).
+Billable time = the time inside the room's live window AND inside the booked time (start to
+paid end) during which the client and the expert were both present AND their media link was up.
+The room may go live early, once both are in the lobby (up to 10 minutes before the start), but
+the early minutes are free: the meter starts at the booked start and the call still ends at the
+booked end, so a customer gets exactly the minutes they booked and pays for none before them.
+
+Intervals are half-open [start, end) on integer epoch microseconds, so union and intersection
+are exact (a brute-force count of units gives the same number; the property tests check it),
+and the total is rounded down to whole seconds once, at the end: a second is billed only when
+the pair had a whole second of it, and a resume — one presence closing and the next opening in
+the same instant — loses nothing to rounding (rounding each piece first would drop a second per
+resume).
 """
 
 from __future__ import annotations
@@ -65,15 +70,17 @@ def total(intervals: Iterable[Interval]) -> int:
 def billable_time(
     *,
     live_window: Interval,
+    booked: Interval,
     expert_presence: Iterable[Interval],
     client_presence: Iterable[Interval],
     media_links: Iterable[Interval],
 ) -> int:
-    """How long the pair was together with working media inside the live window, in the
+    """How long the pair was together with working media inside both the live window and the
+    booked time (the early minutes of a room that went live in the lobby are free), in the
     intervals' own unit."""
     together = intersect(expert_presence, client_presence)
     connected = intersect(together, media_links)
-    return total(intersect(connected, [live_window]))
+    return total(intersect(intersect(connected, [live_window]), [booked]))
 
 
 def whole_seconds(micros: int) -> int:

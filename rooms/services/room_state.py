@@ -103,10 +103,13 @@ def room_mark_live(room_id: int, *, at: datetime) -> bool:
 
 
 def room_state_message(room: Room) -> dict[str, Any]:
+    """`room_state` of docs/SIGNALING.md. A room may go live before its booked start; the page
+    needs the start too, since the meter and the clock count from it."""
     return {
         "type": "room_state",
         "state": room.state,
         "live_at": room.live_at.isoformat() if room.live_at else None,
+        "starts_at": room.starts_at.isoformat(),
         "ends_at": room.ends_at.isoformat(),
     }
 
@@ -258,8 +261,15 @@ def seat_meter(room: Room, seat: Seat, now: datetime) -> dict[str, Any]:
     window = (0, 0)
     if room.live_at:
         window = metering.to_micros(room.live_at, max(room.live_at, room.closed_at or now))
+    # The early minutes are free: a room that went live in the lobby is metered from the
+    # booked start, and never past the paid end.
+    booked = metering.to_micros(room.starts_at, room.ends_at)
     billable = metering.billable_time(
-        live_window=window, expert_presence=expert, client_presence=client, media_links=media
+        live_window=window,
+        booked=booked,
+        expert_presence=expert,
+        client_presence=client,
+        media_links=media,
     )
     # Who came is whether a connection was admitted, not how long it lasted: a join that a
     # close (a block, the paid end) cut at the very instant it was admitted still came, as
@@ -276,6 +286,7 @@ def seat_meter(room: Room, seat: Seat, now: datetime) -> dict[str, Any]:
         "billable_exact_seconds": billable / metering.SECOND,
         "rounding": "the exact total, rounded down to whole seconds",
         "live_window": metering.as_seconds([window]),
+        "booked": metering.as_seconds([booked]),
         "expert_presence": metering.as_seconds(expert),
         "client_presence": metering.as_seconds(client),
         "media_links": metering.as_seconds(media),

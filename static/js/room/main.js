@@ -31,11 +31,16 @@ let mode = null; // what this page sends: "full" | "audio" | "none"
 let me = null;
 let iceServers = config.iceServers;
 let clockTimer = null;
+let wasEarly = null; // whether the last clock tick was before the booked start
 let stateTimer = null;
 // "You blocked Ann.": once this page blocked someone during the call, what it says at the end.
 let blockedNotice = null;
 // Server clock minus ours, from the page's own timestamp, until the socket measures it better.
 const clockSkew = Date.parse(config.serverTime) - Date.now();
+
+// The early minutes are free (docs/ARCHITECTURE.md, Metering): the room may go live in the lobby,
+// but the booked time, its clock and its cost start at the booked start and end at the booked end.
+const FREE_BEFORE_START = "time before the start is free";
 
 const REFUSALS = {
   login_required: "Your session has expired: log in again and reopen this link.",
@@ -79,7 +84,13 @@ function lobbyUpdate() {
     joinButtons(false, "The Join button turns on when the room opens.");
     return;
   }
-  show(countdown, false);
+  if (now < new Date(room.startsAt)) {
+    // The room may go live as soon as both are in; the meter waits for the start.
+    countdown.textContent = `Starts in ${clock((new Date(room.startsAt) - now) / 1000)} — ${FREE_BEFORE_START}.`;
+    show(countdown);
+  } else {
+    show(countdown, false);
+  }
   if (!config.seatPaid) {
     say("The room is open.");
     return joinButtons(false, "Pay for your reservation to join.");
@@ -191,6 +202,7 @@ async function join(requested) {
   stopStatePolling();
   devices.stopMeter();
   show($("#preflight"), false);
+  show($("#countdown"), false); // the call's own clock says when the booked time starts
   show($("#call"));
   show($("#after"), false);
   $("#self-view").srcObject = devices.stream;
@@ -263,7 +275,13 @@ function onMessage(message) {
       return link.receive(message.data);
     }
     case "room_state":
-      room = { ...room, state: message.state, liveAt: message.live_at, endsAt: message.ends_at };
+      room = {
+        ...room,
+        state: message.state,
+        liveAt: message.live_at,
+        startsAt: message.starts_at ?? room.startsAt,
+        endsAt: message.ends_at,
+      };
       root.dataset.roomState = room.state;
       return callStatus();
     case "warning":
@@ -304,6 +322,7 @@ function welcome(message) {
     ...room,
     state: message.room.state,
     liveAt: message.room.live_at,
+    startsAt: message.room.starts_at,
     endsAt: message.room.ends_at,
   };
   root.dataset.roomState = room.state;
@@ -364,22 +383,43 @@ function callStatus() {
   const expertIn = [...links.values()].some((link) => link.peer.role === "expert");
   if (config.role === "client" && !expertIn) say("Waiting for the expert to join.");
   else if (config.role === "expert" && !links.size) say("Waiting for your client to join.");
-  else if (room.state === "live") say("Live.");
+  else if (room.state === "live" && serverNow() < new Date(room.startsAt)) {
+    say(`Live, ahead of the start: ${FREE_BEFORE_START}.`);
+  } else if (room.state === "live") say("Live.");
   else say("Connecting…");
 }
 
 function tick() {
   const now = serverNow();
-  $("#elapsed").textContent = room.liveAt ? clock((now - new Date(room.liveAt)) / 1000) : "not started";
-  $("#remaining").textContent = clock((new Date(room.endsAt) - now) / 1000);
+  const start = new Date(room.startsAt);
+  const end = new Date(room.endsAt);
+  const early = now < start;
+  // Before the start: how long until the booked time begins (the room may already be live).
+  show($("#before-start"), early);
+  if (early) $("#starts-in").textContent = clock((start - now) / 1000);
+  if (early !== wasEarly) {
+    // The status says "ahead of the start" until the start, then "Live.".
+    wasEarly = early;
+    callStatus();
+  }
+  // The booked time runs from the start (or from when the call went live, if later) to the
+  // booked end: never more than the booked length remains.
+  const meteredFrom = room.liveAt ? Math.max(start, new Date(room.liveAt)) : null;
+  $("#elapsed").textContent =
+    meteredFrom === null || now < meteredFrom ? "not started" : clock((now - meteredFrom) / 1000);
+  $("#remaining").textContent = clock((end - Math.max(now, start)) / 1000);
+  // Only seconds inside the booked time cost anything.
+  const inBookedTime = !early && now < end;
   for (const link of links.values()) {
+    if (!inBookedTime) break;
     if (link.status !== "connected") continue;
     const client = config.role === "expert" ? link.peer.id : link.peer.role === "expert" ? me.id : null;
     if (client !== null) connectedSeconds.set(client, (connectedSeconds.get(client) || 0) + 1);
   }
   const cost = $("#running-cost");
   if (cost) {
-    // PRODUCT.md, What is billed: every started minute, nothing under a minute, capped.
+    // As the close bills it (docs/ARCHITECTURE.md, Metering): every started minute of the
+    // booked time, nothing under a minute, capped.
     let total = 0;
     for (const seconds of connectedSeconds.values()) {
       if (seconds >= 60) total += Math.min(room.capMinor, room.priceMinor * Math.ceil(seconds / 60));
@@ -439,6 +479,7 @@ async function showSummary(charge) {
   say(blockedNotice || "This session has ended.");
   banner(null);
   show($("#preflight"), false);
+  show($("#countdown"), false);
   show($("#call"), false);
   const after = $("#after");
   try {

@@ -96,8 +96,10 @@ class QualityRow:
     samples: int
     rtt_ms: float | None
     packet_loss: float | None
+    first_at: datetime
+    last_at: datetime
     # From the first report to the last, in the story's zone.
-    span: str
+    span: str = ""
 
     @property
     def rtt_text(self) -> str:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from django.db.models import Aggregate, Count, FloatField, Max, Min, Q
@@ -14,7 +13,7 @@ from django.db.models import Aggregate, Count, FloatField, Max, Min, Q
 from accounts.models import User
 from billing.models import Payment, PaymentCommand, PaymentEvent, Settlement, WebhookEvent
 from moderation.models import Dispute, Report, StaffAction, StaffActionKind
-from moderation.story.entries import Person
+from moderation.story.entries import Person, QualityRow
 from moderation.story.payloads import (
     Payload,
     ProviderObject,
@@ -36,19 +35,6 @@ class Row(Generic[R, D]):
 
 
 @dataclass(frozen=True)
-class PairQuality:
-    """What one side of a call reported of its link to one peer, aggregated."""
-
-    reporter: Person
-    peer: Person
-    samples: int
-    rtt_ms: float | None
-    packet_loss: float | None
-    first_at: datetime
-    last_at: datetime
-
-
-@dataclass(frozen=True)
 class Records:
     room: Room
     seats: tuple[Seat, ...]
@@ -64,7 +50,8 @@ class Records:
     disputes: tuple[Dispute, ...]
     staff_actions: tuple[Row[StaffAction, Payload], ...]
     ratings: dict[int, Rating]  # by client id
-    quality: tuple[PairQuality, ...]
+    # Its span is told when the story is built, in the viewer's zone.
+    quality: tuple[QualityRow, ...]
     # Everyone a record names, by id, with their part in this room.
     people: dict[int, Person]
 
@@ -75,48 +62,40 @@ class Records:
 
 def story_load(room_id: int) -> Records:
     """Room.DoesNotExist when there is no such room."""
-    room = Room.objects.select_related("expert").get(pk=room_id)
+    room = Room.objects.get(pk=room_id)
     seats = tuple(
         Seat.objects.filter(room=room)
-        .select_related("client", "payment__settlement")
+        .select_related("payment__settlement")
         .order_by("created_at", "pk")
     )
     payments = [seat.payment for seat in seats if seat.payment is not None]
     payment_ids = [payment.pk for payment in payments]
-    room_events = _parsed(RoomEvent.objects.filter(room=room).select_related("actor"))
-    presences = tuple(Presence.objects.filter(room=room).select_related("user"))
-    media_links = tuple(MediaLink.objects.filter(room=room).select_related("client", "reported_by"))
-    payment_events = _parsed(
-        PaymentEvent.objects.filter(payment_id__in=payment_ids).select_related("actor")
-    )
-    reports = tuple(
-        Report.objects.filter(room=room).select_related("reporter", "about", "resolved_by")
-    )
-    disputes = tuple(
-        Dispute.objects.filter(seat__room=room).select_related("client", "resolved_by")
-    )
-    staff_actions = _staff_actions(room, [room.expert_id, *(seat.client_id for seat in seats)])
+    room_events = _parsed(RoomEvent.objects.filter(room=room))
+    presences = tuple(Presence.objects.filter(room=room))
+    media_links = tuple(MediaLink.objects.filter(room=room))
+    payment_events = _parsed(PaymentEvent.objects.filter(payment_id__in=payment_ids))
+    reports = tuple(Report.objects.filter(room=room))
+    disputes = tuple(Dispute.objects.filter(seat__room=room))
+    client_ids = {seat.client_id for seat in seats}
+    staff_actions = _staff_actions(room, [room.expert_id, *client_ids])
     settlements = {
         seat.pk: Row(settlement, payload_parse(settlement.inputs))
         for seat in seats
         if (settlement := settlement_of(seat.payment)) is not None
     }
-    users: list[User | None] = [room.expert, *(seat.client for seat in seats)]
-    users += [row.record.actor for row in (*room_events, *payment_events)]
-    users += [presence.user for presence in presences]
-    users += [user for link in media_links for user in (link.client, link.reported_by)]
-    users += [u for r in reports for u in (r.reporter, r.about, r.resolved_by)]
-    users += [user for dispute in disputes for user in (dispute.client, dispute.resolved_by)]
-    users += [u for row in staff_actions for u in (row.record.actor, row.record.subject)]
-    named = {
-        pk for row in (*room_events, *payment_events, *staff_actions) for pk in row.data.people()
+    # Everyone a record names, by foreign key or by id in its JSON: one query.
+    ids: set[int | None] = {room.expert_id, *client_ids}
+    for row in (*room_events, *payment_events, *staff_actions):
+        ids |= {row.record.actor_id, *row.data.people()}
+    ids |= {row.record.subject_id for row in staff_actions}
+    ids |= {user for link in media_links for user in (link.client_id, link.reported_by_id)}
+    ids |= {presence.user_id for presence in presences}
+    ids |= {user for r in reports for user in (r.reporter_id, r.about_id, r.resolved_by_id)}
+    ids |= {user for d in disputes for user in (d.client_id, d.resolved_by_id)}
+    people = {
+        user.pk: _person(user, room, client_ids)
+        for user in User.objects.filter(pk__in=ids - {None})
     }
-    known = {user.pk for user in users if user is not None}
-    if named - known:
-        # People a payload names by id only (who was removed, blocked): one query at most.
-        users += User.objects.filter(pk__in=named - known)
-    client_ids = {seat.client_id for seat in seats}
-    people = {user.pk: _person(user, room, client_ids) for user in users if user is not None}
     return Records(
         room=room,
         seats=seats,
@@ -212,7 +191,7 @@ class Median(Aggregate):
         )
 
 
-def _call_quality(room: Room, people: dict[int, Person]) -> tuple[PairQuality, ...]:
+def _call_quality(room: Room, people: dict[int, Person]) -> tuple[QualityRow, ...]:
     """One row per reporter and peer, aggregated in the database: a call reports its stats
     every few seconds, far too many rows to list."""
     rows = (
@@ -240,7 +219,7 @@ def _call_quality(room: Room, people: dict[int, Person]) -> tuple[PairQuality, .
         return people.get(pk) or Person(pk, row[f"{side}__display_name"], row[f"{side}__email"], "")
 
     return tuple(
-        PairQuality(
+        QualityRow(
             who(row, "reporter"),
             who(row, "peer"),
             row["samples"],

@@ -14,8 +14,8 @@ from billing.models import (
 from moderation.models import Dispute
 from moderation.story.entries import Entry, Fact, Link, Person, SeatSummary
 from moderation.story.load import Records, settlement_of
-from moderation.story.payloads import Payload
-from moderation.story.words import Teller, duration_text, label, payment_state
+from moderation.story.payloads import Intervals, Payload
+from moderation.story.words import Teller, choice, duration_text, label
 from rooms.models import SeatState
 
 WEBHOOK_TITLES = {
@@ -89,9 +89,12 @@ def settlement_entries(records: Records, teller: Teller) -> list[Entry]:
         ]
         # What the close measured: the inputs say how the amount follows from the billable
         # time; these say where that came from.
-        meter = meters.get(seat.pk)
-        for key, intervals in meter.intervals if meter else ():
-            facts.append(Fact(f"Metered: {label(key).lower()}", lines=teller.intervals(intervals)))
+        meter = meters.get(seat.pk, Payload())
+        for key in ("live_window", "expert_presence", "client_presence", "media_links"):
+            if isinstance(intervals := meter.value(key), Intervals):
+                facts.append(
+                    Fact(f"Metered: {label(key).lower()}", lines=teller.intervals(intervals))
+                )
         entries.append(
             Entry(
                 at=settlement.created_at,
@@ -241,7 +244,7 @@ def _payment_event_entry(
     moved = event.kind in PAYMENT_STATE_TITLES and data.value("old") is not None
     facts = teller.facts(data, skip=("intent", "old") if moved else ("intent",))
     if moved:
-        facts.insert(0, Fact("From", payment_state(data.old)))
+        facts.insert(0, Fact("From", choice(PaymentState, data.old)))
     if event.amount_minor is not None and "{amount}" not in (template or "{amount}"):
         facts.insert(0, Fact("Amount", amount))
     bad = event.kind.endswith("_failed") or event.kind.startswith("dispute")

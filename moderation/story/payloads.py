@@ -18,8 +18,6 @@ from typing import Any
 # Keys that name a person by id, and keys that name another record by id.
 PEOPLE_KEYS = ("user", "client", "expert", "blocked", "subject")
 RECORD_KEYS = ("seat", "dispute", "report", "command")
-# What the close measured of a seat: intervals in epoch seconds.
-METER_KEYS = ("live_window", "expert_presence", "client_presence", "media_links")
 
 
 @dataclass(frozen=True)
@@ -66,18 +64,6 @@ Value = Money | Seconds | UserRef | Moment | Intervals | Text | Group | Many
 
 
 @dataclass(frozen=True)
-class SeatMeter:
-    """One seat of a "closed" event: what the close measured and charged."""
-
-    seat: int | None
-    client: int | None
-    outcome: str
-    billable: Value | None
-    charged_minor: int | None
-    intervals: tuple[tuple[str, Intervals], ...]
-
-
-@dataclass(frozen=True)
 class Payload:
     # Every key with a value, in the stored order.
     items: tuple[tuple[str, Value], ...] = ()
@@ -88,6 +74,7 @@ class Payload:
     # A dispute's id in Parley (room events) or at the provider (payment events).
     dispute: int | str | None = None
     user: int | None = None
+    client: int | None = None
     connection: str | None = None
     resumed: bool = False
     old: str = ""
@@ -95,7 +82,8 @@ class Payload:
     reason: str = ""
     state: str = ""
     ran_at: datetime | None = None
-    seats: tuple[SeatMeter, ...] = ()
+    # A close's seats: what it measured and charged of each.
+    seats: tuple[Payload, ...] = ()
     # A ban's rooms: those it took its subject out of and those it canceled.
     rooms: frozenset[int] = frozenset()
 
@@ -105,7 +93,7 @@ class Payload:
     def people(self) -> set[int]:
         """Everyone the payload names by id."""
         named = {value.pk for _, value in self.items if isinstance(value, UserRef)}
-        return named | {seat.client for seat in self.seats if seat.client is not None}
+        return named.union(*(seat.people() for seat in self.seats))
 
 
 def payload_parse(raw: Any) -> Payload:
@@ -125,6 +113,7 @@ def payload_parse(raw: Any) -> Payload:
         command=_int(raw.get("command")),
         dispute=_str(raw.get("dispute")) or _int(raw.get("dispute")),
         user=_int(raw.get("user")),
+        client=_int(raw.get("client")),
         connection=_str(raw.get("connection")),
         resumed=raw.get("resumed") is True,
         old=_scalar(raw.get("old")),
@@ -133,7 +122,7 @@ def payload_parse(raw: Any) -> Payload:
         state=_scalar(raw.get("state")),
         ran_at=_datetime(raw.get("ran_at")),
         seats=tuple(
-            _seat_meter(seat) for seat in _list(raw.get("seats")) if isinstance(seat, dict)
+            payload_parse(seat) for seat in _list(raw.get("seats")) if isinstance(seat, dict)
         ),
         rooms=frozenset(pk for pk in rooms if isinstance(pk, int)),
     )
@@ -158,20 +147,6 @@ def provider_object_parse(payload: Any) -> ProviderObject:
         ids=frozenset(filter(None, (_str(obj.get("id")), _str(obj.get("payment_intent"))))),
         status=str(obj["status"]) if obj.get("status") else "",
         amounts=tuple((key, obj[key]) for key in amounts if _int(obj.get(key)) is not None),
-    )
-
-
-def _seat_meter(raw: dict[str, Any]) -> SeatMeter:
-    billable = raw.get("billable_seconds")
-    return SeatMeter(
-        seat=_int(raw.get("seat")),
-        client=_int(raw.get("client")),
-        outcome=str(raw.get("outcome", "—")).replace("_", " "),
-        billable=None if billable is None else _value("billable_seconds", billable),
-        charged_minor=_int(raw.get("charged_minor")),
-        intervals=tuple(
-            (key, found) for key in METER_KEYS if (found := _intervals(raw.get(key))) is not None
-        ),
     )
 
 

@@ -3,20 +3,15 @@ and the header's facts and call quality."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta
 
-from moderation.models import StaffActionKind
+from moderation.models import DisputeState, StaffActionKind
 from moderation.story.entries import Entry, Fact, QualityRow
 from moderation.story.load import Records
 from moderation.story.payloads import Payload
-from moderation.story.words import (
-    Teller,
-    close_reason,
-    dispute_state,
-    duration_text,
-    room_state,
-)
-from rooms.models import RoomEvent, RoomState
+from moderation.story.words import Teller, choice, duration_text
+from rooms.models import CloseReason, RoomEvent, RoomState
 
 PRESENCE_ENDS = {
     "left": "left",
@@ -147,22 +142,22 @@ def _room_event_entry(event: RoomEvent, data: Payload, teller: Teller) -> Entry:
     tone = "warn" if kind in ("pair_blocked", "expert_no_show", "reservation_expired") else ""
     facts = teller.facts(data, skip=("seat",) if data.seat is not None else ())
     if kind == "state_changed":
-        title = f"Room: {room_state(data.old)} → {room_state(data.new)}"
+        title = f"Room: {choice(RoomState, data.old)} → {choice(RoomState, data.new)}"
         facts = [Fact("Why", data.reason)] if data.reason else []
     elif kind == "closed":
         title = "Room closed"
-        facts = [Fact("Why", close_reason(data.reason)), *_close_late_facts(data, teller)]
+        facts = [Fact("Why", choice(CloseReason, data.reason)), *_close_late_facts(data, teller)]
         for seat in data.seats:
-            parts = [seat.outcome]
-            if seat.billable is not None:
-                parts.append(f"{teller.value(seat.billable)} billable")
-            if seat.charged_minor is not None:
-                parts.append(f"charged {teller.money(seat.charged_minor)}")
+            parts = [teller.value(seat.value("outcome")).replace("_", " ")]
+            if (billable := seat.value("billable_seconds")) is not None:
+                parts.append(f"{teller.value(billable)} billable")
+            if (charged := seat.value("charged_minor")) is not None:
+                parts.append(f"charged {teller.value(charged)}")
             client = teller.name(seat.client, email=False)
             facts.append(Fact(f"Seat of {client}", " · ".join(parts)))
     elif kind == "dispute_resolved":
         dispute = "?" if data.dispute is None else data.dispute
-        title = f"Dispute #{dispute} decided: {dispute_state(data.state)}"
+        title = f"Dispute #{dispute} decided: {choice(DisputeState, data.state)}"
     elif kind == "participant_removed":
         title, tone = f"{teller.value(data.value('user'))} was removed", "warn"
     else:
@@ -217,7 +212,7 @@ def room_facts(records: Records, teller: Teller) -> tuple[Fact, ...]:
     room = records.room
     start = room.starts_at.astimezone(teller.zone)
     facts = [
-        Fact("State", room_state(room.state)),
+        Fact("State", choice(RoomState, room.state)),
         Fact(
             "Scheduled",
             f"{start:%Y-%m-%d %H:%M:%S} → {room.ends_at.astimezone(teller.zone):%H:%M:%S} "
@@ -229,7 +224,7 @@ def room_facts(records: Records, teller: Teller) -> tuple[Fact, ...]:
     live = teller.span(room.live_at, room.closed_at, room.starts_at) if room.live_at else ""
     facts.append(Fact("Live window", live or "never live"))
     if room.closed_at:
-        reason = close_reason(room.close_reason)
+        reason = choice(CloseReason, room.close_reason)
         facts.append(Fact("Closed", f"{teller.clock(room.closed_at, room.starts_at)}: {reason}"))
     if room.cancel_reason:
         facts.append(Fact("Canceled", room.cancel_reason_display))
@@ -246,15 +241,11 @@ def room_facts(records: Records, teller: Teller) -> tuple[Fact, ...]:
 
 
 def quality_rows(records: Records, teller: Teller) -> tuple[QualityRow, ...]:
+    day = records.room.starts_at
     return tuple(
-        QualityRow(
-            reporter=pair.reporter,
-            peer=pair.peer,
-            samples=pair.samples,
-            rtt_ms=pair.rtt_ms,
-            packet_loss=pair.packet_loss,
-            span=f"{teller.clock(pair.first_at, records.room.starts_at)} → "
-            f"{teller.clock(pair.last_at, pair.first_at)}",
+        replace(
+            row,
+            span=f"{teller.clock(row.first_at, day)} → {teller.clock(row.last_at, row.first_at)}",
         )
-        for pair in records.quality
+        for row in records.quality
     )

@@ -7,9 +7,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 
-from billing.models import PaymentState
+from django.db.models import TextChoices
+
 from billing.pricing import format_money
-from moderation.models import DisputeState
 from moderation.story.entries import Fact, Link, Person
 from moderation.story.payloads import (
     Group,
@@ -23,7 +23,7 @@ from moderation.story.payloads import (
     UserRef,
     Value,
 )
-from rooms.models import CloseReason, Room, RoomState
+from rooms.models import Room
 
 LABELS = {
     "billable_seconds": "Billable time",
@@ -70,20 +70,9 @@ def offset_text(delta: timedelta) -> str:
     return f"T{sign}{hours}:{minutes:02d}:{secs:02d}"
 
 
-def room_state(value: str) -> str:
-    return RoomState(value).label if value in RoomState.values else value or "—"
-
-
-def payment_state(value: str) -> str:
-    return PaymentState(value).label if value in PaymentState.values else value or "—"
-
-
-def close_reason(value: str) -> str:
-    return CloseReason(value).label if value in CloseReason.values else value or "—"
-
-
-def dispute_state(value: str) -> str:
-    return DisputeState(value).label if value in DisputeState.values else value or "—"
+def choice(choices: type[TextChoices], value: str) -> str:
+    """A state's or a reason's label; an unknown one as it was stored."""
+    return choices(value).label if value in choices.values else value or "—"
 
 
 @dataclass(frozen=True)

@@ -92,6 +92,8 @@ def story_load(room_id: int) -> Records:
     ids |= {presence.user_id for presence in presences}
     ids |= {user for r in reports for user in (r.reporter_id, r.about_id, r.resolved_by_id)}
     ids |= {user for d in disputes for user in (d.client_id, d.resolved_by_id)}
+    stats = _call_quality(room)
+    ids |= {user for row in stats for user in (row["reporter_id"], row["peer_id"])}
     people = {
         user.pk: _person(user, room, client_ids)
         for user in User.objects.filter(pk__in=ids - {None})
@@ -112,7 +114,18 @@ def story_load(room_id: int) -> Records:
         disputes=disputes,
         staff_actions=staff_actions,
         ratings={rating.client_id: rating for rating in Rating.objects.filter(room=room)},
-        quality=_call_quality(room, people),
+        quality=tuple(
+            QualityRow(
+                people[row["reporter_id"]],
+                people[row["peer_id"]],
+                row["samples"],
+                row["rtt"],
+                row["loss"],
+                row["first_at"],
+                row["last_at"],
+            )
+            for row in stats
+        ),
         people=people,
     )
 
@@ -191,19 +204,12 @@ class Median(Aggregate):
         )
 
 
-def _call_quality(room: Room, people: dict[int, Person]) -> tuple[QualityRow, ...]:
+def _call_quality(room: Room) -> list[dict[str, Any]]:
     """One row per reporter and peer, aggregated in the database: a call reports its stats
     every few seconds, far too many rows to list."""
-    rows = (
+    return list(
         CallStats.objects.filter(room=room)
-        .values(
-            "reporter_id",
-            "reporter__display_name",
-            "reporter__email",
-            "peer_id",
-            "peer__display_name",
-            "peer__email",
-        )
+        .values("reporter_id", "peer_id")
         .annotate(
             samples=Count("pk"),
             rtt=Median("rtt_ms"),
@@ -212,21 +218,4 @@ def _call_quality(room: Room, people: dict[int, Person]) -> tuple[QualityRow, ..
             last_at=Max("created_at"),
         )
         .order_by("reporter_id", "peer_id")
-    )
-
-    def who(row: dict[str, Any], side: str) -> Person:
-        pk = row[f"{side}_id"]
-        return people.get(pk) or Person(pk, row[f"{side}__display_name"], row[f"{side}__email"], "")
-
-    return tuple(
-        QualityRow(
-            who(row, "reporter"),
-            who(row, "peer"),
-            row["samples"],
-            row["rtt"],
-            row["loss"],
-            row["first_at"],
-            row["last_at"],
-        )
-        for row in rows
     )

@@ -97,12 +97,22 @@ def room_event_entries(records: Records, teller: Teller) -> list[Entry]:
     """The room's events, but those another record tells with more (a presence, a report, a
     staff action, the close's own event)."""
     kinds = {row.record.kind for row in records.room_events}
+    # The disputes staff decided, the people staff removed: the staff actions tell them.
+    actions = [row.record for row in records.staff_actions]
     told: dict[str, set[int | str | None]] = {
         "presence_opened": {presence.connection_id for presence in records.presences},
         "reported": {report.pk for report in records.reports},
         "disputed": {dispute.pk for dispute in records.disputes},
-        "dispute_resolved": _staff_subjects(records, StaffActionKind.DISPUTE_RESOLVE),
-        "participant_removed": _staff_subjects(records, StaffActionKind.PARTICIPANT_REMOVE),
+        "dispute_resolved": {
+            action.dispute_id
+            for action in actions
+            if action.kind == StaffActionKind.DISPUTE_RESOLVE
+        },
+        "participant_removed": {
+            action.subject_id
+            for action in actions
+            if action.kind == StaffActionKind.PARTICIPANT_REMOVE
+        },
     }
     entries = []
     for row in records.room_events:
@@ -125,15 +135,6 @@ def room_event_entries(records: Records, teller: Teller) -> list[Entry]:
             continue  # the "closed" event says it, with what each seat cost
         entries.append(_room_event_entry(event, data, teller))
     return entries
-
-
-def _staff_subjects(records: Records, kind: str) -> set[int | str | None]:
-    """The disputes staff decided, the people staff removed: their actions tell them."""
-    return {
-        row.record.dispute_id if kind == StaffActionKind.DISPUTE_RESOLVE else row.record.subject_id
-        for row in records.staff_actions
-        if row.record.kind == kind
-    }
 
 
 def _room_event_entry(event: RoomEvent, data: Payload, teller: Teller) -> Entry:

@@ -83,7 +83,7 @@ class SeatSummary:
     state: str
     payment: Payment | None
     payment_state: str
-    money: tuple[Fact, ...]
+    money: tuple[str, ...]  # held, authorized, charged, released, refunded
     settlement: str
     disputes: str
     rating: str

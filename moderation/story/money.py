@@ -3,6 +3,8 @@ provider's webhooks; and the header's seats and totals."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 from billing.models import (
     CommandKind,
     CommandState,
@@ -12,7 +14,7 @@ from billing.models import (
     PaymentState,
 )
 from moderation.models import Dispute
-from moderation.story.entries import Entry, Fact, Link, Person, SeatSummary
+from moderation.story.entries import Entry, Fact, Link, SeatSummary
 from moderation.story.load import Records, settlement_of
 from moderation.story.payloads import Intervals, Payload
 from moderation.story.words import Teller, choice, duration_text, label
@@ -264,16 +266,19 @@ def seat_summaries(records: Records, teller: Teller) -> tuple[SeatSummary, ...]:
     summaries = []
     for seat in records.seats:
         payment = seat.payment
-        money: tuple[Fact, ...] = ()
+        money: tuple[str, ...] = ()
         settled = "—"
         if payment is not None:
-            c = payment.currency
-            money = (
-                Fact("Hold", teller.money(payment.amount_minor, c)),
-                Fact("Authorized", teller.money(payment.authorized_minor, c)),
-                Fact("Charged", teller.money(payment.captured_minor, c)),
-                Fact("Released", teller.money(payment.released_minor, c)),
-                Fact("Refunded", teller.money(payment.refunded_minor, c)),
+            # Held, authorized, charged, released, refunded.
+            money = tuple(
+                teller.money(amount, payment.currency)
+                for amount in (
+                    payment.amount_minor,
+                    payment.authorized_minor,
+                    payment.captured_minor,
+                    payment.released_minor,
+                    payment.refunded_minor,
+                )
             )
         if seat.pk in records.settlements:
             settlement = records.settlements[seat.pk].record
@@ -281,11 +286,10 @@ def seat_summaries(records: Records, teller: Teller) -> tuple[SeatSummary, ...]:
             amount = teller.money(settlement.amount_minor, settlement.currency)
             settled = f"{amount} ({settlement.rule}){held}"
         rating = records.ratings.get(seat.client_id)
-        client: Person = records.people[seat.client_id]
         summaries.append(
             SeatSummary(
                 seat=seat,
-                client=client,
+                client=records.people[seat.client_id],
                 state=SeatState(seat.state).label if seat.state in SeatState.values else seat.state,
                 payment=payment,
                 payment_state=payment.get_state_display() if payment else "no payment",
@@ -302,20 +306,15 @@ def _disputes_in_short(disputes: list[Dispute]) -> str:
     """A few by number; many (a run of chargebacks) counted by state."""
     if len(disputes) <= 3:
         return ", ".join(f"#{d.pk} {d.get_state_display().lower()}" for d in disputes)
-    states: dict[str, int] = {}
-    for dispute in disputes:
-        state = dispute.get_state_display().lower()
-        states[state] = states.get(state, 0) + 1
+    states = Counter(dispute.get_state_display().lower() for dispute in disputes)
     return ", ".join(f"{count} {state}" for state, count in states.items())
 
 
 def totals(records: Records, teller: Teller) -> tuple[Fact, ...]:
-    charged: dict[str, int] = {}
-    refunded: dict[str, int] = {}
+    charged, refunded = Counter[str](), Counter[str]()
     for payment in records.payments.values():
-        c = payment.currency
-        charged[c] = charged.get(c, 0) + payment.captured_minor
-        refunded[c] = refunded.get(c, 0) + payment.refunded_minor
+        charged[payment.currency] += payment.captured_minor
+        refunded[payment.currency] += payment.refunded_minor
     return tuple(
         Fact(
             f"Money ({c})",

@@ -77,11 +77,14 @@ def choice(choices: type[TextChoices], value: str) -> str:
 
 @dataclass(frozen=True)
 class Teller:
+    """Says things the same way in every entry: people by name, money in the room's currency,
+    times in the viewer's zone, payload values in words."""
+
     room: Room
     people: Mapping[int, Person]
-    zone: tzinfo = UTC
+    zone: tzinfo
     # Whose seat each payment pays for: payment id → client id.
-    payers: Mapping[int, int] | None = None
+    payers: Mapping[int, int]
 
     def person(self, pk: int | None) -> Person | None:
         return None if pk is None else self.people.get(pk)
@@ -158,6 +161,6 @@ class Teller:
         ]
 
     def payment_link(self, payment_id: int) -> Link:
-        client = (self.payers or {}).get(payment_id)
+        client = self.payers.get(payment_id)
         owner = f" ({self.name(client, email=False)})" if client is not None else ""
         return Link("billing_payment", payment_id, f"Payment #{payment_id}{owner}")

@@ -1,6 +1,7 @@
 """Loading a room's story: every record of the room, one query a source whatever the number
-of rows (a room under dispute can have thousands of presences and stats), users joined in,
-each record's JSON parsed once (see payloads). The builders get this and query nothing."""
+of rows (a room under dispute can have thousands of presences and stats), and everyone they
+name in one more; each record's JSON parsed once (see payloads). The builders get this and
+query nothing."""
 
 from __future__ import annotations
 

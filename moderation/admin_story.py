@@ -3,6 +3,7 @@ deciding a dispute. The reading is moderation.story's; this only serves it."""
 
 from __future__ import annotations
 
+from datetime import UTC
 from typing import Any
 
 from django.contrib.admin import ModelAdmin
@@ -10,6 +11,7 @@ from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, reverse
+from django.utils import timezone
 
 from moderation.story import CATEGORIES, Entry, Link, room_story
 from rooms.models import Room
@@ -22,7 +24,8 @@ def story_view(model_admin: ModelAdmin[Any], request: HttpRequest, room_id: int)
     if not model_admin.has_view_permission(request):
         raise PermissionDenied("Reading a room's story needs the permission to view rooms.")
     try:
-        story = room_story(room_id)
+        # Told in the viewer's zone (TimezoneMiddleware activated it), like every page.
+        story = room_story(room_id, timezone.get_current_timezone())
     except Room.DoesNotExist:
         raise Http404(f"There is no room {room_id}.") from None
     shown = [key for key in request.GET.getlist("only") if key in CATEGORIES]
@@ -40,25 +43,30 @@ def story_view(model_admin: ModelAdmin[Any], request: HttpRequest, room_id: int)
     return TemplateResponse(request, "admin/moderation/room_story.html", context)
 
 
-def _rows(entries: list[Entry], shown: list[str]) -> list[dict[str, Any]]:
+def _rows(entries: tuple[Entry, ...], shown: list[str]) -> list[dict[str, Any]]:
     """The entries of the kinds shown (all when none is chosen), with their links resolved and
-    a day heading where the day changes. Numbers count in the whole story, so a link to
-    #entry-42 means the same entry whatever was filtered."""
+    a day heading where the day changes, in the viewer's zone. Numbers count in the whole
+    story, so a link to #entry-42 means the same entry whatever was filtered."""
     rows = []
     day = ""
     for number, entry in enumerate(entries, start=1):
         if shown and entry.category not in shown:
             continue
+        at = timezone.localtime(entry.at)
+        millis = f".{at.microsecond // 1000:03d}"
         rows.append(
             {
                 "entry": entry,
                 "number": number,
                 "category": CATEGORIES[entry.category],
-                "new_day": entry.day if entry.day != day else "",
+                "new_day": f"{at:%Y-%m-%d}" if f"{at:%Y-%m-%d}" != day else "",
+                "clock": f"{at:%H:%M:%S}",
+                "millis": millis,
+                "utc": f"{entry.at.astimezone(UTC):%Y-%m-%d %H:%M:%S}{millis} UTC",
                 "links": [(link.text, href) for link in entry.links if (href := _href(link))],
             }
         )
-        day = entry.day
+        day = f"{at:%Y-%m-%d}"
     return rows
 
 

@@ -1,12 +1,9 @@
-"""The money's records: settlements, payment commands, payment events and the provider's
-webhooks."""
+"""The money's records as entries: settlements, payment commands, payment events and the
+provider's webhooks; and the header's seats and totals."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
-
-from django.db.models import Q
+from collections import Counter
 
 from billing.models import (
     CommandKind,
@@ -15,19 +12,13 @@ from billing.models import (
     PaymentCommand,
     PaymentEvent,
     PaymentState,
-    Settlement,
-    WebhookEvent,
 )
-from moderation.story.base import _BuilderBase
-from moderation.story.records import Entry, Fact, Link
-from moderation.story.words import (
-    _is_interval_list,
-    _label,
-    _payment_state,
-    clock_text,
-    duration_text,
-)
-from rooms.models import Seat
+from moderation.models import Dispute
+from moderation.story.entries import Entry, Fact, Link, SeatSummary
+from moderation.story.load import Records, settlement_of
+from moderation.story.payloads import Intervals, Payload
+from moderation.story.words import Teller, choice, duration_text, label
+from rooms.models import SeatState
 
 WEBHOOK_TITLES = {
     "payment_intent.amount_capturable_updated": "Provider: the hold is placed",
@@ -72,209 +63,263 @@ PAYMENT_EVENT_TITLES = {
 }
 
 
-def _webhooks_of(payments: list[Payment]) -> Iterable[WebhookEvent]:
-    """The provider's events about these payments, in one query: webhook events have no
-    foreign key, only the provider's ids inside the payload (Stripe's event JSON)."""
-    ids = sorted(
-        {
-            value
-            for payment in payments
-            for value in (payment.intent_id, payment.setup_id, payment.charge_id)
-            if value
-        }
-    )
-    if not ids:
-        return []
-    return WebhookEvent.objects.filter(
-        Q(payload__data__object__id__in=ids) | Q(payload__data__object__payment_intent__in=ids),
-        provider__in={payment.provider for payment in payments},
-        # Nothing about a payment arrives before it exists; bounds the scan of the inbox.
-        received_at__gte=min(payment.created_at for payment in payments),
-    )
-
-
-class _MoneyEntries(_BuilderBase):
-    """Entries of settlements, commands, webhooks and payment events."""
-
-    def _settlement(self, settlement: Settlement, seat: Seat) -> Entry:
-        inputs = settlement.inputs or {}
-        currency = settlement.currency
-        facts = [
-            Fact("Amount", self.money(settlement.amount_minor, currency)),
-            Fact("Rule", settlement.rule),
-        ]
-        if "billable_seconds" in inputs:
-            facts.append(
-                Fact("Billable time", self.value("billable_seconds", inputs["billable_seconds"]))
-            )
+def settlement_entries(records: Records, teller: Teller) -> list[Entry]:
+    meters = {
+        seat.seat: seat
+        for row in records.room_events
+        if row.record.kind == "closed"
+        for seat in row.data.seats
+        if seat.seat is not None
+    }
+    entries = []
+    for seat in records.seats:
+        if seat.pk not in records.settlements:
+            continue
+        settlement, inputs = records.settlements[seat.pk].record, records.settlements[seat.pk].data
+        amount = teller.money(settlement.amount_minor, settlement.currency)
+        facts = [Fact("Amount", amount), Fact("Rule", settlement.rule)]
+        if (billable := inputs.value("billable_seconds")) is not None:
+            facts.append(Fact("Billable time", teller.value(billable)))
+        fee = teller.money(settlement.platform_fee_minor, settlement.currency)
+        payout = teller.money(settlement.payout_minor, settlement.currency)
+        due = teller.clock(settlement.payout_due_at, settlement.created_at)
         facts += [
             Fact("Why", settlement.explanation),
-            Fact(
-                "Split",
-                f"platform fee {self.money(settlement.platform_fee_minor, currency)}, "
-                f"expert {self.money(settlement.payout_minor, currency)}",
-            ),
-            Fact(
-                "Payout",
-                f"due {clock_text(settlement.payout_due_at, settlement.created_at)}"
-                + (" — held" if settlement.payout_held else ""),
-            ),
-            Fact(
-                "Inputs",
-                lines=tuple(f"{fact.label}: {fact.value}" for fact in self.data_facts(inputs)),
-            ),
+            Fact("Split", f"platform fee {fee}, expert {payout}"),
+            Fact("Payout", f"due {due}" + (" — held" if settlement.payout_held else "")),
+            Fact("Inputs", lines=tuple(f"{f.label}: {f.value}" for f in teller.facts(inputs))),
         ]
-        meter = self.meters.get(seat.pk)
-        if meter:
-            for key in ("live_window", "expert_presence", "client_presence", "media_links"):
-                if _is_interval_list(meter.get(key)):
-                    facts.append(
-                        Fact(f"Metered: {_label(key).lower()}", lines=self.intervals(meter[key]))
-                    )
-        return Entry(
-            at=settlement.created_at,
-            category="settlement",
-            title=f"Settled the seat of {self.name_of(seat.client_id, email=False)}: "
-            f"{self.money(settlement.amount_minor, currency)}",
-            facts=facts,
-            links=[self.payment_link(settlement.payment_id)],
-            tone="warn" if settlement.payout_held else "",
-            pk=settlement.pk,
+        # What the close measured: the inputs say how the amount follows from the billable
+        # time; these say where that came from.
+        meter = meters.get(seat.pk, Payload())
+        for key in ("live_window", "expert_presence", "client_presence", "media_links"):
+            if isinstance(intervals := meter.value(key), Intervals):
+                facts.append(
+                    Fact(f"Metered: {label(key).lower()}", lines=teller.intervals(intervals))
+                )
+        entries.append(
+            Entry(
+                at=settlement.created_at,
+                category="settlement",
+                title=f"Settled the seat of {teller.name(seat.client_id, email=False)}: {amount}",
+                facts=tuple(facts),
+                links=(teller.payment_link(settlement.payment_id),),
+                tone="warn" if settlement.payout_held else "",
+                pk=settlement.pk,
+            )
         )
+    return entries
 
-    def _refund_deciders(self) -> dict[int, PaymentEvent]:
-        """A refund's "refund_decided" event carries who decided it: told with its command."""
-        return {
-            event.data["command"]: event
-            for event in self.payment_events
-            if event.kind == "refund_decided" and isinstance((event.data or {}).get("command"), int)
-        }
 
-    def _command(self, command: PaymentCommand, decided: PaymentEvent | None) -> Entry:
-        payment = self.payments.get(command.payment_id)
-        currency = payment.currency if payment else self.room.currency
-        amount = self.money(command.amount_minor, currency)
-        title = COMMAND_TITLES.get(command.kind, f"{command.kind} {{amount}}").format(amount=amount)
-        if command.state == CommandState.SUCCEEDED:
-            outcome, tone = "done", "good"
-        elif command.state == CommandState.FAILED:
-            outcome, tone = "failed", "bad"
-        else:
-            outcome, tone = "waiting to be sent", "warn"
-        if command.finished_at is not None:
-            took = duration_text((command.finished_at - command.created_at).total_seconds())
-            outcome += f" at {clock_text(command.finished_at, command.created_at)} ({took} later)"
-        elif command.state == CommandState.PENDING:
-            outcome += f"; next attempt {clock_text(command.next_attempt_at, command.created_at)}"
-        facts = [
-            Fact("Outcome", outcome),
-            Fact("Attempts", str(command.attempts)),
-            Fact("Reason", command.reason),
-        ]
-        if command.provider_ref:
-            facts.append(Fact("Provider reference", command.provider_ref))
-        if command.last_error:
-            facts.append(Fact("Last error", command.last_error))
-        if command.destination:
-            facts.append(Fact("Destination", command.destination))
-        return Entry(
-            at=command.created_at,
-            category="command",
-            title=f"{title} — {command.get_state_display().lower()}",
-            who=self.person(decided.actor) if decided else None,
-            facts=facts,
-            links=[
-                self.payment_link(command.payment_id),
-                Link("billing_paymentcommand", command.pk, f"Command #{command.pk}"),
-            ],
-            tone=tone,
-            pk=command.pk,
-        )
+def command_entries(records: Records, teller: Teller) -> list[Entry]:
+    # A refund's "refund_decided" event carries who decided it: told with its command.
+    deciders = {
+        row.data.command: row.record.actor_id
+        for row in records.payment_events
+        if row.record.kind == "refund_decided" and row.data.command is not None
+    }
+    return [
+        _command_entry(command, deciders.get(command.pk), records, teller)
+        for command in records.commands
+    ]
 
-    def _webhook(self, webhook: WebhookEvent) -> Entry:
-        obj = ((webhook.payload or {}).get("data") or {}).get("object") or {}
+
+def _command_entry(
+    command: PaymentCommand, decider: int | None, records: Records, teller: Teller
+) -> Entry:
+    payment = records.payments.get(command.payment_id)
+    amount = teller.money(command.amount_minor, payment.currency if payment else None)
+    title = COMMAND_TITLES.get(command.kind, f"{command.kind} {{amount}}").format(amount=amount)
+    if command.state == CommandState.SUCCEEDED:
+        outcome, tone = "done", "good"
+    elif command.state == CommandState.FAILED:
+        outcome, tone = "failed", "bad"
+    else:
+        outcome, tone = "waiting to be sent", "warn"
+    if command.finished_at is not None:
+        took = duration_text((command.finished_at - command.created_at).total_seconds())
+        outcome += f" at {teller.clock(command.finished_at, command.created_at)} ({took} later)"
+    elif command.state == CommandState.PENDING:
+        outcome += f"; next attempt {teller.clock(command.next_attempt_at, command.created_at)}"
+    facts = [
+        Fact("Outcome", outcome),
+        Fact("Attempts", str(command.attempts)),
+        Fact("Reason", command.reason),
+    ]
+    if command.provider_ref:
+        facts.append(Fact("Provider reference", command.provider_ref))
+    if command.last_error:
+        facts.append(Fact("Last error", command.last_error))
+    if command.destination:
+        facts.append(Fact("Destination", command.destination))
+    return Entry(
+        at=command.created_at,
+        category="command",
+        title=f"{title} — {command.get_state_display().lower()}",
+        who=teller.person(decider),
+        facts=tuple(facts),
+        links=(
+            teller.payment_link(command.payment_id),
+            Link("billing_paymentcommand", command.pk, f"Command #{command.pk}"),
+        ),
+        tone=tone,
+        pk=command.pk,
+    )
+
+
+def webhook_entries(records: Records, teller: Teller) -> list[Entry]:
+    entries = []
+    for row in records.webhooks:
+        webhook, obj = row.record, row.data
         payment = next(
             (
                 payment
-                for payment in self.payments.values()
-                if {obj.get("id"), obj.get("payment_intent")}
-                & {payment.intent_id, payment.setup_id, payment.charge_id} - {""}
+                for payment in records.payments.values()
+                if obj.ids & {payment.intent_id, payment.setup_id, payment.charge_id}
             ),
             None,
         )
         facts = [Fact("Type", webhook.type), Fact("Event id", webhook.event_id)]
-        if isinstance(obj, dict):
-            if obj.get("status"):
-                facts.append(Fact("Status at the provider", str(obj["status"])))
-            for key in ("amount", "amount_received", "amount_capturable", "amount_refunded"):
-                if isinstance(obj.get(key), int) and payment is not None:
-                    facts.append(Fact(_label(key), self.money(obj[key], payment.currency)))
+        if obj.status:
+            facts.append(Fact("Status at the provider", obj.status))
+        if payment is not None:
+            facts += [Fact(label(key), teller.money(v, payment.currency)) for key, v in obj.amounts]
         if webhook.processed_at is not None:
-            facts.append(Fact("Processed", clock_text(webhook.processed_at, webhook.received_at)))
+            processed = teller.clock(webhook.processed_at, webhook.received_at)
         else:
-            facts.append(Fact("Processed", f"not yet ({webhook.attempts} attempts)"))
+            processed = f"not yet ({webhook.attempts} attempts)"
+        facts.append(Fact("Processed", processed))
         if webhook.last_error:
             facts.append(Fact("Last error", webhook.last_error))
         links = [Link("billing_webhookevent", webhook.pk, f"Webhook #{webhook.pk}")]
         if payment is not None:
-            links.insert(0, self.payment_link(payment.pk))
-        return Entry(
-            at=webhook.received_at,
-            category="webhook",
-            title=WEBHOOK_TITLES.get(webhook.type, f"Provider: {webhook.type}"),
-            who_label=webhook.get_provider_display(),
-            facts=facts,
-            links=links,
-            tone="bad" if webhook.last_error else "",
-            pk=webhook.pk,
+            links.insert(0, teller.payment_link(payment.pk))
+        entries.append(
+            Entry(
+                at=webhook.received_at,
+                category="webhook",
+                title=WEBHOOK_TITLES.get(webhook.type, f"Provider: {webhook.type}"),
+                who_label=webhook.get_provider_display(),
+                facts=tuple(facts),
+                links=tuple(links),
+                tone="bad" if webhook.last_error else "",
+                pk=webhook.pk,
+            )
         )
+    return entries
 
-    def _payment_event(self, event: PaymentEvent) -> Entry | None:
-        data: dict[str, Any] = event.data or {}
-        payment = self.payments.get(event.payment_id)
-        if payment is None or self._told_elsewhere(event, payment):
-            return None
-        amount = self.money(event.amount_minor, payment.currency)
-        template = PAYMENT_STATE_TITLES.get(event.kind) or PAYMENT_EVENT_TITLES.get(event.kind)
-        title = (template or event.kind.replace("_", " ").capitalize()).format(amount=amount)
-        facts = self.data_facts(data, skip=("intent",))
-        if "old" in data and event.kind in PAYMENT_STATE_TITLES:
-            facts = [f for f in facts if f.label != "Old"]
-            facts.insert(0, Fact("From", _payment_state(data["old"])))
-        if event.amount_minor is not None and "{amount}" not in (template or "{amount}"):
-            facts.insert(0, Fact("Amount", amount))
-        bad = event.kind.endswith("_failed") or event.kind.startswith("dispute")
-        return Entry(
-            at=event.created_at,
-            category="payment",
-            title=title,
-            who=self.person(event.actor),
-            facts=facts,
-            links=[self.payment_link(event.payment_id)],
-            tone="bad" if bad else "good" if event.kind == PaymentState.CAPTURED else "",
-            pk=event.pk,
-        )
 
-    def _told_elsewhere(self, event: PaymentEvent, payment: Payment) -> bool:
-        """Payment events that repeat a settlement, a command or a dispute shown on its own."""
-        data = event.data or {}
+def payment_event_entries(records: Records, teller: Teller) -> list[Entry]:
+    """The payments' events, but those that repeat a settlement, a command or a chargeback
+    shown on its own."""
+    command_ids = {command.pk for command in records.commands}
+    command_kinds = {(command.payment_id, command.kind) for command in records.commands}
+    chargebacks = {dispute.provider_dispute_id for dispute in records.disputes} - {""}
+    entries = []
+    for row in records.payment_events:
+        event, data = row.record, row.data
+        payment = records.payments.get(event.payment_id)
         prefix = event.kind.rsplit("_", 1)[0]
-        if event.kind == "settled":
-            return _settlement_of(payment) is not None
+        if payment is None:
+            continue
+        if event.kind == "settled" and settlement_of(payment) is not None:
+            continue
         if event.kind.endswith("_requested") or event.kind == "refund_decided":
-            return data.get("command") in self.command_ids
-        if event.kind.endswith(("_sent", "_failed")) and prefix in CommandKind.values:
+            if data.command in command_ids:
+                continue
+        elif event.kind.endswith(("_sent", "_failed")) and prefix in CommandKind.values:
             # These name no command; the payment's command of that kind shows its outcome.
-            return (payment.pk, prefix) in self.command_kinds
-        if event.kind in ("dispute_opened", "dispute_closed"):
-            return data.get("dispute") in self.chargeback_ids
-        return False
+            if (payment.pk, prefix) in command_kinds:
+                continue
+        elif event.kind in ("dispute_opened", "dispute_closed") and data.dispute in chargebacks:
+            continue
+        entries.append(_payment_event_entry(row.record, data, payment, teller))
+    return entries
 
 
-def _settlement_of(payment: Payment | None) -> Settlement | None:
-    if payment is None:
-        return None
-    try:
-        return payment.settlement
-    except Settlement.DoesNotExist:
-        return None
+def _payment_event_entry(
+    event: PaymentEvent, data: Payload, payment: Payment, teller: Teller
+) -> Entry:
+    amount = teller.money(event.amount_minor, payment.currency)
+    template = PAYMENT_STATE_TITLES.get(event.kind) or PAYMENT_EVENT_TITLES.get(event.kind)
+    title = (template or event.kind.replace("_", " ").capitalize()).format(amount=amount)
+    moved = event.kind in PAYMENT_STATE_TITLES and data.value("old") is not None
+    facts = teller.facts(data, skip=("intent", "old") if moved else ("intent",))
+    if moved:
+        facts.insert(0, Fact("From", choice(PaymentState, data.old)))
+    if event.amount_minor is not None and "{amount}" not in (template or "{amount}"):
+        facts.insert(0, Fact("Amount", amount))
+    bad = event.kind.endswith("_failed") or event.kind.startswith("dispute")
+    return Entry(
+        at=event.created_at,
+        category="payment",
+        title=title,
+        who=teller.person(event.actor_id),
+        facts=tuple(facts),
+        links=(teller.payment_link(event.payment_id),),
+        tone="bad" if bad else "good" if event.kind == PaymentState.CAPTURED else "",
+        pk=event.pk,
+    )
+
+
+def seat_summaries(records: Records, teller: Teller) -> tuple[SeatSummary, ...]:
+    summaries = []
+    for seat in records.seats:
+        payment = seat.payment
+        money: tuple[str, ...] = ()
+        settled = "—"
+        if payment is not None:
+            # Held, authorized, charged, released, refunded.
+            money = tuple(
+                teller.money(amount, payment.currency)
+                for amount in (
+                    payment.amount_minor,
+                    payment.authorized_minor,
+                    payment.captured_minor,
+                    payment.released_minor,
+                    payment.refunded_minor,
+                )
+            )
+        if seat.pk in records.settlements:
+            settlement = records.settlements[seat.pk].record
+            held = ", payout held" if settlement.payout_held else ""
+            amount = teller.money(settlement.amount_minor, settlement.currency)
+            settled = f"{amount} ({settlement.rule}){held}"
+        rating = records.ratings.get(seat.client_id)
+        summaries.append(
+            SeatSummary(
+                seat=seat,
+                client=records.people[seat.client_id],
+                state=SeatState(seat.state).label if seat.state in SeatState.values else seat.state,
+                payment=payment,
+                payment_state=payment.get_state_display() if payment else "no payment",
+                money=money,
+                settlement=settled,
+                disputes=_disputes_in_short([d for d in records.disputes if d.seat_id == seat.pk]),
+                rating=f"{rating.stars}★ {rating.comment}".strip() if rating else "",
+            )
+        )
+    return tuple(summaries)
+
+
+def _disputes_in_short(disputes: list[Dispute]) -> str:
+    """A few by number; many (a run of chargebacks) counted by state."""
+    if len(disputes) <= 3:
+        return ", ".join(f"#{d.pk} {d.get_state_display().lower()}" for d in disputes)
+    states = Counter(dispute.get_state_display().lower() for dispute in disputes)
+    return ", ".join(f"{count} {state}" for state, count in states.items())
+
+
+def totals(records: Records, teller: Teller) -> tuple[Fact, ...]:
+    charged, refunded = Counter[str](), Counter[str]()
+    for payment in records.payments.values():
+        charged[payment.currency] += payment.captured_minor
+        refunded[payment.currency] += payment.refunded_minor
+    return tuple(
+        Fact(
+            f"Money ({c})",
+            f"charged {teller.money(charged[c], c)}, refunded {teller.money(refunded[c], c)}, "
+            f"kept {teller.money(charged[c] - refunded[c], c)}",
+        )
+        for c in sorted(charged)
+    )

@@ -1,24 +1,17 @@
-"""The room's own records: its events, who was present, the media between them, and the
-quality each side of a call reported."""
+"""The room's own records as entries: its events, who was present, the media between them;
+and the header's facts and call quality."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any
 
-from django.db.models import Aggregate, Count, FloatField, Max, Min
-from django.utils.dateparse import parse_datetime
-
-from moderation.story.base import _BuilderBase
-from moderation.story.records import Entry, Fact, Person, QualityRow
-from moderation.story.words import (
-    _close_reason,
-    _dispute_state,
-    _room_state,
-    clock_text,
-    duration_text,
-)
-from rooms.models import CallStats, MediaLink, Presence, Room, RoomEvent, RoomState
+from moderation.models import DisputeState, StaffActionKind
+from moderation.story.entries import Entry, Fact, QualityRow
+from moderation.story.load import Records
+from moderation.story.payloads import Payload
+from moderation.story.words import Teller, choice, duration_text
+from rooms.models import CloseReason, RoomEvent, RoomState
 
 PRESENCE_ENDS = {
     "left": "left",
@@ -34,205 +27,226 @@ CANDIDATE_TYPES = {
     "prflx": "direct (peer-reflexive)",
     "relay": "relayed through TURN",
 }
+_TITLES = {
+    "published": "Group session published",
+    "seat_reserved": "Seat reserved, waiting for payment",
+    "seat_confirmed": "Seat confirmed: the hold is placed",
+    "seat_canceled": "Seat canceled",
+    "reservation_expired": "Reservation expired unpaid",
+    "rescheduled": "Rescheduled",
+    "expert_no_show": "The expert did not join",
+    "disputed": "Dispute opened",
+}
 
 
-class _Median(Aggregate):
-    """The median on PostgreSQL; elsewhere (SQLite in development) the mean stands in."""
-
-    function = "PERCENTILE_CONT"
-    template = "%(function)s(0.5) WITHIN GROUP (ORDER BY %(expressions)s)"
-    output_field = FloatField()
-
-    def as_sqlite(self, compiler: Any, connection: Any, **extra: Any) -> Any:
-        return self.as_sql(
-            compiler, connection, function="AVG", template="%(function)s(%(expressions)s)", **extra
-        )
-
-
-def _call_quality(room: Room) -> list[dict[str, Any]]:
-    """One row per reporter and peer, aggregated in the database: a call reports its stats
-    every few seconds, far too many rows to list."""
-    return list(
-        CallStats.objects.filter(room=room)
-        .values(
-            "reporter_id",
-            "reporter__display_name",
-            "reporter__email",
-            "peer_id",
-            "peer__display_name",
-            "peer__email",
-        )
-        .annotate(
-            samples=Count("pk"),
-            rtt=_Median("rtt_ms"),
-            loss=_Median("packet_loss"),
-            first_at=Min("created_at"),
-            last_at=Max("created_at"),
-        )
-        .order_by("reporter_id", "peer_id")
-    )
-
-
-class _RoomEntries(_BuilderBase):
-    """Entries of the room's events, presences and media links; rows of call quality."""
-
-    def _presence(self, presence: Presence) -> Entry:
-        who = self.person(presence.user)
-        opened = self.opened_events.get(presence.connection_id)
-        resumed = bool(opened and (opened.data or {}).get("resumed"))
+def presence_entries(records: Records, teller: Teller) -> list[Entry]:
+    resumed = {
+        row.data.connection
+        for row in records.room_events
+        if row.record.kind == "presence_opened" and row.data.resumed
+    }
+    entries = []
+    for presence in records.presences:
+        who = teller.person(presence.user_id)
         role = f"{who.role.capitalize()} " if who and who.role else ""
-        facts = self._interval_facts(presence.opened_at, presence.closed_at)
+        facts = _interval_facts(teller, presence.opened_at, presence.closed_at)
         if presence.closed_at is None:
-            facts.append(Fact("Last heartbeat", clock_text(presence.last_heartbeat_at)))
+            facts.append(Fact("Last heartbeat", teller.clock(presence.last_heartbeat_at)))
         else:
             reason = presence.close_reason
             facts.append(Fact("Ended because", PRESENCE_ENDS.get(reason, reason or "—")))
         facts.append(Fact("Connection", f"{presence.connection_id} {presence.process}".strip()))
-        return Entry(
-            at=presence.opened_at,
-            category="presence",
-            title=f"{role}{who.name if who else '?'} {'rejoined' if resumed else 'joined'}",
-            who=who,
-            facts=facts,
-            tone="warn" if presence.close_reason in ("dropped", "stale", "removed") else "",
-            pk=presence.pk,
+        joined = "rejoined" if presence.connection_id in resumed else "joined"
+        entries.append(
+            Entry(
+                at=presence.opened_at,
+                category="presence",
+                title=f"{role}{who.name if who else '?'} {joined}",
+                who=who,
+                facts=tuple(facts),
+                tone="warn" if presence.close_reason in ("dropped", "stale", "removed") else "",
+                pk=presence.pk,
+            )
         )
+    return entries
 
-    def _close_late_facts(self, data: dict[str, Any]) -> list[Fact]:
-        """A close that ran after the call's end (no worker at the paid end) says both times:
-        the call, and the bill, end at the paid end; the close itself ran later."""
-        ran_at = parse_datetime(str(data.get("ran_at") or ""))
-        ended = self.room.closed_at
-        if ran_at is None or ended is None or ran_at - ended < timedelta(seconds=1):
-            return []
-        return [
-            Fact("Call ended (billed to)", clock_text(ended)),
-            Fact(
-                "Close ran at",
-                f"{clock_text(ran_at)}, {duration_text((ran_at - ended).total_seconds())} late",
-            ),
-        ]
 
-    def _interval_facts(self, start: datetime, end: datetime | None) -> list[Fact]:
-        if end is None:
-            return [Fact("Until", "still open")]
-        return [
-            Fact("Until", clock_text(end, start)),
-            Fact("Duration", duration_text((end - start).total_seconds())),
-        ]
-
-    def _media_link(self, link: MediaLink) -> Entry:
-        client = self.person(link.client)
-        facts = self._interval_facts(link.started_at, link.ended_at)
-        facts.append(Fact("Reported by", self.name_of(link.reported_by_id)))
+def media_entries(records: Records, teller: Teller) -> list[Entry]:
+    entries = []
+    for link in records.media_links:
+        client = teller.person(link.client_id)
+        facts = _interval_facts(teller, link.started_at, link.ended_at)
+        facts.append(Fact("Reported by", teller.name(link.reported_by_id)))
         if link.candidate_type:
             path = CANDIDATE_TYPES.get(link.candidate_type, link.candidate_type)
             facts.append(Fact("Path", f"{path} ({link.candidate_type})"))
-        return Entry(
-            at=link.started_at,
-            category="media",
-            title=f"Media up between the expert and {client.name if client else '?'}",
-            who=self.person(link.reported_by),
-            facts=facts,
-            pk=link.pk,
+        entries.append(
+            Entry(
+                at=link.started_at,
+                category="media",
+                title=f"Media up between the expert and {client.name if client else '?'}",
+                who=teller.person(link.reported_by_id),
+                facts=tuple(facts),
+                pk=link.pk,
+            )
         )
+    return entries
 
-    def _room_event(self, event: RoomEvent) -> Entry | None:
-        data: dict[str, Any] = event.data or {}
-        words = self._room_event_words(event.kind, data)
-        if words is None:
-            return None
-        title, category, facts, tone = words
-        return Entry(
-            at=event.created_at,
-            category=category,
-            title=title,
-            who=self.person(event.actor),
-            facts=facts,
-            tone=tone,
-            pk=event.pk,
-        )
 
-    def _room_event_words(
-        self, kind: str, data: dict[str, Any]
-    ) -> tuple[str, str, list[Fact], str] | None:
-        """(title, category, facts, tone) of a room event, or None when another record tells
-        the same fact."""
-        other = self.data_facts(data, skip=("seat",))
-        seat = f" (seat #{data['seat']})" if "seat" in data else ""
-        if kind == "state_changed":
-            if data.get("new") == RoomState.CLOSED and "closed" in self.room_event_kinds:
-                return None  # the "closed" event says it, with what each seat cost
-            old, new = (_room_state(data.get(key)) for key in ("old", "new"))
-            facts = [Fact("Why", data["reason"])] if data.get("reason") else []
-            return f"Room: {old} → {new}", "room", facts, ""
-        if kind == "closed":
-            facts = [Fact("Why", _close_reason(data.get("reason")))]
-            facts.extend(self._close_late_facts(data))
-            for seat_data in data.get("seats") or []:
-                client = self.name_of(seat_data.get("client"), email=False)
-                facts.append(Fact(f"Seat of {client}", self._meter_summary(seat_data)))
-            return "Room closed", "room", facts, ""
-        if kind == "expert_no_show" and "closed" in self.room_event_kinds:
-            return None  # the close's reason says it
-        if kind == "presence_opened" and data.get("connection") in self.connections:
-            return None  # told with the presence, from its start to its end
-        if kind == "reported" and data.get("report") in self.report_ids:
-            return None
-        if kind == "disputed" and data.get("dispute") in self.dispute_ids:
-            return None
-        if kind == "dispute_resolved":
-            if data.get("dispute") in self.disputes_decided_by_staff:
-                return None  # the staff action tells it, with the reason
-            state = _dispute_state(data.get("state"))
-            return f"Dispute #{data.get('dispute')} decided: {state}", "dispute", other, ""
-        if kind == "participant_removed":
-            if data.get("user") in self.removed_by_staff:
-                return None  # the staff action tells it
-            return f"{self.name_of(data.get('user'))} was removed", "room", other, "warn"
-        if kind == "card_saved":
-            return None  # the payment's own "card_saved" event tells it
+def room_event_entries(records: Records, teller: Teller) -> list[Entry]:
+    """The room's events, but those another record tells with more (a presence, a report, a
+    staff action, the close's own event)."""
+    kinds = {row.record.kind for row in records.room_events}
+    # The disputes staff decided, the people staff removed: the staff actions tell them.
+    actions = [row.record for row in records.staff_actions]
+    told: dict[str, set[int | str | None]] = {
+        "presence_opened": {presence.connection_id for presence in records.presences},
+        "reported": {report.pk for report in records.reports},
+        "disputed": {dispute.pk for dispute in records.disputes},
+        "dispute_resolved": {
+            action.dispute_id
+            for action in actions
+            if action.kind == StaffActionKind.DISPUTE_RESOLVE
+        },
+        "participant_removed": {
+            action.subject_id
+            for action in actions
+            if action.kind == StaffActionKind.PARTICIPANT_REMOVE
+        },
+    }
+    entries = []
+    for row in records.room_events:
+        event, data = row.record, row.data
+        key = {
+            "presence_opened": data.connection,
+            "reported": data.report,
+            "disputed": data.dispute,
+            "dispute_resolved": data.dispute,
+            "participant_removed": data.user,
+        }.get(event.kind)
+        if key is not None and key in told[event.kind]:
+            continue
+        if event.kind == "card_saved":
+            continue  # the payment's own "card_saved" event tells it
+        if "closed" in kinds and (
+            event.kind == "expert_no_show"  # the close's reason says it
+            or (event.kind == "state_changed" and data.new == RoomState.CLOSED)
+        ):
+            continue  # the "closed" event says it, with what each seat cost
+        entries.append(_room_event_entry(event, data, teller))
+    return entries
+
+
+def _room_event_entry(event: RoomEvent, data: Payload, teller: Teller) -> Entry:
+    kind = event.kind
+    category = {"disputed": "dispute", "dispute_resolved": "dispute", "reported": "report"}
+    tone = "warn" if kind in ("pair_blocked", "expert_no_show", "reservation_expired") else ""
+    facts = teller.facts(data, skip=("seat",) if data.seat is not None else ())
+    if kind == "state_changed":
+        title = f"Room: {choice(RoomState, data.old)} → {choice(RoomState, data.new)}"
+        facts = [Fact("Why", data.reason)] if data.reason else []
+    elif kind == "closed":
+        title = "Room closed"
+        facts = [Fact("Why", choice(CloseReason, data.reason)), *_close_late_facts(data, teller)]
+        for seat in data.seats:
+            parts = [teller.value(seat.value("outcome")).replace("_", " ")]
+            if (billable := seat.value("billable_seconds")) is not None:
+                parts.append(f"{teller.value(billable)} billable")
+            if (charged := seat.value("charged_minor")) is not None:
+                parts.append(f"charged {teller.value(charged)}")
+            client = teller.name(seat.client, email=False)
+            facts.append(Fact(f"Seat of {client}", " · ".join(parts)))
+    elif kind == "dispute_resolved":
+        dispute = "?" if data.dispute is None else data.dispute
+        title = f"Dispute #{dispute} decided: {choice(DisputeState, data.state)}"
+    elif kind == "participant_removed":
+        title, tone = f"{teller.value(data.value('user'))} was removed", "warn"
+    else:
         titles = {
-            "booked": f"Booked by the client for {self.value('starts_at', data.get('starts_at'))}",
-            "published": "Group session published",
-            "seat_reserved": "Seat reserved, waiting for payment",
-            "seat_confirmed": "Seat confirmed: the hold is placed",
-            "seat_canceled": "Seat canceled",
-            "reservation_expired": "Reservation expired unpaid",
-            "rescheduled": "Rescheduled",
-            "expert_no_show": "The expert did not join",
-            "pair_blocked": f"Blocked {self.name_of(data.get('blocked'))}",
-            "rated": f"Rated the session {data.get('stars')}★",
-            "disputed": "Dispute opened",
+            **_TITLES,
+            "booked": f"Booked by the client for {teller.value(data.value('starts_at'))}",
+            "pair_blocked": f"Blocked {teller.value(data.value('blocked'))}",
+            "rated": f"Rated the session {teller.value(data.value('stars'))}★",
         }
         title = titles.get(kind, kind.replace("_", " ").capitalize())
-        category = "dispute" if kind == "disputed" else "report" if kind == "reported" else "room"
-        tone = "warn" if kind in ("pair_blocked", "expert_no_show", "reservation_expired") else ""
+        title += "" if data.seat is None else f" (seat #{data.seat})"
         if kind in ("booked", "pair_blocked", "rated"):
-            other = [fact for fact in other if fact.label not in ("Starts at", "Blocked", "Stars")]
-        return title + seat, category, other, tone
+            # Told in the title.
+            facts = [fact for fact in facts if fact.label not in ("Starts at", "Blocked", "Stars")]
+    return Entry(
+        at=event.created_at,
+        category=category.get(kind, "room"),
+        title=title,
+        who=teller.person(event.actor_id),
+        facts=tuple(facts),
+        tone=tone,
+        pk=event.pk,
+    )
 
-    def _meter_summary(self, seat: dict[str, Any]) -> str:
-        parts = [str(seat.get("outcome", "—")).replace("_", " ")]
-        if "billable_seconds" in seat:
-            parts.append(f"{self.value('billable_seconds', seat['billable_seconds'])} billable")
-        if "charged_minor" in seat:
-            parts.append(f"charged {self.money(seat['charged_minor'])}")
-        return " · ".join(parts)
 
-    def _quality_row(self, row: dict[str, Any]) -> QualityRow:
-        def who(prefix: str) -> Person:
-            pk = row[f"{prefix}_id"]
-            return self.people.get(pk) or Person(
-                pk, row[f"{prefix}__display_name"], row[f"{prefix}__email"], ""
-            )
+def _close_late_facts(data: Payload, teller: Teller) -> list[Fact]:
+    """A close that ran after the call's end (no worker at the paid end) says both times:
+    the call, and the bill, end at the paid end; the close itself ran later."""
+    ended = teller.room.closed_at
+    if data.ran_at is None or ended is None or data.ran_at - ended < timedelta(seconds=1):
+        return []
+    return [
+        Fact("Call ended (billed to)", teller.clock(ended)),
+        Fact(
+            "Close ran at",
+            f"{teller.clock(data.ran_at)}, "
+            f"{duration_text((data.ran_at - ended).total_seconds())} late",
+        ),
+    ]
 
-        return QualityRow(
-            reporter=who("reporter"),
-            peer=who("peer"),
-            samples=row["samples"],
-            rtt_ms=row["rtt"],
-            packet_loss=row["loss"],
-            span=f"{clock_text(row['first_at'], self.room.starts_at)} → "
-            f"{clock_text(row['last_at'], row['first_at'])}",
+
+def _interval_facts(teller: Teller, start: datetime, end: datetime | None) -> list[Fact]:
+    if end is None:
+        return [Fact("Until", "still open")]
+    return [
+        Fact("Until", teller.clock(end, start)),
+        Fact("Duration", duration_text((end - start).total_seconds())),
+    ]
+
+
+def room_facts(records: Records, teller: Teller) -> tuple[Fact, ...]:
+    room = records.room
+    start = room.starts_at.astimezone(teller.zone)
+    facts = [
+        Fact("State", choice(RoomState, room.state)),
+        Fact(
+            "Scheduled",
+            f"{start:%Y-%m-%d %H:%M:%S} → {room.ends_at.astimezone(teller.zone):%H:%M:%S} "
+            f"({duration_text((room.ends_at - room.starts_at).total_seconds())})",
+        ),
+    ]
+    if room.opened_at:
+        facts.append(Fact("Lobby opened", teller.clock(room.opened_at, room.starts_at)))
+    live = teller.span(room.live_at, room.closed_at, room.starts_at) if room.live_at else ""
+    facts.append(Fact("Live window", live or "never live"))
+    if room.closed_at:
+        reason = choice(CloseReason, room.close_reason)
+        facts.append(Fact("Closed", f"{teller.clock(room.closed_at, room.starts_at)}: {reason}"))
+    if room.cancel_reason:
+        facts.append(Fact("Canceled", room.cancel_reason_display))
+    per_minute = " a started minute" if room.pricing == "per_minute" else ""
+    facts.append(
+        Fact(
+            "Terms",
+            f"{room.get_pricing_display()}: {teller.money(room.price_minor)}{per_minute}; at "
+            f"most {teller.money(room.max_amount_minor)}; no-show fee "
+            f"{room.no_show_fee_percent} %, late cancel {room.late_cancel_fee_percent} %",
         )
+    )
+    return tuple(facts)
+
+
+def quality_rows(records: Records, teller: Teller) -> tuple[QualityRow, ...]:
+    day = records.room.starts_at
+    return tuple(
+        replace(
+            row,
+            span=f"{teller.clock(row.first_at, day)} → {teller.clock(row.last_at, row.first_at)}",
+        )
+        for row in records.quality
+    )

@@ -1,10 +1,11 @@
-"""What a room's story is made of: its entries, the people and facts in them, and the story
-with the parts of its header."""
+"""What a room's story is made of: its timeline entries, the people and facts in them, and
+the story with the parts of its header. All frozen: the builders make them, nothing changes
+them after."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import datetime
 
 from billing.models import Payment
 from rooms.models import Room, Seat
@@ -53,7 +54,7 @@ class Link:
     text: str
 
 
-@dataclass
+@dataclass(frozen=True)
 class Entry:
     at: datetime
     category: str
@@ -61,29 +62,18 @@ class Entry:
     who: Person | None = None
     # Who it was when no person did it: Parley itself, or the payment provider.
     who_label: str = "Parley"
-    facts: list[Fact] = field(default_factory=list)
-    links: list[Link] = field(default_factory=list)
+    facts: tuple[Fact, ...] = ()
+    links: tuple[Link, ...] = ()
     tone: str = ""  # "", "good", "warn", "bad" or "staff"
     # The stable tiebreak after the time: the kind's rank, then the row's id.
     pk: int = 0
-    # "T+0:02:30": how long after the story's base moment (see Story.offset_base).
+    # "T+0:02:30": how long after the story's base moment (see Story.offset_base); set where
+    # the entries are merged.
     offset: str = ""
 
     @property
     def sort_key(self) -> tuple[datetime, int, int]:
         return (self.at, _RANK[self.category], self.pk)
-
-    @property
-    def day(self) -> str:
-        return f"{self.at.astimezone(UTC):%Y-%m-%d}"
-
-    @property
-    def clock(self) -> str:
-        return f"{self.at.astimezone(UTC):%H:%M:%S}"
-
-    @property
-    def millis(self) -> str:
-        return f".{self.at.microsecond // 1000:03d}"
 
 
 @dataclass(frozen=True)
@@ -93,7 +83,7 @@ class SeatSummary:
     state: str
     payment: Payment | None
     payment_state: str
-    money: list[Fact]
+    money: tuple[str, ...]  # held, authorized, charged, released, refunded
     settlement: str
     disputes: str
     rating: str
@@ -106,8 +96,10 @@ class QualityRow:
     samples: int
     rtt_ms: float | None
     packet_loss: float | None
-    # From the first report to the last, UTC.
-    span: str
+    first_at: datetime
+    last_at: datetime
+    # From the first report to the last, in the story's zone.
+    span: str = ""
 
     @property
     def rtt_text(self) -> str:
@@ -122,15 +114,17 @@ class QualityRow:
 class Story:
     room: Room
     expert: Person
-    seats: list[SeatSummary]
-    entries: list[Entry]
-    facts: list[Fact]
-    totals: list[Fact]
-    quality: list[QualityRow]
+    seats: tuple[SeatSummary, ...]
+    entries: tuple[Entry, ...]
+    facts: tuple[Fact, ...]
+    totals: tuple[Fact, ...]
+    quality: tuple[QualityRow, ...]
     # What "T+" counts from: the live start, or the scheduled start of a room never live.
     offset_base: str
-    # Call quality is the median on PostgreSQL, the mean elsewhere (see rooms._Median).
+    # Call quality is the median on PostgreSQL, the mean elsewhere (see load.Median).
     quality_average: str
+    # The zone every time in the story is told in (the viewer's): "Europe/Berlin", "UTC".
+    zone: str
 
     @property
     def counts(self) -> list[tuple[str, str, int]]:

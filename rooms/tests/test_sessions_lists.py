@@ -231,3 +231,18 @@ def test_the_hold_names_its_date_time_and_zone() -> None:
         f"Tuesday 1 December 2026, {held:%H:%M} (America/Los_Angeles)</time>."
     ) in page
     assert "Tuesday 1 December 2026, 06:00–07:00 (America/Los_Angeles)" in page
+
+
+@pytest.mark.parametrize("cookie", ["America/Los_Angeles", "America%2FLos_Angeles"])
+def test_a_visitor_sees_the_slots_in_the_zone_their_browser_told(cookie: str) -> None:
+    expert = expert_create(time_zone="UTC")
+    weekdays_available(expert)
+    offering = OfferingFactory.create(expert=expert)
+    visitor = Client()
+    visitor.cookies["tz"] = cookie
+    with time_machine.travel(NOW, tick=False):
+        page = visitor.get(reverse("rooms:offering_book", args=[offering.pk])).content.decode()
+    assert "Times are in America/Los_Angeles." in page
+    # 14:00 UTC is 06:00 in Los Angeles.
+    assert 'aria-label="Tuesday 1 December, 06:00"' in page
+    assert 'value="2026-12-01T14:00:00+00:00"' in page

@@ -227,3 +227,23 @@ def test_a_visitor_who_books_is_told_the_hold_with_its_date_time_and_zone(
     start = _in_los_angeles(moment, "%A %-d %B %Y, %H:%M")
     expect(page.locator("#booking-when")).to_contain_text(f"{start}–")
     expect(page.locator("#booking-when")).to_contain_text(f"({LOS_ANGELES})")
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Etc/UTC"])
+def test_a_visitor_already_in_the_servers_zone_gets_each_page_once(
+    browser: Browser, deployment: Deployment, zone: str
+) -> None:
+    """No reload where it would change nothing: what every other browser test's visitor
+    (a context in UTC) meets, so their clicks never race a reload."""
+    context = browser.new_context(base_url=BASE_URL, timezone_id=zone)
+    try:
+        page = context.new_page()
+        loads: list[str] = []
+        page.on("load", lambda loaded: loads.append(loaded.url))
+        page.goto("/experts/")
+        # The script has run (it writes the cookie), and nothing follows.
+        page.wait_for_function("() => document.cookie.includes('tz=')")
+        page.wait_for_timeout(500)
+        assert len(loads) == 1, loads
+    finally:
+        context.close()

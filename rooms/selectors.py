@@ -138,10 +138,6 @@ def expert_rooms(expert: User) -> QuerySet[Room]:
 NOT_YET_OVER_STATES = (RoomState.SCHEDULED, RoomState.OPEN, RoomState.LIVE)
 
 
-def _is_over(now: datetime, prefix: str = "") -> Q:
-    return Q(**{f"{prefix}state": RoomState.CLOSED}) | Q(**{f"{prefix}ends_at__lte": now})
-
-
 def client_seats_upcoming(client: User, now: datetime) -> QuerySet[Seat]:
     """Seats held (paid or waiting for payment) in sessions that are not over."""
     return (
@@ -157,14 +153,13 @@ def client_seats_past(client: User, now: datetime) -> QuerySet[Seat]:
     (`charged_minor`, None before the close settles it), whether the client came (`came`:
     only then is there a call to rate) and their rating (`stars`, None before they rate)."""
     settlement = Settlement.objects.filter(payment_id=OuterRef("payment_id"))
-    same_person = {"room_id": OuterRef("room_id"), "client_id": OuterRef("client_id")}
-    rating = Rating.objects.filter(**same_person)
+    rating = Rating.objects.filter(room_id=OuterRef("room_id"), client_id=OuterRef("client_id"))
     presence = Presence.objects.filter(room_id=OuterRef("room_id"), user_id=OuterRef("client_id"))
     return (
         client_seats(client)
         .filter(state=SeatState.CONFIRMED)
         .exclude(room__state=RoomState.CANCELED)
-        .filter(_is_over(now, "room__"))
+        .filter(Q(room__state=RoomState.CLOSED) | Q(room__ends_at__lte=now))
         .annotate(
             charged_minor=Subquery(settlement.values("amount_minor")[:1]),
             came=Exists(presence),
@@ -190,7 +185,7 @@ def expert_rooms_past(expert: User, now: datetime) -> QuerySet[Room]:
     return (
         expert_rooms(expert)
         .exclude(state=RoomState.CANCELED)
-        .filter(_is_over(now))
+        .filter(Q(state=RoomState.CLOSED) | Q(ends_at__lte=now))
         .order_by("-starts_at", "-pk")
     )
 

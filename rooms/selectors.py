@@ -7,7 +7,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Count, Exists, OuterRef, Q, QuerySet
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Subquery
 from django.utils import timezone
 
 from accounts.models import ExpertProfile, ExpertStatus, User
@@ -23,6 +23,7 @@ from rooms.models import (
     Offering,
     OverrideKind,
     Presence,
+    Rating,
     Room,
     RoomKind,
     RoomState,
@@ -127,6 +128,70 @@ def client_seats(client: User) -> QuerySet[Seat]:
 
 def expert_rooms(expert: User) -> QuerySet[Room]:
     return Room.objects.filter(expert=expert).prefetch_related("seats__client")
+
+
+# "Your sessions" splits a person's sessions in three that never overlap: upcoming (still to
+# happen or under way), past (over) and canceled. A session is over when its room has closed —
+# a call often ends before its booked end (the expert ends it, everyone leaves, a no-show) and
+# its bill, rating and dispute link are wanted at once — or when its booked end has passed (a
+# room the sweep has not closed yet). Past lists run newest first, upcoming ones soonest first.
+NOT_YET_OVER_STATES = (RoomState.SCHEDULED, RoomState.OPEN, RoomState.LIVE)
+
+
+def client_seats_upcoming(client: User, now: datetime) -> QuerySet[Seat]:
+    """Seats held (paid or waiting for payment) in sessions that are not over."""
+    return (
+        client_seats(client)
+        .filter(state__in=(SeatState.CONFIRMED, SeatState.RESERVED))
+        .filter(room__state__in=NOT_YET_OVER_STATES, room__ends_at__gt=now)
+        .order_by("room__starts_at", "pk")
+    )
+
+
+def client_seats_past(client: User, now: datetime) -> QuerySet[Seat]:
+    """Paid seats of sessions that are over, newest first, each with what it was charged
+    (`charged_minor`, None before the close settles it), whether the client came (`came`:
+    only then is there a call to rate) and their rating (`stars`, None before they rate)."""
+    settlement = Settlement.objects.filter(payment_id=OuterRef("payment_id"))
+    rating = Rating.objects.filter(room_id=OuterRef("room_id"), client_id=OuterRef("client_id"))
+    presence = Presence.objects.filter(room_id=OuterRef("room_id"), user_id=OuterRef("client_id"))
+    return (
+        client_seats(client)
+        .filter(state=SeatState.CONFIRMED)
+        .exclude(room__state=RoomState.CANCELED)
+        .filter(Q(room__state=RoomState.CLOSED) | Q(room__ends_at__lte=now))
+        .annotate(
+            charged_minor=Subquery(settlement.values("amount_minor")[:1]),
+            came=Exists(presence),
+            stars=Subquery(rating.values("stars")[:1]),
+        )
+        .order_by("-room__starts_at", "-pk")
+    )
+
+
+def client_seats_canceled(client: User) -> QuerySet[Seat]:
+    return client_seats(client).filter(state=SeatState.CANCELED).order_by("-room__starts_at", "-pk")
+
+
+def expert_rooms_upcoming(expert: User, now: datetime) -> QuerySet[Room]:
+    return (
+        expert_rooms(expert)
+        .filter(state__in=NOT_YET_OVER_STATES, ends_at__gt=now)
+        .order_by("starts_at", "pk")
+    )
+
+
+def expert_rooms_past(expert: User, now: datetime) -> QuerySet[Room]:
+    return (
+        expert_rooms(expert)
+        .exclude(state=RoomState.CANCELED)
+        .filter(Q(state=RoomState.CLOSED) | Q(ends_at__lte=now))
+        .order_by("-starts_at", "-pk")
+    )
+
+
+def expert_rooms_canceled(expert: User) -> QuerySet[Room]:
+    return expert_rooms(expert).filter(state=RoomState.CANCELED).order_by("-starts_at", "-pk")
 
 
 def group_rooms_open_for_seats(expert: User) -> QuerySet[Room]:

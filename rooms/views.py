@@ -225,28 +225,16 @@ def _summary_context(room: Room, user: User) -> dict[str, Any]:
 def dashboard(request: HttpRequest) -> HttpResponse:
     user = _user(request)
     now = timezone.now()
-    seats = selectors.client_seats(user)
-    rooms = selectors.expert_rooms(user)
-    live = (RoomState.SCHEDULED, RoomState.OPEN, RoomState.LIVE)
     return render(
         request,
         "rooms/dashboard.html",
         {
-            "upcoming_seats": seats.filter(
-                state__in=(SeatState.CONFIRMED, SeatState.RESERVED),
-                room__state__in=live,
-                room__ends_at__gt=now,
-            ),
-            "past_seats": seats.filter(state=SeatState.CONFIRMED)
-            .exclude(room__state__in=(RoomState.CANCELED,))
-            .filter(room__ends_at__lte=now)
-            .order_by("-room__starts_at"),
-            "canceled_seats": seats.filter(state=SeatState.CANCELED).order_by("-room__starts_at"),
-            "upcoming_rooms": rooms.filter(state__in=live, ends_at__gt=now),
-            "past_rooms": rooms.filter(ends_at__lte=now)
-            .exclude(state=RoomState.CANCELED)
-            .order_by("-starts_at"),
-            "canceled_rooms": rooms.filter(state=RoomState.CANCELED).order_by("-starts_at"),
+            "upcoming_seats": selectors.client_seats_upcoming(user, now),
+            "past_seats": selectors.client_seats_past(user, now),
+            "canceled_seats": selectors.client_seats_canceled(user),
+            "upcoming_rooms": selectors.expert_rooms_upcoming(user, now),
+            "past_rooms": selectors.expert_rooms_past(user, now),
+            "canceled_rooms": selectors.expert_rooms_canceled(user),
         },
     )
 

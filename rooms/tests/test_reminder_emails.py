@@ -35,10 +35,7 @@ def _reminders() -> dict[int, OutboundEmail]:
     """The queued reminders, by recipient id."""
     emails = OutboundEmail.objects.filter(key__startswith="reminder-")
     by_address = {email.to: email for email in emails}
-    return {
-        user.pk: by_address[user.email]
-        for user in User.objects.filter(email__in=by_address)
-    }
+    return {user.pk: by_address[user.email] for user in User.objects.filter(email__in=by_address)}
 
 
 def test_reminders_carry_a_one_click_unsubscribe_for_their_recipient(seat: Seat) -> None:

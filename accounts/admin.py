@@ -229,12 +229,13 @@ class OutboundEmailAdmin(ReadOnlyAdmin):
     list_filter = (EmailStatusFilter, "sent_at", "parked_at")
     search_fields = ("to", "subject", "key")
     actions = ["send_again"]
-    # The body is shown through `body_shown`: a sealed one (a sign-in link) never is.
+    # The body is shown through `body_shown`: a sealed one (a sign-in link) never is. The HTML
+    # alternative says the same as the text body, and is sealed with it: not shown.
     readonly_fields = [
-        *(field.name for field in OutboundEmail._meta.fields if field.name != "body"),
+        *(field.name for field in OutboundEmail._meta.fields if field.name not in ("body", "html")),
         "body_shown",
     ]
-    exclude = ("body",)
+    exclude = ("body", "html")
 
     @admin.display(description="status")
     def status(self, email: OutboundEmail) -> str:

@@ -55,6 +55,14 @@ class SignupForm(forms.Form):
 class ProfileForm(forms.Form):
     display_name = forms.CharField(max_length=80, validators=[validate_no_control_characters])
     time_zone = TimeZoneField()
+    booking_reminders = forms.BooleanField(
+        required=False,
+        label="Email me session reminders",
+        help_text=(
+            "A reminder the day before and 15 minutes before each session. Booking "
+            "confirmations, changes and cancellations are always sent."
+        ),
+    )
 
 
 class ExpertApplicationForm(forms.Form):

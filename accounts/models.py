@@ -46,6 +46,10 @@ class User(AbstractBaseUser, PermissionsMixin):
         validators=[validate_time_zone],
         help_text="Times are shown to you in this zone.",
     )
+    booking_reminders = models.BooleanField(
+        default=True,
+        help_text="Email me a reminder the day before and 15 minutes before each session.",
+    )
     is_staff = models.BooleanField(
         default=False, help_text="Can sign in to the staff admin (with two-factor authentication)."
     )
@@ -174,6 +178,12 @@ class OutboundEmail(models.Model):
     to = models.EmailField()
     subject = models.CharField(max_length=200)
     body = models.TextField()
+    # The same message as HTML, sent as the alternative to the text `body` (empty: text only).
+    # Sealed like the body when the email carries a secret.
+    html = models.TextField(blank=True)
+    # Extra headers, e.g. List-Unsubscribe on reminders: kept on the row so a message sent
+    # late by the sweep carries them too.
+    headers = models.JSONField(default=dict, blank=True)
     # An iCalendar attachment (text/calendar), with its METHOD (REQUEST, CANCEL) for mail
     # clients that act on invitations.
     ics = models.TextField(blank=True)

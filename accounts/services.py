@@ -12,9 +12,10 @@ from typing import Any
 from django.conf import settings
 from django.contrib.sessions.models import Session
 from django.core.exceptions import ValidationError
-from django.core.mail import BadHeaderError, EmailMessage
+from django.core.mail import BadHeaderError, EmailMultiAlternatives
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
+from django.template import TemplateDoesNotExist
 from django.template.loader import render_to_string
 from django.utils import timezone
 from django.utils.text import slugify
@@ -40,12 +41,37 @@ SUBJECT_MAX = OutboundEmail._meta.get_field("subject").max_length or 200
 KEY_MAX = OutboundEmail._meta.get_field("key").max_length or 200
 
 
-def user_profile_update(user: User, *, display_name: str, time_zone: str) -> User:
+def user_profile_update(
+    user: User, *, display_name: str, time_zone: str, booking_reminders: bool | None = None
+) -> User:
+    """Save a person's own settings. `booking_reminders` None leaves the preference as it is
+    (signup asks only for the name and zone)."""
+    fields = ["display_name", "time_zone"]
     user.display_name = display_name
     user.time_zone = time_zone
+    if booking_reminders is not None and booking_reminders != user.booking_reminders:
+        user.booking_reminders = booking_reminders
+        fields.append("booking_reminders")
+        logger.info(
+            "User %s turned session reminders %s on their profile.",
+            user.pk,
+            "on" if booking_reminders else "off",
+        )
     user.full_clean(exclude=["password"])
-    user.save(update_fields=["display_name", "time_zone"])
+    user.save(update_fields=fields)
     return user
+
+
+def user_reminders_off(user_id: int) -> bool:
+    """Stop a person's session reminders (the unsubscribe link). Returns whether they were on;
+    a second click changes nothing. Confirmations, changes and cancellations are still sent:
+    they are about a booking, not reminders of it."""
+    changed = User.objects.filter(pk=user_id, booking_reminders=True).update(
+        booking_reminders=False
+    )
+    if changed:
+        logger.info("User %s turned session reminders off with the unsubscribe link.", user_id)
+    return bool(changed)
 
 
 def expert_profile_submit(
@@ -190,12 +216,43 @@ def email_queue(
     context: dict[str, Any],
     ics: str = "",
     ics_method: str = "",
+    headers: dict[str, str] | None = None,
 ) -> tuple[OutboundEmail, bool]:
-    """Render an email and queue it (see `email_queue_rendered`)."""
-    body = render_to_string(template, {**context, "site_url": settings.SITE_URL})
+    """Render an email and queue it (see `email_queue_rendered`).
+
+    `template` is the text version, ``<app>/email/<name>.txt``; its sibling
+    ``<app>/email/<name>.html`` (extending ``email/base.html``) is the HTML alternative. Both
+    get the same context, plus ``site_url``.
+    """
+    body, html = email_render(template, context)
     return email_queue_rendered(
-        key=key, to=to, subject=subject, body=body, ics=ics, ics_method=ics_method
+        key=key,
+        to=to,
+        subject=subject,
+        body=body,
+        html=html,
+        ics=ics,
+        ics_method=ics_method,
+        headers=headers,
     )
+
+
+def email_render(template: str, context: dict[str, Any]) -> tuple[str, str]:
+    """The text and HTML bodies of an email from its ``.txt`` template and the sibling
+    ``.html``. An email whose ``.html`` is not written yet goes as text only (logged, and
+    accounts/tests/test_email_html.py fails on the missing template)."""
+    if not template.endswith(".txt"):
+        raise ValueError(f"An email's template is its text version, ending in .txt: {template}")
+    full = {**context, "site_url": settings.SITE_URL}
+    body: str = render_to_string(template, full)
+    html: str
+    html_template = template.removesuffix(".txt") + ".html"
+    try:
+        html = render_to_string(html_template, full)
+    except TemplateDoesNotExist:
+        logger.warning("Email template %s has no HTML version; sent as text only.", template)
+        html = ""
+    return body, html
 
 
 def email_queue_rendered(
@@ -204,17 +261,22 @@ def email_queue_rendered(
     to: str,
     subject: str,
     body: str,
+    html: str = "",
     ics: str = "",
     ics_method: str = "",
+    headers: dict[str, str] | None = None,
     secret: bool = False,
 ) -> tuple[OutboundEmail, bool]:
     """Record an email in the caller's transaction; it is sent after commit, once per key.
 
     The caller's transaction is a payment's authorization or a room's close: nothing about the
     email's content may fail it. The subject is made one line that fits its column, the key is
-    shortened to fit (keeping it unique) and `to` loses its line breaks; an address that still
-    cannot be sent to parks the email later, at sending, without touching the caller's work.
-    `secret`: the body holds a sign-in secret, so it is sealed (accounts/sealing.py).
+    shortened to fit (keeping it unique) and `to` and header values lose their line breaks; an
+    address that still cannot be sent to parks the email later, at sending, without touching
+    the caller's work.
+    `html`: the HTML alternative to the text `body` ("" for text only).
+    `headers`: extra headers (e.g. List-Unsubscribe), stored with the email.
+    `secret`: the body holds a sign-in secret, so both bodies are sealed (accounts/sealing.py).
 
     Returns the email and whether this call created it (False: that key was queued before).
     """
@@ -224,6 +286,10 @@ def email_queue_rendered(
             "to": _header_safe(to)[:254],
             "subject": email_subject_fit(subject),
             "body": seal(body) if secret else body,
+            "html": seal(html) if secret and html else html,
+            "headers": {
+                _header_safe(name): _header_safe(value) for name, value in (headers or {}).items()
+            },
             "sealed": secret,
             "ics": ics,
             "ics_method": _header_safe(ics_method)[:16],
@@ -285,7 +351,12 @@ def email_send(email_id: int) -> bool:
     email = OutboundEmail.objects.get(pk=email_id)
     try:
         body = unseal(email.body) if email.sealed else email.body
-        message = EmailMessage(email.subject, body, to=[email.to])
+        html = unseal(email.html) if email.sealed and email.html else email.html
+        message = EmailMultiAlternatives(
+            email.subject, body, to=[email.to], headers=dict(email.headers)
+        )
+        if html:
+            message.attach_alternative(html, "text/html")
         if email.ics:
             message.attach(
                 "invite.ics", email.ics, f"text/calendar; method={email.ics_method or 'PUBLISH'}"
@@ -308,6 +379,7 @@ def email_send(email_id: int) -> bool:
     if email.sealed:
         # Delivered: the link lives in the person's mailbox now, and nowhere here.
         sent["body"] = ""
+        sent["html"] = ""
     OutboundEmail.objects.filter(pk=email_id).update(**sent)
     return True
 

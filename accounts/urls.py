@@ -9,4 +9,9 @@ urlpatterns = [
     path("experts/<slug:slug>/", views.expert_detail, name="expert_detail"),
     path("me/profile/", views.profile_edit, name="profile"),
     path("me/expert/", views.expert_apply, name="expert_apply"),
+    path(
+        "reminders/off/<str:token>/",
+        views.reminders_unsubscribe,
+        name="reminders_unsubscribe",
+    ),
 ]

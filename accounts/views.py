@@ -9,6 +9,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
 from accounts import selectors, services
@@ -17,6 +18,7 @@ from accounts.errors import AccountsError
 from accounts.forms import ExpertApplicationForm, ProfileForm
 from accounts.models import ExpertProfile, ExpertStatus, User
 from accounts.security import session_passed_mfa
+from accounts.unsubscribe import UnsubscribeLinkInvalid, reminders_unsubscribe_user_id
 
 EXPERTS_PER_PAGE = 24
 
@@ -76,13 +78,44 @@ def profile_edit(request: HttpRequest) -> HttpResponse:
     user = _user(request)
     form = ProfileForm(
         request.POST or None,
-        initial={"display_name": user.display_name, "time_zone": user.time_zone},
+        initial={
+            "display_name": user.display_name,
+            "time_zone": user.time_zone,
+            "booking_reminders": user.booking_reminders,
+        },
     )
     if request.method == "POST" and form.is_valid():
         services.user_profile_update(user, **form.cleaned_data)
         messages.success(request, "Your profile is saved.")
         return redirect("accounts:profile")
     return render(request, "accounts/profile_edit.html", {"form": form})
+
+
+# No CSRF token: a mail client's one-click unsubscribe (RFC 8058) POSTs without one, and
+# without a session. The signed token is the authority, and all it can do is turn reminders
+# off, so a forged cross-site POST could at most do what the link's owner asked for.
+@csrf_exempt
+@require_http_methods(["GET", "POST"])
+def reminders_unsubscribe(request: HttpRequest, token: str) -> HttpResponse:
+    try:
+        user_id = reminders_unsubscribe_user_id(token)
+    except UnsubscribeLinkInvalid:
+        return _unsubscribe_invalid(request)
+    person = User.objects.filter(pk=user_id).first()
+    if person is None:
+        return _unsubscribe_invalid(request)
+    if request.method == "POST":
+        services.user_reminders_off(person.pk)
+        return render(request, "accounts/reminders_off.html", {"person": person})
+    return render(
+        request,
+        "accounts/reminders_unsubscribe.html",
+        {"person": person, "already_off": not person.booking_reminders},
+    )
+
+
+def _unsubscribe_invalid(request: HttpRequest) -> HttpResponse:
+    return render(request, "accounts/reminders_unsubscribe_invalid.html", status=400)
 
 
 @verified_email_required

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import zoneinfo
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from django.conf import settings
 from django.urls import reverse
@@ -17,6 +17,7 @@ from icalendar import Calendar, Event, vCalAddress
 
 from accounts.models import OutboundEmail, User
 from accounts.services import email_queue
+from accounts.unsubscribe import reminders_unsubscribe_headers, reminders_unsubscribe_url
 from billing.pricing import format_money
 from rooms.models import Room, RoomState, Seat
 
@@ -78,6 +79,7 @@ def _send(
     room: Room,
     *,
     method: str = "REQUEST",
+    headers: dict[str, str] | None = None,
     **extra: object,
 ) -> bool:
     """Queue one email with its invitation (method "" for none). False: the key was sent."""
@@ -100,6 +102,7 @@ def _send(
         },
         ics=invitation(room, method=method, sequence=sequence, attendee=person) if method else "",
         ics_method=method,
+        headers=headers,
     )
     return created
 
@@ -144,7 +147,7 @@ def booking_canceled(seat: Seat, *, by: CanceledBy) -> None:
     profile = getattr(room.expert, "expert_profile", None)
     if profile is not None and by == "expert":
         rebook_url = f"{settings.SITE_URL}{reverse('accounts:expert_detail', args=[profile.slug])}"
-    context = {
+    context: dict[str, Any] = {
         "by": by,
         "rebook_url": rebook_url,
         "fee": seat.cancel_fee_minor,
@@ -181,8 +184,10 @@ def booking_canceled(seat: Seat, *, by: CanceledBy) -> None:
 
 
 def booking_reminder(seat: Seat, label: str) -> int:
-    """The client's reminder per seat, the expert's once per room. The room's sequence is in
-    the keys: a moved session gets its reminders again."""
+    """The client's reminder per seat, the expert's once per room, each unless that person
+    turned reminders off (their confirmations and cancellations are sent regardless). The
+    room's sequence is in the keys: a moved session gets its reminders again. Each reminder
+    carries a one-click unsubscribe (accounts/unsubscribe.py)."""
     room = seat.room
     subject = f"Starting {'soon' if label != '24h' else 'tomorrow'}: {room.title}"
     sent = 0
@@ -190,6 +195,17 @@ def booking_reminder(seat: Seat, label: str) -> int:
         (f"reminder-{label}:seat{seat.pk}:{room.sequence}", seat.client),
         (f"reminder-{label}:room{room.pk}:{room.sequence}", room.expert),
     ):
-        created = _send(key, person, subject, "rooms/email/booking_reminder.txt", seat, room)
+        if not person.booking_reminders:
+            continue
+        created = _send(
+            key,
+            person,
+            subject,
+            "rooms/email/booking_reminder.txt",
+            seat,
+            room,
+            headers=reminders_unsubscribe_headers(person.pk),
+            unsubscribe_url=reminders_unsubscribe_url(person.pk),
+        )
         sent += int(created)
     return sent

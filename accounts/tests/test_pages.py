@@ -342,6 +342,7 @@ def test_profile_page_shows_the_current_values(client: Client) -> None:
     assert response.context["form"].initial == {
         "display_name": "Ada Lovelace",
         "time_zone": "Asia/Tokyo",
+        "booking_reminders": True,
     }
 
 

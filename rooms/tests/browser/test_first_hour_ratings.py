@@ -50,6 +50,8 @@ def test_the_card_and_the_experts_page_show_the_average_the_count_and_recent_rev
     page = contexts("visitor").new_page()
     page.goto(f"/experts/?q={rated['name']}")
 
+    # The cards' headings come under the page's, one level down (no h1 → h3 skip).
+    expect(page.get_by_role("heading", level=2)).to_have_text("1 expert found")
     card = page.locator(".card", has_text=str(rated["name"]))
     expect(card.locator(".rating")).to_have_text(re.compile(r"4\.7 out of 5 from 3 ratings"))
     expect(card.locator(".rating")).to_have_attribute("data-rating-average", "4.7")

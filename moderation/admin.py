@@ -623,3 +623,86 @@ class ExpertProfileAdmin(AccountsExpertProfileAdmin):
             ),
         )
         return format_html("<p>{}{} session(s) not joined.</p><ul>{}</ul>", lead, total, items)
+
+
+# --- Ratings: staff hide a review (and show it again), with a reason -------------------------
+# Appended as one block; it uses only this module's helpers above (_staff_user, _story_link,
+# _reason_page) and StaffReasonForm.
+
+from rooms.errors import RoomsError  # noqa: E402 (imported with the block it serves)
+from rooms.models import Rating  # noqa: E402
+from rooms.services.feedback import rating_hide, rating_unhide  # noqa: E402
+
+
+@admin.register(Rating)
+class RatingAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """Ratings as clients gave them: staff change nothing but whether one is hidden, and only
+    through the actions, each with a reason kept in the room's story."""
+
+    list_display = ("pk", "expert", "client", "stars", "short_comment", "hidden", "created_at")
+    list_filter = ("hidden", "stars")
+    search_fields = ("=id", "expert__email", "expert__display_name", "client__email", "comment")
+    list_select_related = ("expert", "client")
+    date_hierarchy = "created_at"
+    readonly_fields = [field.name for field in Rating._meta.fields] + ["story"]
+    actions = ["hide", "unhide"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="Comment")
+    def short_comment(self, rating: Rating) -> str:
+        return rating.comment if len(rating.comment) <= 80 else f"{rating.comment[:79]}…"
+
+    @admin.display(description="Story")
+    def story(self, rating: Rating) -> str:
+        return _story_link(rating.room_id, "The room's story")
+
+    @admin.action(description="Hide selected ratings (with a reason)", permissions=["change"])
+    def hide(self, request: HttpRequest, queryset: QuerySet[Rating]) -> HttpResponse | None:
+        return self._hide_or_unhide(request, queryset, hide=True)
+
+    @admin.action(
+        description="Show selected hidden ratings again (with a reason)", permissions=["change"]
+    )
+    def unhide(self, request: HttpRequest, queryset: QuerySet[Rating]) -> HttpResponse | None:
+        return self._hide_or_unhide(request, queryset, hide=False)
+
+    def _hide_or_unhide(
+        self, request: HttpRequest, queryset: QuerySet[Rating], *, hide: bool
+    ) -> HttpResponse | None:
+        actor = _staff_user(request, "rooms.change_rating")
+        form = StaffReasonForm(request.POST if "confirm" in request.POST else None)
+        if form.is_bound and form.is_valid():
+            change = rating_hide if hide else rating_unhide
+            for rating in queryset:
+                try:
+                    change(rating.pk, actor, reason=form.cleaned_data["reason"])
+                except RoomsError as refused:
+                    self.message_user(request, f"Rating #{rating.pk}: {refused}", messages.ERROR)
+                else:
+                    done = "hidden" if hide else "shown again"
+                    self.message_user(request, f"Rating #{rating.pk}: {done}.", messages.SUCCESS)
+            return None
+        ids = ", ".join(f"#{rating.pk}" for rating in queryset)
+        return _reason_page(
+            self,
+            request,
+            form,
+            title="Hide ratings" if hide else "Show ratings again",
+            lead=(
+                f"Takes rating(s) {ids} off the expert's card and page: out of the average and "
+                "the reviews. The expert is told only how many of theirs are hidden."
+                if hide
+                else f"Puts rating(s) {ids} back on the expert's card and page."
+            ),
+            submit="Hide" if hide else "Show again",
+            hidden=[
+                ("action", "hide" if hide else "unhide"),
+                ("confirm", "1"),
+                *((admin.helpers.ACTION_CHECKBOX_NAME, rating.pk) for rating in queryset),
+            ],
+        )

@@ -481,7 +481,8 @@ class CallStats(models.Model):
 
 class Rating(models.Model):
     """A client's rating of a session they were in, given after it closed; one per client per
-    room (giving it again replaces it)."""
+    room (giving it again replaces it). Shown on the expert's card and page, unless staff hid
+    it (`rooms.services.feedback.rating_hide`, with who, when and why as a room event)."""
 
     room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="ratings")
     client = models.ForeignKey(
@@ -493,9 +494,13 @@ class Rating(models.Model):
     stars = models.PositiveSmallIntegerField()
     comment = models.TextField(max_length=1000, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
+    # Hidden ratings count in no average and show in no list; the room's events say who hid
+    # it, when and why.
+    hidden = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["-created_at", "-pk"]
+        indexes = [models.Index(fields=["expert", "-created_at"], name="rating_expert_recent")]
         constraints = [
             models.UniqueConstraint(fields=["room", "client"], name="rating_one_per_client"),
             models.CheckConstraint(

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Creates .venv with Python 3.11 and installs the project with its dev tools.
+# Creates .venv with Python 3.11 and installs the project with its dev tools, and installs
+# axe-core (npm, pinned in scripts/axe/) that the browser tests run on every page they visit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,3 +44,21 @@ pip_quiet() {
 }
 pip_quiet install --quiet --upgrade pip
 pip_quiet install --quiet -e '.[dev]'
+
+# axe-core comes from npm: Node.js and npm from Debian, the package from scripts/axe's lock file.
+if ! command -v npm >/dev/null; then
+  if is_root && command -v apt-get >/dev/null; then
+    echo "==> installing nodejs and npm"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+  else
+    echo "The browser tests need Node.js with npm (Debian: apt-get install nodejs npm)." >&2
+    exit 1
+  fi
+fi
+# npm ci starts from an empty node_modules each time: skip it when the lock has not changed
+# since the last install.
+if ! [ scripts/axe/node_modules/.package-lock.json -nt scripts/axe/package-lock.json ]; then
+  echo "==> installing axe-core (scripts/axe)"
+  npm ci --prefix scripts/axe --no-audit --no-fund --loglevel=error >/dev/null
+fi

@@ -1,4 +1,4 @@
-"""What a client says about a session after it: the rating."""
+"""What a client says about a session after it: the rating, and staff hiding one."""
 
 from __future__ import annotations
 
@@ -9,9 +9,12 @@ from rooms.errors import RoomsError
 from rooms.models import Presence, Rating, Room, RoomState, Seat
 from rooms.services.records import event_write
 
+REASON_MAX_LENGTH = 1000
+
 
 def rating_give(room_id: int, client: User, *, stars: int, comment: str = "") -> Rating:
-    """Rate a closed session the client was in (giving it again replaces the rating)."""
+    """Rate a closed session the client was in (giving it again replaces the rating; one that
+    staff hid stays hidden)."""
     if not 1 <= stars <= 5:
         raise RoomsError("Choose from one to five stars.")
     with transaction.atomic():
@@ -28,4 +31,41 @@ def rating_give(room_id: int, client: User, *, stars: int, comment: str = "") ->
             defaults={"expert_id": room.expert_id, "stars": stars, "comment": comment.strip()},
         )
         event_write(room, "rated", client, stars=stars)
+    return rating
+
+
+def rating_hide(rating_id: int, actor: User, *, reason: str) -> Rating:
+    """Staff take a rating off the expert's card and page (out of the average and the
+    reviews); the room's events keep who did it, when and why."""
+    return _rating_hidden_set(rating_id, actor, reason=reason, hidden=True)
+
+
+def rating_unhide(rating_id: int, actor: User, *, reason: str) -> Rating:
+    """Staff put a hidden rating back; recorded like the hiding."""
+    return _rating_hidden_set(rating_id, actor, reason=reason, hidden=False)
+
+
+def _rating_hidden_set(rating_id: int, actor: User, *, reason: str, hidden: bool) -> Rating:
+    if not actor.is_staff:
+        raise RoomsError("Only Parley staff can hide or show a rating.")
+    reason = reason.strip()
+    if not reason:
+        raise RoomsError("Say why: the reason is kept in the session's story.")
+    if len(reason) > REASON_MAX_LENGTH:
+        raise RoomsError(f"Keep the reason under {REASON_MAX_LENGTH} characters.")
+    with transaction.atomic():
+        rating = Rating.objects.select_for_update().select_related("room").get(pk=rating_id)
+        if rating.hidden == hidden:
+            state = "hidden" if hidden else "shown"
+            raise RoomsError(f"This rating is already {state}.")
+        rating.hidden = hidden
+        rating.save(update_fields=["hidden"])
+        event_write(
+            rating.room,
+            "rating_hidden" if hidden else "rating_unhidden",
+            actor,
+            rating=rating.pk,
+            client=rating.client_id,
+            reason=reason,
+        )
     return rating

@@ -5,6 +5,9 @@ test`) collects only rooms/tests/test_browser.py, which runs this folder again u
 with its own pytest, without pytest-django and above-folder conftests (test_browser.py has the
 command). Inside, this file sets Django up against the deployment it starts: PostgreSQL, Redis,
 coturn, one Daphne on 127.0.0.1:8101 and a Celery worker with beat, all on loopback.
+
+Every page a test shows is checked with axe-core (support.AxeWatch); a serious or critical
+violation fails the test at its end, with the rule, its help, the elements and the page.
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ import pytest
 from playwright.sync_api import Browser, Playwright, expect, sync_playwright
 
 from rooms.tests.browser.support import (
+    AXE_SCRIPT,
     BASE_URL,
     CHROMIUM,
     CHROMIUM_FLAGS,
     DEFAULT_TIMEOUT_MS,
     FAKE_UI_FLAG,
+    AxeWatch,
     Contexts,
 )
 from rooms.tests.e2e_services import (
@@ -45,6 +50,8 @@ REDIS_URL = f"redis://127.0.0.1:{REDIS_PORT}/0"
 _deployment: Deployment | None = None
 # The environment of the deployment's Django processes (Daphne, Celery).
 _service_env: dict[str, str] = {}
+# Every Chromium the session launched, so the end of a test finds all open pages.
+_browsers: list[Browser] = []
 
 
 def _stop(signum: int, frame: FrameType | None) -> None:
@@ -57,6 +64,11 @@ def pytest_configure(config: pytest.Config) -> None:
     global _deployment, _service_env
     if not INSIDE:
         return
+    if not AXE_SCRIPT.exists():
+        raise pytest.UsageError(
+            f"axe-core is not installed at {AXE_SCRIPT}: run scripts/bootstrap.sh "
+            "(or `npm ci --prefix scripts/axe`)."
+        )
     # test_browser.py sends SIGTERM when the suite runs over its time.
     signal.signal(signal.SIGTERM, _stop)
     _deployment = Deployment(keep=bool(os.environ.get("E2E_KEEP")))
@@ -109,7 +121,9 @@ def playwright(deployment: Deployment) -> Iterator[Playwright]:
 
 def _chromium(playwright: Playwright, *, prompts_allowed: bool = True) -> Browser:
     flags = [*CHROMIUM_FLAGS, FAKE_UI_FLAG] if prompts_allowed else CHROMIUM_FLAGS
-    return playwright.chromium.launch(executable_path=CHROMIUM, args=flags)
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=flags)
+    _browsers.append(browser)
+    return browser
 
 
 @pytest.fixture(scope="session")
@@ -144,6 +158,31 @@ def contexts(browser: Browser, deployment: Deployment) -> Iterator[Contexts]:
     opened = Contexts(browser)
     yield opened
     opened.close()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    """A test that passed fails if axe-core found a serious or critical violation on any page
+    it showed (support.AxeWatch). Pages of contexts opened without the `contexts` fixture are
+    checked here as they are at the end."""
+    outcome = yield  # a test that failed on its own keeps its failure; the report lists both
+    opened = getattr(item, "funcargs", {}).get("contexts")
+    watch = opened.axe if isinstance(opened, Contexts) else AxeWatch()
+    labelled = opened.opened if isinstance(opened, Contexts) else []
+    known = {id(context) for _, context in labelled}
+    unlabelled = [
+        ("unlabelled", context)
+        for browser in _browsers
+        if browser.is_connected()
+        for context in browser.contexts
+        if id(context) not in known
+    ]
+    if _browsers:
+        watch.settle([*labelled, *unlabelled], _browsers[0])
+    failure = watch.failure()
+    if failure is not None:
+        pytest.fail(failure, pytrace=False)
+    return outcome
 
 
 @pytest.hookimpl(wrapper=True)

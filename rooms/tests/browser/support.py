@@ -1,6 +1,6 @@
 """What the browser tests share: the deployment's address and Chromium's flags, people and a
 room seeded through the services, logging in, the room page as docs/CALL_PAGE.md describes it,
-and the network outage.
+the accessibility check every page gets, and the network outage.
 
 Django is set up by conftest.py's `pytest_configure`, after this module is imported, so the
 helpers that touch the database import their models when called.
@@ -8,14 +8,17 @@ helpers that touch the database import their models when called.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
+import re
 import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, Response
@@ -191,17 +194,229 @@ def log_in_with_form(page: Page, person: Person) -> None:
     page.locator('input[name="password"]').press("Enter")
 
 
+# --- accessibility ------------------------------------------------------------------------
+
+# axe-core from npm, pinned by scripts/axe/package-lock.json and installed by
+# scripts/bootstrap.sh (`npm ci --prefix scripts/axe`).
+AXE_SCRIPT = Path(__file__).resolve().parents[3] / "scripts/axe/node_modules/axe-core/axe.min.js"
+# A violation of these impacts fails the test; "moderate" and "minor" ones do not.
+AXE_FAILING_IMPACTS = ("serious", "critical")
+# How long the end of a test waits for a page's check that is still running.
+AXE_SETTLE_MS = 15_000
+
+# Frames are left out: the only ones a page embeds are the payment provider's, from another
+# origin, which axe would wait for in vain.
+_AXE_FIND = """async (impacts) => {
+  const results = await axe.run(document, {iframes: false, resultTypes: ['violations']});
+  return results.violations
+    .filter((rule) => impacts.includes(rule.impact))
+    .map((rule) => ({
+      rule: rule.id, impact: rule.impact, help: rule.help, helpUrl: rule.helpUrl,
+      targets: rule.nodes.map((node) => node.target.join(' ')),
+    }));
+}"""
+# Runs in every document of a watched context (after axe-core's source, as one init script):
+# once the product's page has loaded, it reports the document as it loaded (its HTML, for a
+# replay should the test leave before the check ends), then what axe-core found.
+_AXE_IN_PAGE = """
+;(() => {
+  if (window.top !== window || location.origin !== ORIGIN) return;
+  const find = FIND;
+  const report = window.__parleyAxe;
+  const doc = `${Date.now()}-${Math.random()}`;
+  window.__parleyAxeFinished = false;
+  const check = async () => {
+    const url = location.href;
+    try {
+      await report({doc, url, phase: 'loaded', html: document.documentElement.outerHTML});
+      await report({doc, url, phase: 'checked', violations: await find(IMPACTS)});
+    } catch (error) {
+      await report({doc, url, phase: 'failed', error: String(error)});
+    } finally {
+      window.__parleyAxeFinished = true;
+    }
+  };
+  addEventListener('load', () => { check(); }, {once: true});
+})();
+"""
+
+
+@dataclass(frozen=True)
+class AxeViolation:
+    url: str
+    who: str  # the label of the browser context whose page it was
+    rule: str
+    impact: str
+    help: str
+    help_url: str
+    targets: tuple[str, ...]
+    replayed: bool = False
+
+    def __str__(self) -> str:
+        how = " (checked on its HTML as loaded: the test left it first)" if self.replayed else ""
+        return (
+            f"{self.url} [{self.who}]{how}: {self.rule} ({self.impact}): {self.help} "
+            f"<{self.help_url}>\n      at {'; '.join(self.targets)}"
+        )
+
+
+@functools.cache
+def axe_source() -> str:
+    if not AXE_SCRIPT.exists():
+        raise RuntimeError(
+            f"axe-core is not installed at {AXE_SCRIPT}: run scripts/bootstrap.sh "
+            "(or `npm ci --prefix scripts/axe`)."
+        )
+    return AXE_SCRIPT.read_text()
+
+
+def axe_version() -> str:
+    import json
+
+    package = AXE_SCRIPT.parent / "package.json"
+    return str(json.loads(package.read_text())["version"])
+
+
+def _violations(rows: list[dict[str, Any]], url: str, who: str, **extra: Any) -> list[AxeViolation]:
+    return [
+        AxeViolation(
+            url=url,
+            who=who,
+            rule=row["rule"],
+            impact=row["impact"],
+            help=row["help"],
+            help_url=row["helpUrl"],
+            targets=tuple(row["targets"]),
+            **extra,
+        )
+        for row in rows
+    ]
+
+
+def axe_violations(page: Page, who: str = "") -> list[AxeViolation]:
+    """Runs axe-core on the page's document as it is now; its serious and critical
+    violations. Injected through the DevTools protocol, so the page's CSP does not stop it."""
+    if not page.evaluate("() => typeof window.axe === 'object'"):
+        page.evaluate(axe_source())
+    found = page.evaluate(_AXE_FIND, list(AXE_FAILING_IMPACTS))
+    return _violations(found, page.url, who)
+
+
+_SCRIPT_ELEMENT = re.compile(r"<script\b[^>]*>.*?</script\s*>", re.IGNORECASE | re.DOTALL)
+_HEAD_OPEN = re.compile(r"<head\b[^>]*>", re.IGNORECASE)
+
+
+@dataclass
+class AxeDocument:
+    """A document of the product a page loaded: its HTML then, and whether it was checked."""
+
+    url: str
+    who: str
+    html: str
+    checked: bool = False
+
+
+class AxeWatch:
+    """Runs axe-core on every document of the product that the pages of watched contexts load:
+    in the page, as soon as it has loaded (while it runs, the page's own events wait their
+    turn, so a click usually finds it done). A document the test left before its check ended is
+    checked afterwards on its HTML as it loaded, scripts removed, styles kept. Violations are
+    kept, and fail the test at its end (conftest.py)."""
+
+    def __init__(self) -> None:
+        self.violations: list[AxeViolation] = []
+        self.checked: list[str] = []  # the URLs checked, in order
+        self.problems: list[str] = []  # checks that could not run, and why
+        self._documents: dict[str, AxeDocument] = {}
+        self._contexts: list[BrowserContext] = []
+
+    def watch(self, context: BrowserContext, who: str) -> None:
+        self._contexts.append(context)
+        context.expose_binding("__parleyAxe", functools.partial(self._reported, who))
+        script = (
+            _AXE_IN_PAGE.replace("ORIGIN", repr(BASE_URL))
+            .replace("FIND", _AXE_FIND)
+            .replace("IMPACTS", repr(list(AXE_FAILING_IMPACTS)))
+        )
+        context.add_init_script(script=axe_source() + script)
+
+    def _reported(self, who: str, source: Any, report: dict[str, Any]) -> None:
+        doc, url = str(report["doc"]), str(report["url"])
+        if report["phase"] == "loaded":
+            self._documents[doc] = AxeDocument(url, who, str(report["html"]))
+        elif report["phase"] == "checked":
+            self._documents.setdefault(doc, AxeDocument(url, who, "")).checked = True
+            self._found(url, _violations(report["violations"], url, who))
+        else:
+            self.problems.append(f"{url} [{who}]: axe-core failed: {report.get('error')}")
+
+    def _found(self, url: str, violations: list[AxeViolation]) -> None:
+        self.checked.append(url)
+        self.violations.extend(v for v in violations if v not in self.violations)
+
+    def settle(self, contexts: list[tuple[str, BrowserContext]], browser: Browser) -> None:
+        """At the end of the test: let the open pages' checks end, then check the documents
+        left too early on their HTML as loaded. Pages of contexts that were not watched are
+        checked as they are now."""
+        watched = {id(context) for context in self._contexts}
+        for who, context in contexts:
+            for page in context.pages:
+                if page.is_closed() or not page.url.startswith(f"{BASE_URL}/"):
+                    continue
+                try:
+                    if id(context) in watched:
+                        page.wait_for_function(
+                            "() => window.__parleyAxeFinished !== false", timeout=AXE_SETTLE_MS
+                        )
+                    else:
+                        self._found(page.url, axe_violations(page, who))
+                except PlaywrightError as error:
+                    self.problems.append(f"{page.url} [{who}]: {str(error).splitlines()[0]}")
+        for document in self._documents.values():
+            if not document.checked and document.html:
+                self.replay(browser, document)
+                document.checked = True
+
+    def replay(self, browser: Browser, document: AxeDocument) -> None:
+        html = _SCRIPT_ELEMENT.sub("", document.html)
+        html = _HEAD_OPEN.sub(lambda head: f'{head.group(0)}<base href="{document.url}">', html, 1)
+        context = browser.new_context()
+        try:
+            page = context.new_page()
+            page.set_content(html)
+            found = axe_violations(page, document.who)
+        finally:
+            context.close()
+        self._found(
+            document.url,
+            [dataclasses.replace(v, url=document.url, replayed=True) for v in found],
+        )
+
+    def failure(self) -> str | None:
+        """What fails the test: every serious or critical violation found, or None."""
+        if not self.violations:
+            return None
+        lines = [
+            f"axe-core {axe_version()} found {len(self.violations)} serious or critical "
+            "accessibility violation(s):"
+        ]
+        lines.extend(f"  {violation}" for violation in self.violations)
+        return "\n".join(lines)
+
+
 # --- browser contexts ---------------------------------------------------------------------
 
 
 class Contexts:
     """Opens browser contexts (one per person), logged in by a session cookie or not at all;
-    keeps what their pages said in the console for the failure report; closes them."""
+    runs axe-core on every document their pages show (AxeWatch); keeps what their pages said
+    in the console for the failure report; closes them."""
 
     def __init__(self, browser: Browser) -> None:
         self.browser = browser
         self.opened: list[tuple[str, BrowserContext]] = []
         self.console: list[str] = []
+        self.axe = AxeWatch()
 
     def __call__(
         self,
@@ -220,6 +435,7 @@ class Contexts:
             name, value = session_cookie(person)
             context.add_cookies([{"name": name, "value": value, "url": BASE_URL}])
         context.on("page", functools.partial(self._watch, label))
+        self.axe.watch(context, label)
         return context
 
     def _watch(self, label: str, page: Page) -> None:
@@ -248,6 +464,9 @@ class Contexts:
                 lines.append(f"[{label}] {page.url}\n    {snapshot}")
         lines.append("console (last 60):")
         lines.extend(self.console[-60:])
+        lines.append(f"axe-core checked {len(self.axe.checked)} page(s)")
+        lines.extend(f"  {violation}" for violation in self.axe.violations)
+        lines.extend(f"  not checked: {problem}" for problem in self.axe.problems)
         return "\n".join(lines)
 
     def close(self) -> None:

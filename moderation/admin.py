@@ -1,7 +1,7 @@
 """Staff's moderation desk in Django admin: live rooms and what can be done to them, every
-room's story, reports, disputes, bans, and the log of staff actions. Every button calls a
-service in moderation/services; nothing here assigns a state. The admin site itself asks for
-staff and a session that passed two-factor authentication (config/admin.py)."""
+room's story, reports, disputes, bans, and the logs of staff actions and of blocks. Every
+button calls a service in moderation/services; nothing here assigns a state. The admin site
+itself asks for staff and a session that passed two-factor authentication (config/admin.py)."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from moderation.admin_forms import (
     StaffReasonForm,
 )
 from moderation.models import (
+    BlockEvent,
     Dispute,
     DisputeSource,
     LiveRoom,
@@ -496,6 +497,17 @@ class StaffActionAdmin(ReadOnlyAdmin):
     search_fields = ("reason", "actor__email", "subject__email", "room__title")
     list_select_related = ("actor", "subject", "room")
     readonly_fields = [field.name for field in StaffAction._meta.fields]
+
+
+@admin.register(BlockEvent)
+class BlockEventAdmin(ReadOnlyAdmin):
+    """Who blocked or unblocked whom, and when; a standing block is accounts' Block row."""
+
+    list_display = ("created_at", "kind", "blocker", "blocked", "reason")
+    list_filter = ("kind",)
+    search_fields = ("blocker__email", "blocked__email", "reason")
+    list_select_related = ("blocker", "blocked")
+    readonly_fields = [field.name for field in BlockEvent._meta.fields]
 
 
 # --- People: bans on the user admin, no-shows on the expert's page --------------------------

@@ -7,7 +7,7 @@ from django.db import transaction
 from accounts.models import User
 from rooms.errors import RoomsError
 from rooms.models import Presence, Rating, Room, RoomState, Seat
-from rooms.services.records import event_write
+from rooms.services.records import room_event_write
 
 
 def rating_give(room_id: int, client: User, *, stars: int, comment: str = "") -> Rating:
@@ -27,5 +27,5 @@ def rating_give(room_id: int, client: User, *, stars: int, comment: str = "") ->
             client=client,
             defaults={"expert_id": room.expert_id, "stars": stars, "comment": comment.strip()},
         )
-        event_write(room, "rated", client, stars=stars)
+        room_event_write(room, "rated", client, stars=stars)
     return rating

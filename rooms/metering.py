@@ -1,6 +1,6 @@
 """Metering: what a seat is billed for, as interval arithmetic on integers.
 
-Billable time (PRODUCT.md, What is billed) = the time inside the room's live window during
+Billable time (docs/RULES.md, What is billed) = the time inside the room's live window during
 which the client and the expert were both present AND their media link was up. Intervals are
 half-open [start, end) on integer epoch microseconds, so union and intersection are exact (a
 brute-force count of units gives the same number; the property tests check it), and the total

@@ -22,8 +22,8 @@ from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, R
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
-from rooms.participant import overlap_seconds
 from rooms.tests.e2e_services import loopback_only
+from rooms.tools.participant import overlap_seconds
 
 if TYPE_CHECKING:
     from billing.models import Settlement

@@ -379,7 +379,7 @@ function tick() {
   }
   const cost = $("#running-cost");
   if (cost) {
-    // PRODUCT.md, What is billed: every started minute, nothing under a minute, capped.
+    // docs/RULES.md, What is billed: every started minute, nothing under a minute, capped.
     let total = 0;
     for (const seconds of connectedSeconds.values()) {
       if (seconds >= 60) total += Math.min(room.capMinor, room.priceMinor * Math.ceil(seconds / 60));

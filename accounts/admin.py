@@ -1,5 +1,34 @@
+"""Accounts' admin: users, expert applications, the email outbox, addresses and second
+factors.
+
+One admin per model, extended through a hook
+--------------------------------------------
+User and ExpertProfile each have exactly one admin, declared here. An app above accounts that
+has something to add to them (moderation adds the ban actions and the expert's no-shows) does
+not unregister and replace them: it calls `extend` on the admin class from its own admin module,
+
+    UserAdmin.extend(AdminExtension(app="moderation", actions=(ban, unban), ...))
+
+which Django's admin autodiscovery imports at start-up. An extension may add:
+
+- `columns`: callables decorated with `@admin.display`, appended to the change list;
+- `panels`: read-only items on the change page, either the name of a model field that the
+  extending app makes read-only (its changes go through that app's services) or an
+  `@admin.display` callable taking the object; ones a fixed fieldset does not show are put in
+  a section titled after the extension;
+- `actions`: admin action functions `(model_admin, request, queryset)`, offered only to staff
+  holding the permissions named in their `@admin.action(permissions=...)`;
+- `annotate`: a function that adds to the admin's queryset what its columns read or sort by.
+
+The admins read their extensions on every request, so the order in which apps load does not
+matter, and accounts never imports the apps that extend it (the apps are layers, STYLE.md).
+Extending twice under one `app` replaces that app's extension.
+"""
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 # Imported first so their registrations exist to be replaced below, whatever the app order.
@@ -9,6 +38,8 @@ from allauth.account.models import EmailAddress
 from allauth.mfa.models import Authenticator
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.contrib.admin.options import IS_POPUP_VAR
+from django.contrib.admin.utils import flatten_fieldsets
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
 from django.core.exceptions import PermissionDenied
@@ -34,8 +65,84 @@ class UserEditForm(UserChangeForm[User]):
         fields = "__all__"
 
 
+@dataclass(frozen=True)
+class AdminExtension:
+    """What an app above accounts adds to one of the admins here (see the module docstring).
+    `title` names the section its panels get on a page with fixed fieldsets."""
+
+    app: str
+    title: str = ""
+    columns: Sequence[Callable[[Any], Any]] = ()
+    panels: Sequence[str | Callable[[Any], Any]] = ()
+    actions: Sequence[Callable[..., Any]] = ()
+    annotate: Callable[[QuerySet[Any]], QuerySet[Any]] | None = None
+
+
+class ExtensibleAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """A model admin that the apps above accounts extend with `extend`, never replace. Each
+    subclass keeps its own extensions."""
+
+    extensions: ClassVar[dict[str, AdminExtension]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.extensions = {}
+
+    @classmethod
+    def extend(cls, extension: AdminExtension) -> None:
+        cls.extensions[extension.app] = extension
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        queryset = super().get_queryset(request)
+        for extension in self.extensions.values():
+            if extension.annotate is not None:
+                queryset = extension.annotate(queryset)
+        return queryset
+
+    def get_list_display(self, request: HttpRequest) -> Any:
+        added = [column for ext in self.extensions.values() for column in ext.columns]
+        return (*super().get_list_display(request), *added)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        added = [panel for ext in self.extensions.values() for panel in ext.panels]
+        return (*super().get_readonly_fields(request, obj), *added)
+
+    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
+        fieldsets = super().get_fieldsets(request, obj)
+        if obj is None or not self.fieldsets:
+            # Without fixed fieldsets the page lists every read-only item, the panels too;
+            # a page that adds a record shows none.
+            return fieldsets
+        shown = set(flatten_fieldsets(fieldsets))
+        for extension in self.extensions.values():
+            missing = [panel for panel in extension.panels if panel not in shown]
+            if missing:
+                title = extension.title or extension.app.capitalize()
+                section: Any = (title, {"fields": missing})
+                fieldsets = [*fieldsets, section]
+        return fieldsets
+
+    def get_actions(self, request: HttpRequest) -> Any:
+        actions = super().get_actions(request)
+        if self.actions is None or IS_POPUP_VAR in request.GET:
+            return actions
+        for extension in self.extensions.values():
+            for action in extension.actions:
+                # As Django does for an admin's own actions: offered when the user holds any
+                # of the permissions the action names.
+                needed = getattr(action, "allowed_permissions", ())
+                if needed and not any(
+                    getattr(self, f"has_{name}_permission")(request) for name in needed
+                ):
+                    continue
+                name = action.__name__
+                description = getattr(action, "short_description", name.replace("_", " "))
+                actions[name] = (action, name, description)
+        return actions
+
+
 @admin.register(User)
-class UserAdmin(DjangoUserAdmin):  # type: ignore[type-arg]
+class UserAdmin(ExtensibleAdmin, DjangoUserAdmin):  # type: ignore[type-arg]
     add_form = UserCreationForm
     form = UserEditForm
     ordering = ("-date_joined",)
@@ -63,6 +170,15 @@ class UserAdmin(DjangoUserAdmin):  # type: ignore[type-arg]
             },
         ),
     )
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        # Who is staff, and with which powers, is a superuser's decision: otherwise a staff
+        # member who may change users could make themselves a superuser, or take a colleague's
+        # staff status away (and then ban them).
+        fields = tuple(super().get_readonly_fields(request, obj))
+        if not request.user.is_superuser:
+            fields += ("is_staff", "is_superuser", "groups", "user_permissions")
+        return fields
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         # An account holds bookings, payments and audit rows that must outlive it; it is
@@ -102,7 +218,7 @@ class ExpertEventInline(ReadOnlyInline):
 
 
 @admin.register(ExpertProfile)
-class ExpertProfileAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class ExpertProfileAdmin(ExtensibleAdmin):
     list_display: tuple[str, ...] = (
         "user",
         "headline",

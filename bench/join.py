@@ -6,7 +6,7 @@ WebRTC's included, stays on 127.0.0.1: started outside one, the bench re-execute
 ``unshare -n`` (which needs root). Inside, it starts the whole deployment the browser tests use
 (rooms/tests/e2e_services.py: a throwaway PostgreSQL cluster, Redis, coturn, one Daphne on
 127.0.0.1:8101 and a Celery worker with beat), migrates it, and launches Debian's Chromium
-twice with the flags of RECIPES.md and fake camera and microphone
+twice with the flags of docs/OPERATIONS.md and fake camera and microphone
 (rooms/tests/browser/support.py): one browser for the expert's side, one for the client's.
 
 **Why two browsers.** People join from their own machines, each with a camera of its own. In
@@ -108,7 +108,7 @@ from rooms.tests.e2e_services import (
 DEFAULT_JOINS = 10
 QUICK_JOINS = 3
 WARMUP_JOINS = 1
-# RECIPES.md measured ~0.3 s for a bare call and the browser tests allow the page 3 s: past
+# docs/OPERATIONS.md measured ~0.3 s for a bare call and the browser tests allow the page 3 s: past
 # this, something is broken rather than slow.
 FIRST_FRAME_TIMEOUT_MS = 20_000
 # Two readings of the pages' clocks count only when Python's round trip took at most this.

@@ -54,7 +54,7 @@ def call_charge(
     outcome: str = "completed",
     no_show_fee_percent: int = 0,
 ) -> CallCharge:
-    """Price one seat of a closed call (PRODUCT.md, What is billed).
+    """Price one seat of a closed call (docs/RULES.md, What is billed).
 
     `pricing` is "fixed" (price_minor is the price) or "per_minute" (price_minor is the rate per
     started minute, `cap_minor` the most it may cost). `outcome` is "completed",

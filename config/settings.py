@@ -139,8 +139,9 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # --- Redis: channel layer, Celery broker, cache ---------------------------------------------
 REDIS_URL = env_str("REDIS_URL")
 if REDIS_URL:
-    # Pub/sub relays a message in about half the time of the list-based layer (RECIPES.md);
-    # messages that must arrive are recoverable from the database anyway.
+    # Pub/sub relays a message in about half the time of the list-based layer
+    # (docs/OPERATIONS.md, Channels); messages that must arrive are recoverable from the
+    # database anyway.
     CHANNEL_LAYERS: dict[str, Any] = {
         "default": {
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
@@ -281,7 +282,7 @@ LOCAL_PAYMENTS_ALLOWED = env_bool("LOCAL_PAYMENTS_ALLOWED", default=False)
 PLATFORM_FEE_PERCENT = env_int("PLATFORM_FEE_PERCENT", 15)
 # Experts are paid this long after the settlement, if no dispute is open (the dispute window).
 PAYOUT_DELAY_HOURS = env_int("PAYOUT_DELAY_HOURS", 72)
-# A client may dispute a settled seat for this long (PRODUCT.md, Safety).
+# A client may dispute a settled seat for this long (docs/RULES.md, Safety).
 DISPUTE_WINDOW_HOURS = env_int("DISPUTE_WINDOW_HOURS", 72)
 # Card holds lapse after about 7 days (5 for Visa merchant-initiated): sessions further out
 # than this save the card and place the hold HOLD_BEFORE_HOURS before the start.
@@ -421,13 +422,13 @@ LOGGING: dict[str, Any] = {
 HEALTH_CHECK_TIMEOUT_SECONDS = 2.0
 CSRF_FAILURE_VIEW = "config.errors.csrf_failure"
 
-# --- Booking policy (PRODUCT.md defaults; a deployment may change them) -------------------
+# --- Booking policy (docs/RULES.md, Booking; a deployment may change it) -----------------
 # How long an unpaid reservation holds a slot.
 RESERVATION_HOLD_MINUTES = env_int("RESERVATION_HOLD_MINUTES", 10)
 # A client who cancels at least this many hours before the start pays nothing.
 FREE_CANCELLATION_HOURS = env_int("FREE_CANCELLATION_HOURS", 24)
 
-# --- The room (PRODUCT.md: Room states, Presence, Close) ----------------------------------
+# --- The room (docs/RULES.md: Room states, Presence, Close) ------------------------------
 LOBBY_OPENS_MINUTES = env_int("LOBBY_OPENS_MINUTES", 10)
 # Ten minutes after the start, a side that never joined is a no-show.
 NO_SHOW_MINUTES = env_int("NO_SHOW_MINUTES", 10)

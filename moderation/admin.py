@@ -1,7 +1,7 @@
 """Staff's moderation desk in Django admin: live rooms and what can be done to them, every
-room's story, reports, disputes, bans, and the log of staff actions. Every button calls a
-service in moderation/services; nothing here assigns a state. The admin site itself asks for
-staff and a session that passed two-factor authentication (config/admin.py)."""
+room's story, reports, disputes, bans, and the logs of staff actions and of blocks. Every
+button calls a service in moderation/services; nothing here assigns a state. The admin site
+itself asks for staff and a session that passed two-factor authentication (config/admin.py)."""
 
 from __future__ import annotations
 
@@ -18,9 +18,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from accounts.admin import ExpertProfileAdmin as AccountsExpertProfileAdmin
-from accounts.admin import ReadOnlyAdmin
-from accounts.admin import UserAdmin as AccountsUserAdmin
+from accounts.admin import AdminExtension, ExpertProfileAdmin, ReadOnlyAdmin, UserAdmin
 from accounts.models import ExpertProfile, User
 from billing.pricing import format_money
 from moderation import services
@@ -31,6 +29,7 @@ from moderation.admin_forms import (
     StaffReasonForm,
 )
 from moderation.models import (
+    BlockEvent,
     Dispute,
     DisputeSource,
     LiveRoom,
@@ -38,7 +37,9 @@ from moderation.models import (
     ReportState,
     StaffAction,
 )
-from rooms.models import CloseReason, Presence, Room, RoomState, Seat
+from rooms.errors import RoomsError
+from rooms.models import CloseReason, Presence, Rating, Room, RoomState, Seat
+from rooms.services.feedback import rating_hide, rating_unhide
 
 
 def _staff_user(request: HttpRequest, permission: str) -> User:
@@ -500,138 +501,143 @@ class StaffActionAdmin(ReadOnlyAdmin):
     readonly_fields = [field.name for field in StaffAction._meta.fields]
 
 
+@admin.register(BlockEvent)
+class BlockEventAdmin(ReadOnlyAdmin):
+    """Who blocked or unblocked whom, and when; a standing block is accounts' Block row."""
+
+    list_display = ("created_at", "kind", "blocker", "blocked", "reason")
+    list_filter = ("kind",)
+    search_fields = ("blocker__email", "blocked__email", "reason")
+    list_select_related = ("blocker", "blocked")
+    readonly_fields = [field.name for field in BlockEvent._meta.fields]
+
+
 # --- People: bans on the user admin, no-shows on the expert's page --------------------------
+# Accounts owns the one admin of User and of ExpertProfile; moderation adds to them through
+# their documented hook (accounts/admin.py) instead of replacing them.
 
 
-admin.site.unregister(User)
+@admin.action(description="Ban selected users (with a reason)", permissions=["change"])
+def ban(
+    model_admin: admin.ModelAdmin[User], request: HttpRequest, queryset: QuerySet[User]
+) -> HttpResponse | None:
+    return _ban_or_unban(model_admin, request, queryset, ban=True)
 
 
-@admin.register(User)
-class UserAdmin(AccountsUserAdmin):
-    """Accounts' user admin, where `is_active` changes only through a ban or its lifting (each
-    a staff action with a reason)."""
+@admin.action(description="Lift the ban of selected users (with a reason)", permissions=["change"])
+def unban(
+    model_admin: admin.ModelAdmin[User], request: HttpRequest, queryset: QuerySet[User]
+) -> HttpResponse | None:
+    return _ban_or_unban(model_admin, request, queryset, ban=False)
 
-    readonly_fields = (*AccountsUserAdmin.readonly_fields, "is_active")
-    actions = ["ban", "unban"]
 
-    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
-        # Who is staff, and with which powers, is a superuser's decision: otherwise a staff
-        # member could remove a colleague's staff status and then ban them.
-        fields = tuple(super().get_readonly_fields(request, obj))
-        if not request.user.is_superuser:
-            fields += ("is_staff", "is_superuser", "groups", "user_permissions")
-        return fields
-
-    @admin.action(description="Ban selected users (with a reason)", permissions=["change"])
-    def ban(self, request: HttpRequest, queryset: QuerySet[User]) -> HttpResponse | None:
-        return self._ban_or_unban(request, queryset, ban=True)
-
-    @admin.action(
-        description="Lift the ban of selected users (with a reason)", permissions=["change"]
-    )
-    def unban(self, request: HttpRequest, queryset: QuerySet[User]) -> HttpResponse | None:
-        return self._ban_or_unban(request, queryset, ban=False)
-
-    def _ban_or_unban(
-        self, request: HttpRequest, queryset: QuerySet[User], *, ban: bool
-    ) -> HttpResponse | None:
-        actor = _staff_user(request, "accounts.change_user")
-        form = StaffReasonForm(request.POST if "confirm" in request.POST else None)
-        if form.is_bound and form.is_valid():
-            for user in queryset:
-                try:
-                    if ban:
-                        services.staff_user_ban(
-                            user.pk, actor=actor, reason=form.cleaned_data["reason"]
-                        )
-                    else:
-                        services.staff_user_unban(
-                            user.pk, actor=actor, reason=form.cleaned_data["reason"]
-                        )
-                except services.ModerationError as refused:
-                    self.message_user(request, f"{user.email}: {refused}", messages.ERROR)
+def _ban_or_unban(
+    model_admin: admin.ModelAdmin[User],
+    request: HttpRequest,
+    queryset: QuerySet[User],
+    *,
+    ban: bool,
+) -> HttpResponse | None:
+    actor = _staff_user(request, "accounts.change_user")
+    form = StaffReasonForm(request.POST if "confirm" in request.POST else None)
+    if form.is_bound and form.is_valid():
+        for user in queryset:
+            try:
+                if ban:
+                    services.staff_user_ban(
+                        user.pk, actor=actor, reason=form.cleaned_data["reason"]
+                    )
                 else:
-                    done = "banned" if ban else "ban lifted"
-                    self.message_user(request, f"{user.email}: {done}.", messages.SUCCESS)
-            return None
-        names = ", ".join(user.email for user in queryset)
-        return _reason_page(
-            self,
-            request,
-            form,
-            title="Ban users" if ban else "Lift bans",
-            lead=(
-                f"Suspends {names}: they are signed out, taken out of any room in progress "
-                "(rooms they host end), and cannot sign in again until the ban is lifted."
-                if ban
-                else f"Lets {names} sign in again."
-            ),
-            submit="Ban" if ban else "Lift the ban",
-            hidden=[
-                ("action", "ban" if ban else "unban"),
-                ("confirm", "1"),
-                *((admin.helpers.ACTION_CHECKBOX_NAME, user.pk) for user in queryset),
-            ],
-        )
+                    services.staff_user_unban(
+                        user.pk, actor=actor, reason=form.cleaned_data["reason"]
+                    )
+            except services.ModerationError as refused:
+                model_admin.message_user(request, f"{user.email}: {refused}", messages.ERROR)
+            else:
+                done = "banned" if ban else "ban lifted"
+                model_admin.message_user(request, f"{user.email}: {done}.", messages.SUCCESS)
+        return None
+    names = ", ".join(user.email for user in queryset)
+    return _reason_page(
+        model_admin,
+        request,
+        form,
+        title="Ban users" if ban else "Lift bans",
+        lead=(
+            f"Suspends {names}: they are signed out, taken out of any room in progress "
+            "(rooms they host end), and cannot sign in again until the ban is lifted."
+            if ban
+            else f"Lets {names} sign in again."
+        ),
+        submit="Ban" if ban else "Lift the ban",
+        hidden=[
+            ("action", "ban" if ban else "unban"),
+            ("confirm", "1"),
+            *((admin.helpers.ACTION_CHECKBOX_NAME, user.pk) for user in queryset),
+        ],
+    )
+
+
+# `is_active` changes only through a ban or its lifting, each a staff action with a reason.
+UserAdmin.extend(AdminExtension(app="moderation", panels=("is_active",), actions=(ban, unban)))
 
 
 NO_SHOW_WINDOW = timedelta(days=90)
 
 
-admin.site.unregister(ExpertProfile)
+def _no_shows_count(profiles: QuerySet[ExpertProfile]) -> QuerySet[ExpertProfile]:
+    since = timezone.now() - NO_SHOW_WINDOW
+    no_show = Q(
+        user__hosted_rooms__close_reason=CloseReason.EXPERT_NO_SHOW,
+        user__hosted_rooms__closed_at__gte=since,
+    )
+    counted: QuerySet[ExpertProfile] = profiles.annotate(
+        no_show_count=Count("user__hosted_rooms", filter=no_show)
+    )
+    return counted
 
 
-@admin.register(ExpertProfile)
-class ExpertProfileAdmin(AccountsExpertProfileAdmin):
-    """Accounts' expert admin with the expert's no-shows: repeated ones stand out in the list
-    and on the page, each linked to its room's story."""
+@admin.display(description="No-shows (90 days)", ordering="no_show_count")
+def no_shows(profile: ExpertProfile) -> str:
+    count = getattr(profile, "no_show_count", 0)
+    if count >= 2:
+        return format_html('<strong style="color:#ba2121">{} — repeated</strong>', count)
+    return str(count)
 
-    list_display = (*AccountsExpertProfileAdmin.list_display, "no_shows")
-    readonly_fields = (*AccountsExpertProfileAdmin.readonly_fields, "no_show_rooms")
 
-    def get_queryset(self, request: HttpRequest) -> QuerySet[ExpertProfile]:
-        since = timezone.now() - NO_SHOW_WINDOW
-        no_show = Q(
-            user__hosted_rooms__close_reason=CloseReason.EXPERT_NO_SHOW,
-            user__hosted_rooms__closed_at__gte=since,
-        )
-        profiles: QuerySet[ExpertProfile] = super().get_queryset(request)
-        return profiles.annotate(no_show_count=Count("user__hosted_rooms", filter=no_show))
+@admin.display(description="No-shows")
+def no_show_rooms(profile: ExpertProfile) -> str:
+    rooms = Room.objects.filter(
+        expert_id=profile.user_id, close_reason=CloseReason.EXPERT_NO_SHOW
+    ).order_by("-starts_at")[:50]
+    if not rooms:
+        return "None."
+    total = len(rooms)
+    lead = "Repeated: " if total >= 2 else ""
+    items = format_html_join(
+        "",
+        "<li>{} — {}</li>",
+        (
+            (f"{room.starts_at:%Y-%m-%d %H:%M} UTC", _story_link(room.pk, room.title))
+            for room in rooms
+        ),
+    )
+    return format_html("<p>{}{} session(s) not joined.</p><ul>{}</ul>", lead, total, items)
 
-    @admin.display(description="No-shows (90 days)", ordering="no_show_count")
-    def no_shows(self, profile: ExpertProfile) -> str:
-        count = getattr(profile, "no_show_count", 0)
-        if count >= 2:
-            return format_html('<strong style="color:#ba2121">{} — repeated</strong>', count)
-        return str(count)
 
-    @admin.display(description="No-shows")
-    def no_show_rooms(self, profile: ExpertProfile) -> str:
-        rooms = Room.objects.filter(
-            expert_id=profile.user_id, close_reason=CloseReason.EXPERT_NO_SHOW
-        ).order_by("-starts_at")[:50]
-        if not rooms:
-            return "None."
-        total = len(rooms)
-        lead = "Repeated: " if total >= 2 else ""
-        items = format_html_join(
-            "",
-            "<li>{} — {}</li>",
-            (
-                (f"{room.starts_at:%Y-%m-%d %H:%M} UTC", _story_link(room.pk, room.title))
-                for room in rooms
-            ),
-        )
-        return format_html("<p>{}{} session(s) not joined.</p><ul>{}</ul>", lead, total, items)
+# The expert's no-shows: repeated ones stand out in the list and on the page, each linked to
+# its room's story.
+ExpertProfileAdmin.extend(
+    AdminExtension(
+        app="moderation",
+        columns=(no_shows,),
+        panels=(no_show_rooms,),
+        annotate=_no_shows_count,
+    )
+)
 
 
 # --- Ratings: staff hide a review (and show it again), with a reason -------------------------
-# Appended as one block; it uses only this module's helpers above (_staff_user, _story_link,
-# _reason_page) and StaffReasonForm.
-
-from rooms.errors import RoomsError  # noqa: E402 (imported with the block it serves)
-from rooms.models import Rating  # noqa: E402
-from rooms.services.feedback import rating_hide, rating_unhide  # noqa: E402
 
 
 @admin.register(Rating)

@@ -1,4 +1,5 @@
-"""What moderation keeps: reports, disputes, and the append-only log of staff actions.
+"""What moderation keeps: reports, disputes, and the append-only logs of staff actions and of
+blocks.
 
 Blocks and bans are relations and flags of users, so they live in accounts (STYLE.md);
 moderation gives them their UI, their admin and their audit rows.
@@ -271,6 +272,40 @@ class StaffAction(AppendOnlyModel):
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} by {self.actor_id} at {self.created_at:%Y-%m-%d %H:%M}"
+
+
+class BlockEventKind(models.TextChoices):
+    CREATED = "created", "Blocked"
+    REMOVED = "removed", "Unblocked"
+
+
+class BlockEvent(AppendOnlyModel):
+    """Who blocked or unblocked whom, when and why. A block is a row that unblocking deletes
+    (accounts' Block), so this log is what staff read when a pair's history matters; it is
+    written in the transaction of the change (moderation/services/blocks.py)."""
+
+    blocker = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="block_events_made"
+    )
+    blocked = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="block_events_received"
+    )
+    kind = models.CharField(max_length=10, choices=BlockEventKind.choices)
+    # The blocker's own words, when they gave any (an unblock asks for none).
+    reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta(AppendOnlyModel.Meta):
+        ordering = ["-created_at", "-pk"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(kind__in=BlockEventKind.values), name="block_event_kind_valid"
+            ),
+        ]
+        indexes = [models.Index(fields=["blocker", "blocked", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.blocker_id} {self.get_kind_display().lower()} {self.blocked_id}"
 
 
 class LiveRoom(Room):

@@ -103,7 +103,7 @@ def report(request: HttpRequest, room_id: int) -> HttpResponse:
 @post_rate_limited("block")
 def block(request: HttpRequest, room_id: int) -> HttpResponse:
     """Block the other side of a session (the expert of a group session names the client in
-    `user`). A session of the two that is running ends for them at once (services.block)."""
+    `user`). A session of the two that is running ends for them at once (services.block_create)."""
     try:
         room, people = _in_session(request, room_id)
     except Http404:
@@ -118,7 +118,7 @@ def block(request: HttpRequest, room_id: int) -> HttpResponse:
     already = Block.objects.filter(blocker=user, blocked=target).exists()
     running = room.state in (RoomState.OPEN, RoomState.LIVE)
     try:
-        services.block(user, target.pk, reason=form.cleaned_data["reason"])
+        services.block_create(user, target.pk, reason=form.cleaned_data["reason"])
     except services.ModerationError as refused:
         return _refused(request, room, f"Nobody was blocked. {refused}")
     blocked = {"id": target.pk, "name": target.display_name}
@@ -165,7 +165,7 @@ def unblock(request: HttpRequest, user_id: int) -> HttpResponse:
     names nobody, so the URL cannot be used to learn who an id is, or whether it exists."""
     user = _user(request)
     own = Block.objects.filter(blocker=user, blocked_id=user_id).select_related("blocked").first()
-    if own is not None and services.unblock(user, user_id):
+    if own is not None and services.block_remove(user, user_id):
         messages.success(request, f"You unblocked {own.blocked.display_name}.")
     else:
         messages.info(request, "That person is not on your list of blocked people.")

@@ -1,7 +1,8 @@
 """Metering: what a seat is billed for, as interval arithmetic on integers.
 
-Billable time = the time inside the room's live window AND inside the booked time (start to
-paid end) during which the client and the expert were both present AND their media link was up.
+Billable time (docs/RULES.md, What is billed) = the time inside the room's live window AND
+inside the booked time (start to paid end) during which the client and the expert were both
+present AND their media link was up.
 The room may go live early, once both are in the lobby (up to 10 minutes before the start), but
 the early minutes are free: the meter starts at the booked start and the call still ends at the
 booked end, so a customer gets exactly the minutes they booked and pays for none before them.

@@ -188,7 +188,7 @@ class CloseReason(models.TextChoices):
     TERMINATED_BY_STAFF = "terminated_by_staff", "Ended by Parley staff"
 
 
-# The room state machine (PRODUCT.md). rooms/services/ is its only writer.
+# The room state machine (docs/RULES.md, Room states). rooms/services/ is its only writer.
 ROOM_TRANSITIONS: dict[str, frozenset[str]] = {
     RoomState.SCHEDULED: frozenset({RoomState.OPEN, RoomState.CANCELED}),
     RoomState.OPEN: frozenset({RoomState.LIVE, RoomState.CLOSED, RoomState.CANCELED}),

@@ -2,7 +2,7 @@
 payouts — one module per entity, this package the one door (STYLE.md: services are the only
 code that changes state).
 
-Rules kept here (PRODUCT.md, Money):
+Rules kept here (docs/RULES.md, Money):
 - A payment's state and totals change only in this package, under a row lock, and only
   forward; every change writes a PaymentEvent.
 - Decisions (settle, release, refund, transfer) are written as PaymentCommands inside the

@@ -27,7 +27,7 @@ from billing.models import (
 )
 from billing.services.payments import payment_apply_intent
 from billing.services.records import (
-    event_write,
+    payment_event_write,
 )
 
 logger = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ def _command_succeed(command: PaymentCommand, outcome: Intent | str) -> None:
             last_error="",
         )
         if changed and command.kind in (CommandKind.REFUND, CommandKind.TRANSFER):
-            event_write(
+            payment_event_write(
                 payment,
                 f"{command.kind}_sent",
                 None,
@@ -150,7 +150,7 @@ def _command_fail(
         )
         if not changed:
             return False
-        event_write(
+        payment_event_write(
             payment,
             f"{command.kind}_failed",
             None,

@@ -40,7 +40,7 @@ from billing.services.records import (
     HOLD_ENDING_COMMANDS,
     UNPAID_STATES,
     command_write,
-    event_write,
+    payment_event_write,
 )
 
 # Stripe's statuses of a PaymentIntent, as the state of our payment they prove.
@@ -79,7 +79,7 @@ def payment_open(
         amount_minor=amount_minor,
         hold_at=hold_at,
     )
-    event_write(
+    payment_event_write(
         payment, "opened", payer, amount_minor, hold_at=hold_at.isoformat() if hold_at else None
     )
     return payment
@@ -179,7 +179,7 @@ def _payment_record_provider_id(payment: Payment, field: str, value: str) -> Non
         if not current and (not ended or field == "intent_id"):
             setattr(locked, field, value)
             locked.save(update_fields=[field, "updated_at"])
-            event_write(
+            payment_event_write(
                 locked,
                 f"{field.removesuffix('_id')}_created",
                 None,
@@ -268,7 +268,9 @@ def payment_record_failure(payment_id: int, message: str, *, source: str) -> Non
         payment = Payment.objects.select_for_update().get(pk=payment_id)
         payment.last_error = message[:300]
         payment.save(update_fields=["last_error", "updated_at"])
-        event_write(payment, "authorization_failed", None, None, source=source, error=message)
+        payment_event_write(
+            payment, "authorization_failed", None, None, source=source, error=message
+        )
 
 
 def payment_apply_intent(payment_id: int, intent: Intent, *, source: str) -> Payment:
@@ -292,7 +294,7 @@ def payment_apply_intent(payment_id: int, intent: Intent, *, source: str) -> Pay
             if payment.state in UNPAID_STATES and payment.last_error != intent.error[:300]:
                 payment.last_error = intent.error[:300]
                 payment.save(update_fields=["last_error", "updated_at"])
-                event_write(
+                payment_event_write(
                     payment, "authorization_failed", None, None, source=source, error=intent.error
                 )
             return payment
@@ -308,7 +310,9 @@ def payment_apply_intent(payment_id: int, intent: Intent, *, source: str) -> Pay
             payment.save(
                 update_fields=["authorized_minor", "released_minor", "intent_id", "updated_at"]
             )
-            event_write(payment, "authorized_late", None, payment.amount_minor, source=source)
+            payment_event_write(
+                payment, "authorized_late", None, payment.amount_minor, source=source
+            )
             # Unless the provider itself reported this intent canceled (then this snapshot is
             # merely older than that one), the payment ended here without a hold, and only a
             # cancel already written gives this one back: without one the client's card
@@ -351,7 +355,7 @@ def payment_apply_intent(payment_id: int, intent: Intent, *, source: str) -> Pay
             PaymentState.CAPTURED: payment.captured_minor,
             PaymentState.CANCELED: payment.released_minor,
         }[target]
-        event_write(payment, target, None, amount, source=source, old=old, intent=intent.id)
+        payment_event_write(payment, target, None, amount, source=source, old=old, intent=intent.id)
         decided = Settlement.objects.filter(payment=payment).exists()
         if was_unpaid and target == PaymentState.AUTHORIZED and not decided:
             signals.payment_authorized.send(sender=Payment, payment=payment)
@@ -378,7 +382,9 @@ def payment_apply_setup(payment_id: int, setup: Setup, *, source: str) -> Paymen
         payment.state = PaymentState.CARD_SAVED
         payment.last_error = ""
         payment.save()
-        event_write(payment, "card_saved", None, None, source=source, hold_at=str(payment.hold_at))
+        payment_event_write(
+            payment, "card_saved", None, None, source=source, hold_at=str(payment.hold_at)
+        )
         signals.payment_card_saved.send(sender=Payment, payment=payment)
     return payment
 

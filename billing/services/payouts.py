@@ -26,7 +26,7 @@ from billing.models import (
 from billing.pricing import platform_fee
 from billing.services.records import (
     command_write,
-    event_write,
+    payment_event_write,
 )
 
 
@@ -121,12 +121,12 @@ def _payout_hold_set(payment_id: int, held: bool, *, reason: str, actor: User | 
         if held and sent.exists():
             # Already sent to the expert: there is nothing left to keep back, but the event
             # says staff wanted it held, so the case shows in the payment's history.
-            event_write(payment, "payout_hold_too_late", actor, None, reason=reason)
+            payment_event_write(payment, "payout_hold_too_late", actor, None, reason=reason)
             return False
         if settlement.payout_held == held:
             return False
         Settlement.objects.filter(pk=settlement.pk).update(payout_held=held)
-        event_write(
+        payment_event_write(
             payment, "payout_held" if held else "payout_released", actor, None, reason=reason
         )
         return True

@@ -22,9 +22,12 @@ HOLD_ENDING_COMMANDS = (CommandKind.CAPTURE, CommandKind.CANCEL)
 UNPAID_STATES = (PaymentState.PENDING, PaymentState.CARD_SAVED)
 
 
-def event_write(
+def payment_event_write(
     payment: Payment, kind: str, actor: User | None, amount_minor: int | None, **data: Any
 ) -> PaymentEvent:
+    """One line of the payment's history (PaymentEvent): what happened, who did it (None:
+    Parley or the provider), the amount it moved and its details. A room's lines are rooms'
+    `room_event_write`."""
     return PaymentEvent.objects.create(
         payment=payment, kind=kind, actor=actor, amount_minor=amount_minor, data=data
     )
@@ -36,7 +39,9 @@ def command_write(payment: Payment, kind: str, amount_minor: int, reason: str) -
     command = PaymentCommand.objects.create(
         payment=payment, kind=kind, amount_minor=amount_minor, reason=reason[:200]
     )
-    event_write(payment, f"{kind}_requested", None, amount_minor or None, command=command.pk)
+    payment_event_write(
+        payment, f"{kind}_requested", None, amount_minor or None, command=command.pk
+    )
     # robust: a broker that is down must not undo the decision; the sweep sends it later.
     transaction.on_commit(lambda: command_execute_task.delay(command.pk), robust=True)
     return command

@@ -25,7 +25,7 @@ from billing.pricing import call_charge, format_money, platform_fee
 from billing.services.records import (
     UNPAID_STATES,
     command_write,
-    event_write,
+    payment_event_write,
 )
 
 
@@ -92,7 +92,9 @@ def payment_settle(
             explanation=explanation[:300],
             payout_due_at=timezone.now() + timedelta(hours=settings.PAYOUT_DELAY_HOURS),
         )
-        event_write(locked, "settled", actor, amount_minor, rule=rule, explanation=explanation)
+        payment_event_write(
+            locked, "settled", actor, amount_minor, rule=rule, explanation=explanation
+        )
         if amount_minor > 0:
             command_write(locked, CommandKind.CAPTURE, amount_minor, f"settlement: {rule}")
         else:
@@ -170,7 +172,7 @@ def _payment_release(payment: Payment, reason: str) -> None:
         # saved for later): the payment ends here.
         old, payment.state = payment.state, PaymentState.CANCELED
         payment.save(update_fields=["state", "updated_at"])
-        event_write(payment, PaymentState.CANCELED, None, 0, old=old, reason=reason)
+        payment_event_write(payment, PaymentState.CANCELED, None, 0, old=old, reason=reason)
 
 
 def payment_refund(
@@ -207,7 +209,7 @@ def payment_refund(
         payment.refunded_minor += amount_minor
         payment.save(update_fields=["refunded_minor", "updated_at"])
         command = command_write(payment, CommandKind.REFUND, amount_minor, reason)
-        event_write(
+        payment_event_write(
             payment, "refund_decided", actor, amount_minor, reason=reason, command=command.pk
         )
     return command

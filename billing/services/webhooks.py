@@ -27,7 +27,7 @@ from billing.services.commands import refund_failed_at_provider
 from billing.services.payments import payment_apply_intent, payment_apply_setup
 from billing.services.payouts import payout_hold
 from billing.services.records import (
-    event_write,
+    payment_event_write,
 )
 
 logger = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ def _on_charge_refunded(provider: str, obj: dict[str, Any], created: int = 0) ->
             extra = refunded - locked.refunded_minor
             locked.refunded_minor = refunded
             locked.save(update_fields=["refunded_minor", "updated_at"])
-            event_write(locked, "refunded_at_provider", None, extra, charge=obj.get("id"))
+            payment_event_write(locked, "refunded_at_provider", None, extra, charge=obj.get("id"))
 
 
 def _on_dispute_created(provider: str, obj: dict[str, Any], created: int = 0) -> None:
@@ -158,7 +158,7 @@ def _on_dispute_created(provider: str, obj: dict[str, Any], created: int = 0) ->
             return
         if Settlement.objects.filter(payment=locked).exists():
             payout_hold(locked.pk, reason=f"chargeback {obj['id']} opened")
-        event_write(
+        payment_event_write(
             locked,
             "dispute_opened",
             None,
@@ -183,7 +183,7 @@ def _on_dispute_closed(provider: str, obj: dict[str, Any], created: int = 0) -> 
             # Closed before we heard it open (out of order): open it first, then close.
             _on_dispute_created(provider, obj)
         status = str(obj.get("status") or "")
-        event_write(locked, "dispute_closed", None, None, dispute=obj["id"], status=status)
+        payment_event_write(locked, "dispute_closed", None, None, dispute=obj["id"], status=status)
         signals.payment_dispute_closed.send(
             sender=Payment, payment=locked, dispute_id=obj["id"], status=status
         )

@@ -1,4 +1,4 @@
-"""The pure pricing of a call (PRODUCT.md, What is billed)."""
+"""The pure pricing of a call (docs/RULES.md, What is billed)."""
 
 from __future__ import annotations
 

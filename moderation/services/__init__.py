@@ -2,7 +2,7 @@
 per entity, this package the one door. Staff actions check the actor and write a StaffAction
 in the transaction of the change."""
 
-from moderation.services.blocks import block, unblock
+from moderation.services.blocks import block_create, block_remove
 from moderation.services.disputes import (
     CHARGEBACK_OUTCOMES,
     Outcome,
@@ -26,7 +26,8 @@ __all__ = [
     "CHARGEBACK_OUTCOMES",
     "ModerationError",
     "Outcome",
-    "block",
+    "block_create",
+    "block_remove",
     "dispute_chargeback_closed",
     "dispute_deadline",
     "dispute_open",
@@ -40,5 +41,4 @@ __all__ = [
     "staff_room_end",
     "staff_user_ban",
     "staff_user_unban",
-    "unblock",
 ]

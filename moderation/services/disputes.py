@@ -34,7 +34,7 @@ from moderation.models import (
 from moderation.services.errors import ModerationError
 from moderation.services.staff import staff_action_write, staff_check
 from rooms.models import Seat
-from rooms.services.records import event_write
+from rooms.services.records import room_event_write
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,9 @@ def dispute_open(
                 "You have already disputed this charge; its status is below."
             ) from None
         billing.payout_hold(seat.payment_id, reason=f"dispute {dispute.pk} opened by the client")
-        event_write(seat.room, "disputed", client, dispute=dispute.pk, seat=seat.pk, reason=reason)
+        room_event_write(
+            seat.room, "disputed", client, dispute=dispute.pk, seat=seat.pk, reason=reason
+        )
     return dispute
 
 
@@ -230,7 +232,7 @@ def _dispute_decide(
         refund_command=refund_command,
         refund_error="",
     )
-    event_write(
+    room_event_write(
         dispute.seat.room,
         "dispute_resolved",
         actor,
@@ -287,7 +289,7 @@ def dispute_refund_failed(payment: Payment, *, command_id: int, error: str) -> D
         refund_minor=0,
         refund_error=error[:300],
     )
-    event_write(
+    room_event_write(
         dispute.seat.room,
         "dispute_refund_failed",
         None,
@@ -343,7 +345,9 @@ def dispute_open_chargeback(
         charged_minor=payment.captured_minor,
         currency=payment.currency,
     )
-    event_write(seat.room, "disputed", None, dispute=dispute.pk, seat=seat.pk, reason="chargeback")
+    room_event_write(
+        seat.room, "disputed", None, dispute=dispute.pk, seat=seat.pk, reason="chargeback"
+    )
     return dispute
 
 

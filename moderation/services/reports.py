@@ -11,7 +11,7 @@ from moderation.models import Report, ReportCategory, ReportState, StaffActionKi
 from moderation.services.errors import ModerationError
 from moderation.services.staff import staff_action_write, staff_check
 from rooms.models import Room, Seat
-from rooms.services.records import event_write
+from rooms.services.records import room_event_write
 
 
 def report_file(
@@ -41,7 +41,7 @@ def report_file(
         report = Report.objects.create(
             room=room, reporter=reporter, about_id=about_id, category=category, text=text
         )
-        event_write(room, "reported", reporter, report=report.pk, category=category)
+        room_event_write(room, "reported", reporter, report=report.pk, category=category)
     return report
 
 
@@ -65,7 +65,7 @@ def report_file_expert_no_show(room: Room) -> Report | None:
             )
     except IntegrityError:
         return None
-    event_write(room, "reported", None, report=report.pk, category=report.category)
+    room_event_write(room, "reported", None, report=report.pk, category=report.category)
     return report
 
 

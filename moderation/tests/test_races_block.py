@@ -49,7 +49,7 @@ def _expert_waiting_in_the_lobby() -> tuple[Seat, Room, dict[str, Callable[[], o
         "join": partial(
             rooms.presence_open, room.pk, seat.client, connection_id="c-client", now=JOIN_AT
         ),
-        "block": partial(services.block, room.expert, seat.client_id, reason="Rude in chat"),
+        "block": partial(services.block_create, room.expert, seat.client_id, reason="Rude in chat"),
     }
     return seat, room, racers
 

@@ -37,7 +37,7 @@ def test_unblocking_someone_not_blocked_reveals_nothing_about_them() -> None:
 def test_someone_blocked_by_another_person_is_not_named_to_me() -> None:
     prober, blocker = UserFactory.create(), UserFactory.create()
     stranger = UserFactory.create(display_name="Secret Stranger")
-    services.block(blocker, stranger.pk)
+    services.block_create(blocker, stranger.pk)
     client = Client()
     client.force_login(prober)
 
@@ -48,7 +48,7 @@ def test_someone_blocked_by_another_person_is_not_named_to_me() -> None:
 def test_unblocking_someone_i_blocked_names_them() -> None:
     me = UserFactory.create()
     them = UserFactory.create(display_name="Blocked Person")
-    services.block(me, them.pk)
+    services.block_create(me, them.pk)
     client = Client()
     client.force_login(me)
 

@@ -382,7 +382,7 @@ def test_unblock_is_a_post_for_a_signed_in_user_and_goes_nowhere_foreign(seat: S
     assert Client().get(reverse("moderation:blocks")).status_code == 302
     client = _signed_in(seat.client)
     assert client.get(url).status_code == 405
-    services.block(seat.client, seat.room.expert_id)
+    services.block_create(seat.client, seat.room.expert_id)
     response = client.post(url, {"next": "https://elsewhere.example/"})
     assert response["Location"] == reverse("moderation:blocks")
     assert not Block.objects.exists()

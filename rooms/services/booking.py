@@ -12,7 +12,7 @@ from typing import Any
 from allauth.account.models import EmailAddress
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from accounts.models import User
@@ -21,7 +21,7 @@ from billing import services as billing
 from billing.models import Payment, PaymentState
 from rooms import emails, selectors
 from rooms.availability import Slot, candidate_slots
-from rooms.errors import BookingRefused, RoomsError, SlotTaken
+from rooms.errors import BookingRefused, InvalidTransition, RoomsError, SlotTaken
 from rooms.models import (
     Offering,
     Room,
@@ -31,8 +31,8 @@ from rooms.models import (
     SeatState,
 )
 from rooms.services.records import (
-    event_write,
     expert_calendar_lock,
+    room_event_write,
     room_transition,
     seat_transition,
 )
@@ -61,7 +61,9 @@ def booking_reserve(client: User, offering: Offering, slot_start: datetime) -> S
                 reserved_until=_hold_until(now),
                 payment=_payment_open(room, client, now),
             )
-            event_write(room, "booked", client, seat=seat.pk, starts_at=slot.starts_at.isoformat())
+            room_event_write(
+                room, "booked", client, seat=seat.pk, starts_at=slot.starts_at.isoformat()
+            )
     except SlotTaken:
         raise SlotTaken(slot_alternatives(offering, slot_start)) from None
     return seat
@@ -88,7 +90,7 @@ def group_room_publish(expert: User, offering: Offering, starts_at: datetime) ->
             room = _room_create(
                 offering, Slot(starts_at, starts_at + offering.length), RoomKind.GROUP, now
             )
-            event_write(room, "published", expert, capacity=room.capacity)
+            room_event_write(room, "published", expert, capacity=room.capacity)
     except SlotTaken:
         raise BookingRefused(
             "You already have a session at that time (buffers included). Pick another time."
@@ -169,7 +171,7 @@ def group_seat_reserve(client: User, room_id: int) -> Seat:
             reserved_until=_hold_until(now),
             payment=_payment_open(room, client, now),
         )
-        event_write(room, "seat_reserved", client, seat=seat.pk)
+        room_event_write(room, "seat_reserved", client, seat=seat.pk)
     return seat
 
 
@@ -264,7 +266,7 @@ def seat_payment_card_saved(payment: Payment) -> None:
             pk=seat.pk, state=SeatState.RESERVED, reserved_until__gt=timezone.now()
         ).update(reserved_until=release_at)
         if changed:
-            event_write(
+            room_event_write(
                 seat.room, "card_saved", seat.client, seat=seat.pk, hold_at=str(payment.hold_at)
             )
         else:
@@ -289,7 +291,7 @@ def seat_confirm(seat_id: int, *, actor: User | None = None) -> Seat:
                 "Book again to get a new slot."
             )
         seat_transition(seat, SeatState.CONFIRMED, confirmed_at=now)
-        event_write(seat.room, "seat_confirmed", actor or seat.client, seat=seat.pk)
+        room_event_write(seat.room, "seat_confirmed", actor or seat.client, seat=seat.pk)
         emails.booking_confirmed(seat)
     return seat
 
@@ -400,7 +402,8 @@ def rooms_release_stale(expert: User, start: datetime, end: datetime, now: datet
 
 def _seats_expire_stale(seats: QuerySet[Seat], now: datetime) -> int:
     """Expire the given seats that are reservations past their time; cancel their private
-    rooms. Conditional UPDATEs: a sweep and a booking doing this at once expire each seat once."""
+    rooms. Through the guarded transitions (a conditional UPDATE each): a sweep and a booking
+    doing this at once expire each seat once."""
     expired = 0
     for seat in seats.filter(state=SeatState.RESERVED, reserved_until__lte=now).select_related(
         "room", "payment"
@@ -408,13 +411,12 @@ def _seats_expire_stale(seats: QuerySet[Seat], now: datetime) -> int:
         # Payment, room, then seat: the lock order every writer follows.
         billing.payments_lock([seat.payment_id] if seat.payment_id else [])
         seat.room = Room.objects.select_for_update().get(pk=seat.room_id)
-        changed = Seat.objects.filter(
-            pk=seat.pk, state=SeatState.RESERVED, reserved_until__lte=now
-        ).update(state=SeatState.EXPIRED)
-        if not changed:
-            continue
+        try:
+            seat_transition(seat, SeatState.EXPIRED, where=Q(reserved_until__lte=now))
+        except InvalidTransition:
+            continue  # paid, canceled or given more time since it was read: not expired
         expired += 1
-        event_write(seat.room, "reservation_expired", None, seat=seat.pk)
+        room_event_write(seat.room, "reservation_expired", None, seat=seat.pk)
         if seat.payment is not None:
             billing.payment_release(seat.payment, reason="the reservation expired unpaid")
         room = seat.room

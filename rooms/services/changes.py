@@ -35,8 +35,8 @@ from rooms.services.booking import (
     slot_check_policy,
 )
 from rooms.services.records import (
-    event_write,
     expert_calendar_lock,
+    room_event_write,
     room_transition,
     seat_transition,
 )
@@ -76,7 +76,7 @@ def seat_cancel(seat_id: int, *, actor: User, expected_fee_minor: int | None = N
             cancel_reason="client_canceled",
             cancel_fee_minor=fee,
         )
-        event_write(
+        room_event_write(
             room,
             "seat_canceled",
             actor,
@@ -222,7 +222,7 @@ def _seat_cancel_free(seat_id: int, *, actor: User, reason: str, by: CanceledBy)
             seat, SeatState.CANCELED, canceled_at=timezone.now(), cancel_reason=reason,
             cancel_fee_minor=0,
         )  # fmt: skip
-        event_write(room, "seat_canceled", actor, seat=seat.pk, fee_minor=0, rule=reason)
+        room_event_write(room, "seat_canceled", actor, seat=seat.pk, fee_minor=0, rule=reason)
         now = timezone.now()
         if room.kind == RoomKind.PRIVATE:
             room_transition(room, RoomState.CANCELED, actor, reason=reason)
@@ -283,7 +283,7 @@ def _room_cancel(
                 cancel_reason=reason,
                 cancel_fee_minor=0,
             )
-            event_write(room, "seat_canceled", actor, seat=seat.pk, fee_minor=0, rule=reason)
+            room_event_write(room, "seat_canceled", actor, seat=seat.pk, fee_minor=0, rule=reason)
             _seat_money_on_cancel(seat, room, 0, actor, timedelta(0))
             if was_confirmed:
                 emails.booking_canceled(seat, by=by)
@@ -345,7 +345,7 @@ def seat_reschedule(seat_id: int, *, actor: User, new_start: datetime) -> Room:
                     "sequence",
                 ]
             )
-            event_write(
+            room_event_write(
                 locked,
                 "rescheduled",
                 actor,

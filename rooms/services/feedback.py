@@ -7,7 +7,7 @@ from django.db import transaction
 from accounts.models import User
 from rooms.errors import RoomsError
 from rooms.models import Presence, Rating, Room, RoomState, Seat
-from rooms.services.records import event_write
+from rooms.services.records import room_event_write
 
 REASON_MAX_LENGTH = 1000
 
@@ -30,7 +30,7 @@ def rating_give(room_id: int, client: User, *, stars: int, comment: str = "") ->
             client=client,
             defaults={"expert_id": room.expert_id, "stars": stars, "comment": comment.strip()},
         )
-        event_write(room, "rated", client, stars=stars)
+        room_event_write(room, "rated", client, stars=stars)
     return rating
 
 
@@ -60,7 +60,7 @@ def _rating_hidden_set(rating_id: int, actor: User, *, reason: str, hidden: bool
             raise RoomsError(f"This rating is already {state}.")
         rating.hidden = hidden
         rating.save(update_fields=["hidden"])
-        event_write(
+        room_event_write(
             rating.room,
             "rating_hidden" if hidden else "rating_unhidden",
             actor,

@@ -20,7 +20,7 @@ from rooms.models import (
 )
 
 # Booking, holds and settlement all assume an amount to authorize; a free session would need
-# a path without a card (PRODUCT.md lists it as later). Refused here until that path exists.
+# a path without a card (docs/RULES.md, Booking). Refused here until that path exists.
 FREE_NOT_YET = (
     "Free sessions are not offered yet: set a price above zero (the smallest is one cent, "
     "or one unit of a currency without cents)."

@@ -37,7 +37,7 @@ from rooms.models import (
 )
 from rooms.protocol import CANDIDATE_TYPES, MEDIA_STATES
 from rooms.selectors import participant
-from rooms.services.records import event_write
+from rooms.services.records import room_event_write
 from rooms.services.room_state import room_catch_up, room_mark_live, room_open
 
 logger = logging.getLogger(__name__)
@@ -169,7 +169,7 @@ def presence_open(
             opened_at=now,
             last_heartbeat_at=now,
         )
-        event_write(room, "presence_opened", user, connection=connection_id, resumed=resumed)
+        room_event_write(room, "presence_opened", user, connection=connection_id, resumed=resumed)
         if old is not None:
             broadcast.participant_send(
                 room.pk, user.pk, {"type": "presence.replaced", "connection_id": old.connection_id}
@@ -255,7 +255,7 @@ def participant_remove(
         closed = Presence.objects.filter(room=room, user=user, closed_at__isnull=True).update(
             closed_at=Greatest(Value(now), F("opened_at")), close_reason="removed"
         )
-        event_write(room, "participant_removed", actor, user=user.pk, reason=reason)
+        room_event_write(room, "participant_removed", actor, user=user.pk, reason=reason)
         told = "session_ended" if discreet else reason
         broadcast.participant_send(
             room.pk, user.pk, {"type": "presence.removed", "reason": told, "notice": notice}

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.db.models import Q
+
 from accounts.models import User
 from rooms.errors import InvalidTransition
 from rooms.models import (
@@ -42,21 +44,32 @@ def room_transition(
     room.state = target
     for name, value in fields.items():
         setattr(room, name, value)
-    event_write(room, "state_changed", actor, old=old, new=target, reason=reason)
+    room_event_write(room, "state_changed", actor, old=old, new=target, reason=reason)
 
 
-def seat_transition(seat: Seat, target: str, **fields: Any) -> None:
+def seat_transition(seat: Seat, target: str, *, where: Q | None = None, **fields: Any) -> None:
+    """Move the seat to `target` from any allowed source, with `fields` set in the same UPDATE.
+    `where` narrows the guard further (a reservation still past its time): a seat in an
+    allowed state that it no longer matches is left as it is, and InvalidTransition says so."""
     sources = [state for state, targets in SEAT_TRANSITIONS.items() if target in targets]
-    changed = Seat.objects.filter(pk=seat.pk, state__in=sources).update(state=target, **fields)
+    rows = Seat.objects.filter(pk=seat.pk, state__in=sources)
+    if where is not None:
+        rows = rows.filter(where)
+    changed = rows.update(state=target, **fields)
     if changed != 1:
         current = Seat.objects.values_list("state", flat=True).get(pk=seat.pk)
+        if current in sources:
+            wanted = SeatState(target).label.lower()
+            raise InvalidTransition(f"This booking changed meanwhile; it was not made {wanted}.")
         raise InvalidTransition(f"This booking is already {SeatState(current).label.lower()}.")
     seat.state = target
     for name, value in fields.items():
         setattr(seat, name, value)
 
 
-def event_write(room: Room, kind: str, actor: User | None, **data: Any) -> RoomEvent:
+def room_event_write(room: Room, kind: str, actor: User | None, **data: Any) -> RoomEvent:
+    """One line of the room's story (RoomEvent): what happened, who did it (None: Parley
+    itself) and its details. A payment's lines are billing's `payment_event_write`."""
     return RoomEvent.objects.create(room=room, kind=kind, actor=actor, data=data)
 
 

@@ -42,7 +42,7 @@ from rooms.models import (
     Seat,
     SeatState,
 )
-from rooms.services.records import event_write, room_transition, seat_transition
+from rooms.services.records import room_event_write, room_transition, seat_transition
 
 logger = logging.getLogger(__name__)
 
@@ -179,9 +179,11 @@ def _room_close(
             room, RoomState.CLOSED, actor, reason=reason, closed_at=end, close_reason=reason
         )
         # closed_at is where the call ended for billing; ran_at is when the close happened.
-        event_write(room, "closed", actor, reason=reason, seats=settled, ran_at=ran_at.isoformat())
+        room_event_write(
+            room, "closed", actor, reason=reason, seats=settled, ran_at=ran_at.isoformat()
+        )
         if reason == CloseReason.EXPERT_NO_SHOW:
-            event_write(room, "expert_no_show", None, expert=room.expert_id)
+            room_event_write(room, "expert_no_show", None, expert=room.expert_id)
         # Moderation files the automatic report on an expert no-show.
         signals.room_closed.send(sender=Room, room=room, reason=reason)
         charges = {

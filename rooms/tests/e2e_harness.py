@@ -25,7 +25,6 @@ from datetime import timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from rooms.participant import Participant, overlap_seconds
 from rooms.tests.e2e_services import (
     STOP_SIGNALS,
     Deployment,
@@ -33,6 +32,7 @@ from rooms.tests.e2e_services import (
     loopback_only,
     wait_for,
 )
+from rooms.tools.participant import Participant, overlap_seconds
 
 SERVERS = ("http://127.0.0.1:8101", "http://127.0.0.1:8102")
 # Media before the crash, and after the socket is back.

@@ -1,4 +1,4 @@
-"""Exact instants and exact amounts of the rules PRODUCT.md states as numbers: the 24 h free
+"""Exact instants and exact amounts of the rules docs/RULES.md states as numbers: the 24 h free
 cancellation, the 20 s resume grace, a group client who never joins, and a client who was in
 the room but never had media. Each boundary is pinned at the instant itself and just past it.
 """
@@ -121,10 +121,10 @@ def test_a_client_shown_the_free_cancel_who_confirms_a_microsecond_late_is_asked
 
 # --- The 20 s resume grace ----------------------------------------------------------------------
 
-# Decided rule (PRODUCT.md: "a reconnect within 20 s of the drop" resumes): the grace includes
-# its last instant. A reconnect at exactly 20 s resumes, so the grace check at exactly 20 s must
-# not tell the peers the participant left; from 20 s + 1 µs it is a new join, and the check
-# tells them. Both orders of a resume and the check at the same instant agree.
+# Decided rule (docs/RULES.md, Presence: "a reconnect within 20 s of the drop" resumes): the
+# grace includes its last instant. A reconnect at exactly 20 s resumes, so the grace check at
+# exactly 20 s must not tell the peers the participant left; from 20 s + 1 µs it is a new join,
+# and the check tells them. Both orders of a resume and the check at the same instant agree.
 DROPPED_AT = CALL_START + dt.timedelta(seconds=10)
 GRACE_ENDS = DROPPED_AT + dt.timedelta(seconds=20)
 
@@ -243,8 +243,8 @@ def test_a_group_client_who_never_joins_pays_the_no_show_fee_while_the_others_pa
 
 
 # Decided rule: a client who was in the room (a presence the server saw) came, so they are not
-# a no-show, whatever happened to the media. If the media never connected (PRODUCT.md: "A call
-# that never connected (black screen) costs nothing") the seat is a completed call of 0
+# a no-show, whatever happened to the media. If the media never connected (docs/RULES.md: "A call
+# that never connected (a black screen) costs nothing") the seat is a completed call of 0
 # billable seconds, priced under a minute: nothing charged, the hold released, the expert paid
 # nothing for it. Charging the no-show fee would bill the client for Parley's or the network's
 # failure; the expert who was there too sees the call in their story and may report it.

@@ -11,7 +11,7 @@ from typing import Any
 import aioice.ice
 import pytest
 
-from rooms.participant import FrameLog, Participant, overlap_seconds
+from rooms.tools.participant import FrameLog, Participant, overlap_seconds
 
 
 class Relayed(Participant):

@@ -25,8 +25,8 @@ from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, R
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
-from rooms.participant import overlap_seconds
 from rooms.tests.e2e_services import loopback_only
+from rooms.tools.participant import overlap_seconds
 
 if TYPE_CHECKING:
     from billing.models import Settlement
@@ -34,7 +34,8 @@ if TYPE_CHECKING:
 # The one Daphne of the deployment (conftest.py starts it).
 BASE_URL = "http://127.0.0.1:8101"
 CHROMIUM = "/usr/bin/chromium"
-# RECIPES.md. Without --allow-loopback-in-peer-connection ICE never completes on loopback.
+# docs/OPERATIONS.md, WebRTC on one machine: without --allow-loopback-in-peer-connection ICE
+# never completes on loopback.
 CHROMIUM_FLAGS = [
     "--headless=new",
     "--no-sandbox",
@@ -49,7 +50,7 @@ CHROMIUM_FLAGS = [
 # Answers every camera and microphone prompt with "allow"; the browser of the permission test
 # goes without it, so what the context did not grant is refused as a person's "block" would be.
 FAKE_UI_FLAG = "--use-fake-ui-for-media-stream"
-# Video frames further apart than this are a freeze, not a stream (rooms/participant.py).
+# Video frames further apart than this are a freeze, not a stream (rooms/tools/participant.py).
 FRAME_GAP_SECONDS = 1.0
 SAMPLE_MILLISECONDS = 100
 # Long enough for a page to load and a button to appear; short enough that a missing element

@@ -37,7 +37,7 @@ from rooms.tests.browser.support import (
 from rooms.tests.e2e_services import Deployment
 
 # On loopback a plain Chromium-to-Chromium call decodes its first frame ~0.2 s after the
-# offer (RECIPES.md); the page, with its signaling, gets 3 s.
+# offer (docs/OPERATIONS.md, WebRTC on one machine); the page, with its signaling, gets 3 s.
 FIRST_FRAME_SECONDS = 3.0
 OUTAGE_SECONDS = 8.0
 # Video on both sides before the outage, and after it has resumed.

@@ -418,8 +418,8 @@ function tick() {
   }
   const cost = $("#running-cost");
   if (cost) {
-    // As the close bills it (docs/ARCHITECTURE.md, Metering): every started minute of the
-    // booked time, nothing under a minute, capped.
+    // docs/RULES.md, What is billed: every started minute of the booked time, nothing under
+    // a minute, capped.
     let total = 0;
     for (const seconds of connectedSeconds.values()) {
       if (seconds >= 60) total += Math.min(room.capMinor, room.priceMinor * Math.ceil(seconds / 60));

@@ -1,7 +1,7 @@
 // One RTCPeerConnection per other participant (a mesh: at most four people), negotiated with
 // the perfect-negotiation pattern: either side may make an offer at any time, and when two
-// offers cross, the polite side (the higher participant id, as in rooms/participant.py) gives
-// way. The impolite side makes the first offer; the polite side attaches its camera and
+// offers cross, the polite side (the higher participant id, as in rooms/tools/participant.py)
+// gives way. The impolite side makes the first offer; the polite side attaches its camera and
 // microphone to the transceivers that offer creates, so a call has one audio and one video
 // line per direction, whoever joined first.
 

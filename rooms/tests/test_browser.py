@@ -15,7 +15,7 @@ import pytest
 
 from rooms.tests.e2e_services import namespace_run, namespace_unready
 
-SUITE_TIMEOUT_SECONDS = 8 * 60
+SUITE_TIMEOUT_SECONDS = 20 * 60
 TOOLS = ("unshare", "ip", "nft", "turnserver", "redis-server", "chromium")
 # The inner run has no pytest-django (it sets Django up against its own deployment) and no
 # conftest above its folder (the root one needs pytest-django's database); pyproject's

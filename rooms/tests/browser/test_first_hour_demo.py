@@ -210,9 +210,15 @@ def test_the_connectivity_test_before_camera_permission_says_what_to_do_not_fire
     assert "turn them on above, then test again" in said
     assert "firewall" not in said
 
-    # The prompt is answered "allow" (conftest.py), as a person would.
+    # The person allows the camera and microphone. Chromium's fake prompt (conftest.py) lets
+    # getUserMedia through without recording a permission, which is what Chromium asks about
+    # before it offers addresses; a person's "Allow" records one, as this does.
+    page.context.grant_permissions(["camera", "microphone"])
     page.locator("#devices-on").click()
-    expect(page.locator("#preview")).to_be_visible()
+    page.wait_for_function(
+        "() => { const v = document.getElementById('preview');"
+        " return v && !v.paused && v.readyState >= 2 && v.videoWidth > 0; }"
+    )
     verdict, said = _probe(page)
     assert verdict in ("good", "warning"), said
 

@@ -105,15 +105,22 @@ def laptop(deployment: Deployment) -> Iterator[Laptop]:
 
 
 def _stop_group(process: subprocess.Popen[bytes]) -> None:
-    """Ctrl-C's equivalent for the script, its Celery worker and Daphne."""
+    """Ctrl-C's equivalent for the script, its Celery worker and Daphne; returns once every
+    process of the group is gone (so its folder can be removed)."""
     try:
         os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=15)
     except ProcessLookupError:
         return
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=5)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        process.poll()
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=5)
 
 
 def _logged_in(page: Page, url: str, person: Person) -> None:

@@ -5,6 +5,18 @@ through the same ICE servers (STUN, TURN) the call will use, and sends pings on 
 named "probe" that this peer echoes back. The browser measures round-trip time, loss and which
 candidate type got through; this side only answers and echoes, and measures nothing.
 
+This peer also offers a host candidate on 127.0.0.1, which aioice (aiortc's ICE) never gathers
+by itself: it leaves loopback out of its host addresses (`aioice.ice.get_host_addresses`, as
+RFC 8445 §5.1.1.1 asks). Where the machine has no other interface (a laptop offline, a
+loopback-only sandbox) and no STUN or TURN server is configured (`make run`), the peer then
+offered no candidate at all, and the test said "no connection" while two browsers on that same
+machine connected in half a second. The browser's own candidates do not help the other way:
+Chromium names them by mDNS (`<uuid>.local`), which resolves by multicast, and loopback carries
+none. With the loopback candidate, a browser on this machine reaches the peer, which learns the
+browser's address from its checks (a peer-reflexive candidate). A browser elsewhere gains
+nothing from it: its checks to 127.0.0.1 stay on its own machine, where nothing holds this
+peer's ICE credentials, so a network that blocks the call still gets the bad verdict.
+
 Offer/answer is not trickled: aiortc gathers every candidate inside `setLocalDescription`
 (aioice caps a STUN/TURN server that does not answer at 5 s), so the answer carries them all
 and one HTTP request does the whole negotiation.
@@ -20,10 +32,12 @@ no `await` in between, so no lock is needed.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from dataclasses import dataclass
 from typing import Any
 
+import aioice.ice
 from aiortc import (
     RTCConfiguration,
     RTCDataChannel,
@@ -70,6 +84,27 @@ class _Probe:
     # None while running; then why it was closed, as told to a caller still waiting for it.
     closed_because: str | None = None
 
+
+LOOPBACK = "127.0.0.1"
+# Whether aioice gathers a loopback host candidate: only inside a probe's negotiation (it sets
+# this in its own task; the gathering tasks aiortc spawns inherit it). Any other aiortc peer in
+# the process gathers what aioice alone would.
+_gather_loopback: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "probe_gather_loopback", default=False
+)
+_aioice_host_addresses = aioice.ice.get_host_addresses
+
+
+def _host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+    """aioice's host addresses, plus loopback for a probe (see the module's docstring).
+    aioice looks `get_host_addresses` up in its module when it gathers, so this replaces it."""
+    addresses = list(_aioice_host_addresses(use_ipv4, use_ipv6))
+    if _gather_loopback.get() and use_ipv4 and LOOPBACK not in addresses:
+        addresses.append(LOOPBACK)
+    return addresses
+
+
+aioice.ice.get_host_addresses = _host_addresses
 
 # owner → the one running probe of that owner.
 _probes: dict[str, _Probe] = {}
@@ -173,7 +208,9 @@ async def _probe_negotiate(pc: RTCPeerConnection, offer: RTCSessionDescription) 
         raise ProbeRefused(
             f"The browser's offer could not be used ({exc}). Reload the page and try again."
         ) from exc
-    # Gathers every candidate before it returns: the answer needs no trickle.
+    # Gathers every candidate before it returns: the answer needs no trickle. This task's own
+    # context: the loopback candidate is this peer's alone.
+    _gather_loopback.set(True)
     await pc.setLocalDescription(await pc.createAnswer())
 
 

@@ -1,6 +1,10 @@
 """The connectivity test's server peer (rooms/probe.py) against a real aiortc client in the same
 event loop, as the browser uses it: one offer with a "probe" data channel, one answer, pings
-echoed back. Everything stays on 127.0.0.1: host candidates only, and no ICE servers."""
+echoed back. Everything stays on 127.0.0.1: host candidates only, and no ICE servers.
+
+The machine is made to look like a laptop with no network (or `make run`'s one machine seen by a
+peer that may only use loopback): aioice finds no host address at all. The client plays a
+browser that may use loopback (Chromium's --allow-loopback-in-peer-connection)."""
 
 from __future__ import annotations
 
@@ -8,11 +12,10 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-import aioice.ice
 import pytest
 from aiortc import (
     RTCConfiguration,
@@ -25,8 +28,9 @@ from rooms import probe
 from rooms.probe import ProbeBusy, ProbeRefused, probe_answer, probes_running
 
 
-def _loopback_only(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-    return ["127.0.0.1"]
+def _no_host_address(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+    # What aioice gathers on a machine whose only interface is loopback.
+    return []
 
 
 @dataclass(eq=False)
@@ -47,25 +51,29 @@ class Client:
         return await asyncio.wait_for(self.echoes.get(), timeout)
 
 
-Clients = Callable[[], Awaitable[Client]]
+class Clients(Protocol):
+    def __call__(self, *, loopback: bool = True) -> Awaitable[Client]: ...
 
 
 @pytest.fixture
 async def clients(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Clients]:
     """Makes clients whose offer is ready; closes them, and every probe, at the end."""
-    # aioice never offers 127.0.0.1 as a host candidate; here it is the only one, for both
-    # peers (the probe gathers in this process too).
-    monkeypatch.setattr(aioice.ice, "get_host_addresses", _loopback_only)
+    monkeypatch.setattr(probe, "_aioice_host_addresses", _no_host_address)
     made: list[Client] = []
 
-    async def make() -> Client:
+    async def make(*, loopback: bool = True) -> Client:
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         channel = pc.createDataChannel("probe", ordered=False, maxRetransmits=0)
         client = Client(pc=pc, channel=channel)
         channel.on("open", client.opened.set)
         channel.on("close", client.closed.set)
         channel.on("message", client.echoes.put_nowait)
-        await pc.setLocalDescription(await pc.createOffer())
+        # The browser's loopback candidate, gathered the way the probe gathers its own.
+        allowed = probe._gather_loopback.set(loopback)
+        try:
+            await pc.setLocalDescription(await pc.createOffer())
+        finally:
+            probe._gather_loopback.reset(allowed)
         made.append(client)
         return client
 
@@ -88,7 +96,8 @@ async def test_probe_echoes_every_ping_unchanged_so_the_browser_can_measure_rtt(
     client = await clients()
     answer = await probe_answer(offer=client.offer(), ice_servers=[], owner="u1")
 
-    # Not trickled: the answer already names the probe's candidate.
+    # Not trickled: the answer already names the probe's candidate, on loopback, although
+    # aioice finds no host address on this machine.
     assert answer["type"] == "answer"
     assert "a=candidate:" in answer["sdp"]
     assert " 127.0.0.1 " in answer["sdp"]
@@ -279,3 +288,31 @@ async def test_a_channel_with_another_name_gets_no_echo(clients: Clients) -> Non
 
     await asyncio.wait_for(other_closed.wait(), 5)
     assert await client.ping("probe still echoes") == "probe still echoes"
+
+
+async def test_only_the_probe_gathers_a_loopback_candidate(clients: Clients) -> None:
+    """Other aiortc peers of the process (a participant, say) gather what aioice alone
+    gathers: here, nothing."""
+    client = await clients()
+    answer = await probe_answer(offer=client.offer(), ice_servers=[], owner="u1")
+    assert " 127.0.0.1 " in answer["sdp"]
+    other = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        other.createDataChannel("probe")
+        await other.setLocalDescription(await other.createOffer())
+        assert "a=candidate:" not in other.localDescription.sdp
+    finally:
+        await other.close()
+
+
+async def test_a_browser_that_can_reach_nothing_never_connects_to_the_probe(
+    clients: Clients,
+) -> None:
+    """The loopback candidate does not make a blocked network look fine: a browser with no
+    candidate of its own (nothing it can send from) gets no channel, which the page reports as
+    "no connection"."""
+    client = await clients(loopback=False)
+    answer = await probe_answer(offer=client.offer(), ice_servers=[], owner="u1")
+    await client.pc.setRemoteDescription(RTCSessionDescription(**answer))
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(client.opened.wait(), 4)

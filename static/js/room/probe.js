@@ -12,6 +12,12 @@ const TAIL_MS = 1000; // a ping not echoed this long after the last one was sent
 const STUTTER = "Your connection should work, but the call may stutter at times.";
 const ADVICE = {
   unreachable: "We could not reach Parley to run the test. Check your internet connection and try again.",
+  // Chromium offers a page its network addresses only once it may use the camera or microphone
+  // (before, only the default route's, and a computer with no network has none).
+  noAddress:
+    "Your browser offered no network address to connect from. Browsers offer them once the page may " +
+    "use your camera or microphone: turn them on above, then test again. If it still fails, check " +
+    "that this computer is connected to a network.",
   blocked:
     "We could not connect to the call server: a firewall, VPN or company network may be blocking calls. " +
     "Try turning off the VPN or switching to another network, such as a phone hotspot.",
@@ -34,6 +40,9 @@ export async function runProbe({ url, csrfToken, iceServers, seconds = 5, onProg
     onProgress({ phase: "gathering", fraction: 0 });
     await pc.setLocalDescription(await pc.createOffer());
     await gathered(pc, GATHER_CAP_MS);
+    // Nothing to send from: no server, relay or network setting can help, and the call in this
+    // state could not connect either, so say what would.
+    if (!/^a=candidate:/m.test(pc.localDescription.sdp)) return unconnected(ADVICE.noAddress);
     onProgress({ phase: "connecting", fraction: 0 });
     const response = await fetch(url, {
       method: "POST",

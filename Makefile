@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 install: $(STAMP)
 
 # Reinstall when the dependency list changes.
-$(STAMP): pyproject.toml scripts/bootstrap.sh
+$(STAMP): pyproject.toml scripts/bootstrap.sh scripts/axe/package-lock.json
 	scripts/bootstrap.sh
 	@touch $@
 

@@ -92,7 +92,7 @@ def settlement_entries(records: Records, teller: Teller) -> list[Entry]:
         # What the close measured: the inputs say how the amount follows from the billable
         # time; these say where that came from.
         meter = meters.get(seat.pk, Payload())
-        for key in ("live_window", "expert_presence", "client_presence", "media_links"):
+        for key in ("booked", "live_window", "expert_presence", "client_presence", "media_links"):
             if isinstance(intervals := meter.value(key), Intervals):
                 facts.append(
                     Fact(f"Metered: {label(key).lower()}", lines=teller.intervals(intervals))

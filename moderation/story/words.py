@@ -34,6 +34,7 @@ LABELS = {
     "fee_minor": "Fee",
     "refund_minor": "Refund",
     "no_show_fee_percent": "No-show fee",
+    "booked": "Booked time",
     "live_window": "Live window",
     "expert_presence": "Expert present",
     "client_presence": "Client present",

@@ -281,6 +281,10 @@ def test_the_story_is_in_time_order_and_tells_what_decides_a_dispute(
     assert "150 s (2 min 30 s)" in page
     assert "120.00 EUR" in page
     assert "fixed" in page
+    # Where the billable time came from: the booked time next to the live window, so staff
+    # see why a call that went live early billed less than it was live.
+    assert "Metered: booked time" in page
+    assert "Metered: live window" in page
     # The command's outcome, the webhook's type, the staff action's reason.
     assert "Provider reference" in page
     assert "charge.dispute.created" in page

@@ -75,11 +75,11 @@ def test_the_after_call_summary_says_the_bill_in_money() -> None:
 
 
 def test_a_settlement_written_before_explanations_spoke_money_is_explained_in_money() -> None:
-    seat = _charged_call()
-    Settlement.objects.filter(payment_id=seat.payment_id).update(
+    payment = _payment(_charged_call())
+    Settlement.objects.filter(payment=payment).update(
         explanation="150 s connected = 3 started min × 100 = 300 → 300."
     )
-    settlement = Settlement.objects.get(payment_id=seat.payment_id)
+    settlement = Settlement.objects.get(payment=payment)
     assert selectors.settlement_explanation(settlement) == (
         "150 s connected → 3 started minutes × 1.00 EUR = 3.00 EUR."
     )

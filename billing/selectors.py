@@ -128,11 +128,12 @@ def _earning(settlement: Settlement, user: User) -> Earning:
     transfers: list[PaymentCommand] = payment.transfers  # type: ignore[attr-defined]
     sent = next((t for t in reversed(transfers) if t.state != CommandState.FAILED), None)
     held = False
-    if chargeback == "lost":
-        share, status = 0, "Nothing: the card's bank returned the charge to the client"
-    elif sent is not None and sent.state == CommandState.SUCCEEDED:
+    if sent is not None and sent.state == CommandState.SUCCEEDED:
+        # What went out is what was paid, whatever the card's bank decided after.
         share = sent.amount_minor
         status = f"Paid {timezone.localtime(sent.finished_at or sent.created_at):%-d %b %Y}"
+    elif chargeback == "lost":
+        share, status = 0, "Nothing: the card's bank returned the charge to the client"
     elif sent is not None:
         share, status = sent.amount_minor, "Being sent to your account"
     elif chargeback == "open":

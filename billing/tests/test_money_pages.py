@@ -328,3 +328,34 @@ def test_the_card_fields_say_what_they_are_to_the_browser() -> None:
     text = page.decode()
     for token in ("cc-name", "cc-number", "cc-exp", "cc-csc"):
         assert f'autocomplete="{token}"' in text
+
+
+def test_descriptions_that_carried_who_and_when_are_split_by_the_migration() -> None:
+    from importlib import import_module
+
+    from django.apps import apps
+
+    migration = import_module("billing.migrations.0004_payment_starts_at")
+    payee = UserFactory.create(display_name="Erin Expert")
+    old = services.payment_open(
+        payer=UserFactory.create(),
+        payee=payee,
+        amount_minor=6000,
+        currency="EUR",
+        description="Talk with friends with Erin Expert, 2026-12-07 09:00 UTC",
+    )
+    other = services.payment_open(
+        payer=UserFactory.create(),
+        payee=payee,
+        amount_minor=6000,
+        currency="EUR",
+        description="A purchase that is not a session",
+    )
+    migration.split_descriptions(apps, None)
+    old.refresh_from_db()
+    other.refresh_from_db()
+    assert (old.description, old.starts_at) == (
+        "Talk with friends",
+        datetime(2026, 12, 7, 9, 0, tzinfo=UTC),
+    )
+    assert (other.description, other.starts_at) == ("A purchase that is not a session", None)

@@ -205,7 +205,7 @@ def test_a_declined_card_is_told_once(contexts: Contexts) -> None:
     page = contexts("client", _person(seat.client)).new_page()
     page.goto(f"/pay/{seat.payment_id}/")
     _fill_card(page, DECLINED_CARD)
-    page.locator('button[type="submit"]').click()
+    page.locator('main form:has(input[name="number"]) button[type="submit"]').click()
     expect(page.locator("#card-error")).to_contain_text("Your card was declined")
     assert page.locator("main").inner_text().count("Your card was declined") == 1
 
@@ -224,7 +224,7 @@ def test_a_card_sent_after_the_reservation_expired_is_told_so_with_another_time_
     _fill_card(page, TEST_CARD)
     # The client is slow: the reservation lapses while the page is open.
     services.reservations_expire(now=timezone.now() + timedelta(minutes=30))
-    page.locator('button[type="submit"]').click()
+    page.locator('main form:has(input[name="number"]) button[type="submit"]').click()
     expect(page.locator("#pay-ended")).to_contain_text("no longer waiting for payment")
     expect(page.locator("#pay-ended")).to_contain_text("nothing was charged")
     page.locator("#pick-another-time").click()
@@ -241,7 +241,7 @@ def test_a_card_sent_to_a_booking_already_paid_is_told_so(contexts: Contexts) ->
     _fill_card(page, TEST_CARD)
     # Paid meanwhile in another tab.
     payment_local_card(seat.payment_id, card_number=TEST_CARD.replace(" ", ""))
-    page.locator('button[type="submit"]').click()
+    page.locator('main form:has(input[name="number"]) button[type="submit"]').click()
     expect(page.locator("#pay-ended")).to_contain_text("This booking is paid")
     expect(page.locator('input[name="number"]')).to_have_count(0)
 

@@ -19,6 +19,7 @@ from billing.models import (
     PaymentCommand,
     PaymentEvent,
     PaymentState,
+    PayoutAccount,
     Settlement,
 )
 from billing.pricing import FREE_SECONDS, call_charge_of, format_money, payout_after_refunds
@@ -112,10 +113,11 @@ def earnings_of_payee(user: User) -> list[Earning]:
             ),
         )
     )
-    return [_earning(settlement, user) for settlement in settlements]
+    payable = PayoutAccount.objects.filter(user=user, payouts_enabled=True).exists()
+    return [_earning(settlement, user, payable) for settlement in settlements]
 
 
-def _earning(settlement: Settlement, user: User) -> Earning:
+def _earning(settlement: Settlement, user: User, payable: bool) -> Earning:
     payment = settlement.payment
     refunded = min(payment.refunded_minor, settlement.amount_minor)
     share = payout_after_refunds(
@@ -146,6 +148,8 @@ def _earning(settlement: Settlement, user: User) -> Earning:
         status = "Transfer failed; sent again once your payout account is updated"
     else:
         status = f"Due {timezone.localtime(settlement.payout_due_at):%-d %b %Y, %H:%M}"
+        if not payable:
+            status += "; connect your payout account to be paid"
     return Earning(
         settlement=settlement,
         session=payment_subject(payment, user),

@@ -359,3 +359,18 @@ def test_descriptions_that_carried_who_and_when_are_split_by_the_migration() -> 
         datetime(2026, 12, 7, 9, 0, tzinfo=UTC),
     )
     assert (other.description, other.starts_at) == ("A purchase that is not a session", None)
+
+
+def test_an_earning_due_says_when_and_that_a_payout_account_is_needed() -> None:
+    from billing.models import PayoutAccount
+
+    seat = _charged_call()
+    expert = seat.room.expert
+    [earning] = selectors.earnings_of_payee(expert)
+    assert earning.status.startswith("Due ")
+    assert earning.status.endswith("connect your payout account to be paid")
+    PayoutAccount.objects.create(
+        user=expert, provider="local", account_id="lacct_due", payouts_enabled=True
+    )
+    [earning] = selectors.earnings_of_payee(expert)
+    assert earning.status.startswith("Due ") and "payout account" not in earning.status

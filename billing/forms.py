@@ -23,9 +23,28 @@ def _luhn_ok(number: str) -> bool:
 class TestCardForm(forms.Form):
     """The local provider's card form: checked as a real card form would check it."""
 
-    number = forms.CharField(max_length=23, label="Card number")
-    expiry = forms.CharField(max_length=7, label="Expiry (MM/YY)")
-    cvc = forms.CharField(max_length=4, label="CVC")
+    # The autocomplete tokens let the browser (or a password manager) fill the card in.
+    name = forms.CharField(
+        max_length=100,
+        required=False,
+        label="Name on card",
+        widget=forms.TextInput(attrs={"autocomplete": "cc-name"}),
+    )
+    number = forms.CharField(
+        max_length=23,
+        label="Card number",
+        widget=forms.TextInput(attrs={"autocomplete": "cc-number", "inputmode": "numeric"}),
+    )
+    expiry = forms.CharField(
+        max_length=7,
+        label="Expiry (MM/YY)",
+        widget=forms.TextInput(attrs={"autocomplete": "cc-exp", "placeholder": "MM/YY"}),
+    )
+    cvc = forms.CharField(
+        max_length=4,
+        label="CVC",
+        widget=forms.TextInput(attrs={"autocomplete": "cc-csc", "inputmode": "numeric"}),
+    )
 
     def clean_number(self) -> str:
         number = re.sub(r"[\s-]", "", self.cleaned_data["number"])

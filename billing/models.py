@@ -56,7 +56,11 @@ class Payment(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="payments_received"
     )
     provider = models.CharField(max_length=10, choices=Provider.choices)
+    # What is bought ("Architecture review"), without who or when: each side reads it with the
+    # other person's name, and `starts_at` in their own zone (billing.selectors.payment_subject).
     description = models.CharField(max_length=200)
+    # When the session bought starts; None for a purchase that is not a session.
+    starts_at = models.DateTimeField(null=True, blank=True)
     currency = models.CharField(max_length=3, choices=CURRENCY_CHOICES)
     amount_minor = models.PositiveIntegerField()
     state = models.CharField(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from accounts.choices import CURRENCIES
 
@@ -53,17 +54,26 @@ def call_charge(
     billable_seconds: int,
     outcome: str = "completed",
     no_show_fee_percent: int = 0,
+    currency: str | None = None,
 ) -> CallCharge:
     """Price one seat of a closed call (docs/RULES.md, What is billed).
 
     `pricing` is "fixed" (price_minor is the price) or "per_minute" (price_minor is the rate per
     started minute, `cap_minor` the most it may cost). `outcome` is "completed",
-    "client_no_show" (the no-show fee of the cap) or "expert_no_show" (nothing).
+    "client_no_show" (the no-show fee of the cap) or "expert_no_show" (nothing). With the
+    `currency`, the explanation says every amount in money ("2 started minutes × 1.00 EUR");
+    without it (pure arithmetic), in minor units.
     """
     if pricing not in ("fixed", "per_minute"):
         raise ValueError(f"unknown pricing {pricing!r}")
     if min(price_minor, cap_minor, billable_seconds) < 0:
         raise ValueError("amounts and seconds must be ≥ 0")
+
+    def money(amount_minor: int) -> str:
+        if currency is None:
+            return f"{amount_minor} (minor units)"
+        return format_money(amount_minor, currency)
+
     if outcome == "expert_no_show":
         return CallCharge(0, "expert_no_show", "The expert did not join: nothing is charged.")
     if outcome == "client_no_show":
@@ -71,7 +81,8 @@ def call_charge(
         return CallCharge(
             fee,
             "client_no_show",
-            f"No-show: {no_show_fee_percent}% of {cap_minor} = {fee}.",
+            f"The client did not join: the no-show fee is {no_show_fee_percent}% of "
+            f"{money(cap_minor)} = {money(fee)}.",
         )
     if outcome != "completed":
         raise ValueError(f"unknown outcome {outcome!r}")
@@ -79,22 +90,51 @@ def call_charge(
         return CallCharge(
             0,
             "under_a_minute",
-            f"{billable_seconds} s connected, under {FREE_SECONDS} s: nothing is charged.",
+            f"{billable_seconds} s connected: under {FREE_SECONDS} seconds is free, "
+            "nothing is charged.",
         )
     if pricing == "fixed":
         amount = min(price_minor, cap_minor)
         return CallCharge(
-            amount, "fixed", f"{billable_seconds} s connected: the fixed price {amount}."
+            amount,
+            "fixed",
+            f"{billable_seconds} s connected → the fixed price, {money(amount)} "
+            f"(a call of {FREE_SECONDS} seconds or more is charged in full).",
         )
     minutes = -(-billable_seconds // 60)  # every started minute counts
     amount = min(cap_minor, price_minor * minutes)
-    capped = " (capped)" if amount < price_minor * minutes else ""
-    return CallCharge(
-        amount,
-        "per_minute",
-        f"{billable_seconds} s connected = {minutes} started min × {price_minor} = "
-        f"{price_minor * minutes}{capped} → {amount}.",
+    product = (
+        f"{billable_seconds} s connected → {minutes} started minute{'s' if minutes != 1 else ''}"
+        f" × {money(price_minor)} = {money(price_minor * minutes)}"
     )
+    if amount < price_minor * minutes:
+        product += f", capped at {money(cap_minor)} → {money(amount)}"
+    return CallCharge(amount, "per_minute", product + ".")
+
+
+def call_charge_of(inputs: dict[str, Any], currency: str) -> CallCharge | None:
+    """The charge a call's settlement inputs give, explained in `currency`; None when the
+    inputs are not a call's (a release, a cancellation fee, a staff decision)."""
+    try:
+        return call_charge(
+            pricing=str(inputs["pricing"]),
+            price_minor=int(inputs["price_minor"]),
+            cap_minor=int(inputs["cap_minor"]),
+            billable_seconds=int(inputs["billable_seconds"]),
+            outcome=str(inputs.get("outcome", "completed")),
+            no_show_fee_percent=int(inputs.get("no_show_fee_percent", 0)),
+            currency=currency,
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def payout_after_refunds(*, payout_minor: int, refunded_minor: int, fee_percent: int) -> int:
+    """The expert's share of a settlement (`payout_minor`, after the platform fee) once
+    `refunded_minor` went back to the client: the refund comes out of the expert's share
+    less the fee on it, which the platform gives back. Never below zero."""
+    refunded_share = refunded_minor - platform_fee(refunded_minor, fee_percent)
+    return max(payout_minor - refunded_share, 0)
 
 
 def platform_fee(amount_minor: int, percent: int) -> int:

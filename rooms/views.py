@@ -307,7 +307,7 @@ def offering_book(request: HttpRequest, offering_id: int) -> HttpResponse:
         return _slot_page(
             request,
             offering,
-            template_context={"action": "book", "alternatives": taken.alternatives},
+            template_context={"action": "book", "alternatives": sorted(taken.alternatives)},
             status=409,
         )
     except RoomsError as error:
@@ -397,7 +397,7 @@ def seat_reschedule(request: HttpRequest, seat_id: int) -> HttpResponse:
             return _slot_page(
                 request,
                 offering,
-                template_context={**context, "alternatives": taken.alternatives},
+                template_context={**context, "alternatives": sorted(taken.alternatives)},
                 status=409,
             )
         except RoomsError as error:

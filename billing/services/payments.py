@@ -36,6 +36,8 @@ from billing.models import (
     PaymentState,
     Settlement,
 )
+from billing.selectors import payment_subject
+from billing.services.receipts import receipt_email_queue
 from billing.services.records import (
     HOLD_ENDING_COMMANDS,
     UNPAID_STATES,
@@ -60,10 +62,13 @@ def payment_open(
     amount_minor: int,
     currency: str,
     description: str,
+    starts_at: datetime | None = None,
     hold_at: datetime | None = None,
 ) -> Payment:
     """A payment waiting for the card, in the caller's transaction (no provider call yet).
 
+    `description` says what is bought, without who or when ("Architecture review"):
+    `starts_at` is stored apart, so each person reads it in their own zone.
     `hold_at` set: the card is saved now and the hold placed then (sessions far ahead).
     """
     if amount_minor <= 0:
@@ -75,6 +80,7 @@ def payment_open(
         payee=payee,
         provider=settings.PAYMENT_PROVIDER,
         description=description[:200],
+        starts_at=starts_at,
         currency=currency,
         amount_minor=amount_minor,
         hold_at=hold_at,
@@ -148,9 +154,11 @@ def _payment_check_payable(payment: Payment) -> None:
             f"This payment is {payment.get_state_display().lower()}; there is nothing to pay."
         )
     if payment.state == PaymentState.CARD_SAVED and payment.hold_at is not None:
+        # Said in the current zone (the payer's, on their request), the zone named.
+        hold_at = timezone.localtime(payment.hold_at)
         raise PaymentRefused(
-            f"Your card is saved; the hold is placed on {payment.hold_at:%d %B %H:%M} UTC. "
-            "There is nothing to pay now."
+            f"Your card is saved; the hold is placed on {hold_at.day} {hold_at:%B %H:%M} "
+            f"({timezone.get_current_timezone_name()}). There is nothing to pay now."
         )
 
 
@@ -356,6 +364,9 @@ def payment_apply_intent(payment_id: int, intent: Intent, *, source: str) -> Pay
             PaymentState.CANCELED: payment.released_minor,
         }[target]
         payment_event_write(payment, target, None, amount, source=source, old=old, intent=intent.id)
+        if target == PaymentState.CAPTURED:
+            # The provider confirmed the charge: now, and only now, the client gets a receipt.
+            receipt_email_queue(payment)
         decided = Settlement.objects.filter(payment=payment).exists()
         if was_unpaid and target == PaymentState.AUTHORIZED and not decided:
             signals.payment_authorized.send(sender=Payment, payment=payment)
@@ -472,7 +483,7 @@ def pay_again_email(payment: Payment, error: str) -> None:
     email_queue(
         key=f"payment-{payment.pk}-pay-again-{payment.events.filter(kind='authorization_failed').count()}",
         to=payment.payer.email,
-        subject=f"Action needed: your payment for {payment.description}",
+        subject=f"Action needed: your payment for {payment_subject(payment, payment.payer)}",
         template="billing/email/pay_again.txt",
         context={
             "payment": payment,

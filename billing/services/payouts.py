@@ -23,7 +23,7 @@ from billing.models import (
     PayoutAccount,
     Settlement,
 )
-from billing.pricing import platform_fee
+from billing.pricing import payout_after_refunds
 from billing.services.records import (
     command_write,
     payment_event_write,
@@ -64,10 +64,11 @@ def payouts_due_create(now: datetime | None = None) -> int:
             ):
                 continue
             # What the expert earns shrinks with what was refunded to the client.
-            refunded_share = payment.refunded_minor - platform_fee(
-                payment.refunded_minor, settings.PLATFORM_FEE_PERCENT
+            amount = payout_after_refunds(
+                payout_minor=settlement.payout_minor,
+                refunded_minor=payment.refunded_minor,
+                fee_percent=settings.PLATFORM_FEE_PERCENT,
             )
-            amount = settlement.payout_minor - refunded_share
             if amount <= 0:
                 continue
             account = PayoutAccount.objects.get(user_id=payment.payee_id)

@@ -128,6 +128,7 @@ def payment_settle_call(
             billable_seconds=billable_seconds,
             outcome=outcome,
             no_show_fee_percent=no_show_fee_percent,
+            currency=currency,
         )
     except ValueError as error:
         raise PaymentRefused(f"The call cannot be priced: {error}.") from error

@@ -6,21 +6,92 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from billing.pricing import call_charge, percent_of, platform_fee
+from billing.pricing import (
+    call_charge,
+    call_charge_of,
+    payout_after_refunds,
+    percent_of,
+    platform_fee,
+)
 
 
-def test_a_per_minute_call_bills_every_started_minute() -> None:
-    charge = call_charge(pricing="per_minute", price_minor=200, cap_minor=6000, billable_seconds=61)
-    assert (charge.amount_minor, charge.rule) == (400, "per_minute")
-    assert "61 s connected = 2 started min × 200" in charge.explanation
+def test_a_per_minute_call_bills_every_started_minute_and_says_it_in_money() -> None:
+    charge = call_charge(
+        pricing="per_minute", price_minor=100, cap_minor=6000, billable_seconds=73, currency="EUR"
+    )
+    assert (charge.amount_minor, charge.rule) == (200, "per_minute")
+    assert charge.explanation == "73 s connected → 2 started minutes × 1.00 EUR = 2.00 EUR."
 
 
 def test_a_per_minute_call_never_costs_more_than_the_cap() -> None:
     charge = call_charge(
-        pricing="per_minute", price_minor=200, cap_minor=6000, billable_seconds=4 * 3600
+        pricing="per_minute",
+        price_minor=200,
+        cap_minor=6000,
+        billable_seconds=4 * 3600,
+        currency="EUR",
     )
     assert charge.amount_minor == 6000
-    assert "(capped)" in charge.explanation
+    assert charge.explanation == (
+        "14400 s connected → 240 started minutes × 2.00 EUR = 480.00 EUR, "
+        "capped at 60.00 EUR → 60.00 EUR."
+    )
+
+
+def test_every_explanation_speaks_money_and_the_free_minute() -> None:
+    def explained(**inputs: object) -> str:
+        base: dict[str, object] = {"price_minor": 9000, "cap_minor": 9000, "currency": "EUR"}
+        return call_charge(**{**base, **inputs}).explanation  # type: ignore[arg-type]
+
+    assert explained(pricing="fixed", billable_seconds=73) == (
+        "73 s connected → the fixed price, 90.00 EUR "
+        "(a call of 60 seconds or more is charged in full)."
+    )
+    assert explained(pricing="per_minute", billable_seconds=59) == (
+        "59 s connected: under 60 seconds is free, nothing is charged."
+    )
+    assert (
+        explained(
+            pricing="fixed", billable_seconds=0, outcome="client_no_show", no_show_fee_percent=50
+        )
+        == "The client did not join: the no-show fee is 50% of 90.00 EUR = 45.00 EUR."
+    )
+    assert explained(
+        pricing="per_minute", billable_seconds=60, price_minor=1000, cap_minor=10_000
+    ) == ("60 s connected → 1 started minute × 10.00 EUR = 10.00 EUR.")
+    # A currency without minor units is said as it is.
+    assert explained(
+        pricing="per_minute", billable_seconds=61, price_minor=100, cap_minor=10_000, currency="JPY"
+    ) == ("61 s connected → 2 started minutes × 100 JPY = 200 JPY.")
+
+
+def test_an_explanation_without_a_currency_names_its_minor_units() -> None:
+    charge = call_charge(pricing="per_minute", price_minor=200, cap_minor=6000, billable_seconds=61)
+    assert charge.explanation == (
+        "61 s connected → 2 started minutes × 200 (minor units) = 400 (minor units)."
+    )
+
+
+def test_a_settlements_inputs_give_its_charge_again_and_other_inputs_none() -> None:
+    inputs = {
+        "pricing": "per_minute",
+        "price_minor": 100,
+        "cap_minor": 6000,
+        "billable_seconds": 73,
+        "outcome": "completed",
+        "no_show_fee_percent": 0,
+    }
+    charge = call_charge_of(inputs, "EUR")
+    assert charge is not None and charge.amount_minor == 200
+    assert call_charge_of({"reason": "reservation expired"}, "EUR") is None
+    assert call_charge_of({**inputs, "pricing": "hourly"}, "EUR") is None
+
+
+def test_a_refund_comes_out_of_the_experts_share_less_the_fee_on_it() -> None:
+    # 2.00 EUR charged, 15 % fee: the share is 1.70; after 1.00 back to the client, 0.85.
+    assert payout_after_refunds(payout_minor=170, refunded_minor=0, fee_percent=15) == 170
+    assert payout_after_refunds(payout_minor=170, refunded_minor=100, fee_percent=15) == 85
+    assert payout_after_refunds(payout_minor=170, refunded_minor=200, fee_percent=15) == 0
 
 
 def test_under_a_minute_connected_is_free_whatever_the_pricing() -> None:

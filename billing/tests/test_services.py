@@ -515,7 +515,7 @@ def test_a_call_is_settled_from_its_inputs_and_the_settlement_keeps_them() -> No
     assert (settlement.rule, settlement.amount_minor) == ("per_minute", 2200)
     assert settlement.inputs["billable_seconds"] == 601
     assert settlement.inputs["rounding"] == "every started minute"
-    assert "601 s connected = 11 started min × 200" in settlement.explanation
+    assert settlement.explanation == "601 s connected → 11 started minutes × 2.00 EUR = 22.00 EUR."
     command = PaymentCommand.objects.get(payment=payment)
     assert (command.kind, command.amount_minor) == ("capture", 2200)
 

@@ -440,7 +440,9 @@ def test_off_session_hold_on_a_saved_card_that_declines_emails_the_payer_and_sto
     assert failed.data == {"source": "off_session", "error": "Your card was declined."}
     email = OutboundEmail.objects.get(key=f"payment-{payment.pk}-pay-again-1")
     assert email.to == payment.payer.email
-    assert email.subject == "Action needed: your payment for Kubernetes cost review"
+    assert email.subject == (
+        f"Action needed: your payment for Kubernetes cost review with {payment.payee.display_name}"
+    )
     assert reverse("billing:pay", args=[payment.pk]) in email.body
     assert "Your card was declined." in email.body
     # Not due any more: the sweep does not charge the declining card again and again.

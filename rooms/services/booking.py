@@ -236,8 +236,8 @@ def _payment_open(room: Room, client: User, now: datetime) -> Payment:
         payee=room.expert,
         amount_minor=room.max_amount_minor,
         currency=room.currency,
-        description=f"{room.title} with {room.expert.display_name}, "
-        f"{room.starts_at:%Y-%m-%d %H:%M} UTC",
+        description=room.title,
+        starts_at=room.starts_at,
         hold_at=hold_at,
     )
 

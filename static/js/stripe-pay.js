@@ -16,7 +16,9 @@ if (form && window.Stripe) {
       elements,
       confirmParams: { return_url: form.dataset.returnUrl },
     });
-    // Reached only when the confirmation failed before any redirect.
+    // Reached only when the confirmation failed before any redirect. This attempt's error
+    // replaces the one the page was served with: the card's error is said once.
+    document.getElementById("last-error")?.remove();
     errorBox.textContent = error.message || "The card could not be confirmed.";
     errorBox.hidden = false;
     button.disabled = false;

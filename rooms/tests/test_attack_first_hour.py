@@ -45,3 +45,21 @@ def test_make_run_again_after_a_short_try_out_call_opens_a_new_one_now() -> None
     assert "lobby open" in printed
     assert second.state == RoomState.OPEN, (second.state, second.starts_at, first.ends_at)
     assert second.starts_at <= timezone.now() + timedelta(minutes=2)
+
+
+def test_make_run_just_before_the_experts_midnight_prints_lobby_open_only_when_it_is() -> None:
+    """At 23:44:30 in Berlin (the demo expert's zone) the try-out cannot fit before local
+    midnight, so it is booked at 00:00, fifteen and a half minutes away: its lobby is not
+    open yet. The command must not print "lobby open" for it (the newcomer opens the links
+    and finds a lobby that says "too early")."""
+    import datetime as dt
+
+    import time_machine
+
+    with time_machine.travel(dt.datetime(2026, 12, 7, 22, 44, 30, tzinfo=dt.UTC), tick=True):
+        printed = _seed()
+        room = _try_out()
+    assert room.state == RoomState.OPEN or "lobby open" not in printed, (
+        room.state,
+        room.starts_at,
+    )

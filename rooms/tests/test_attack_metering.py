@@ -1,0 +1,54 @@
+"""Attacks on "the early minutes are free" (docs/RULES.md, What is billed)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+import time_machine
+
+from billing.models import Settlement
+from rooms import services
+from rooms.models import MediaLink, Presence, Room
+from rooms.tests.factories import CALL_START, seat_booked
+
+pytestmark = pytest.mark.django_db
+
+
+def at(minutes: float) -> dt.datetime:
+    return CALL_START + dt.timedelta(minutes=minutes)
+
+
+def test_ten_minutes_of_call_before_the_start_and_50_seconds_after_is_not_free() -> None:
+    """The lobby opens 10 minutes early and the room goes live as soon as both are in it. With
+    the early minutes free and under 60 billable seconds free, a client who joins early, talks
+    with the expert for 10 minutes with video up, and leaves 50 s after the booked start pays
+    nothing at all, and the expert is paid nothing for 10 minutes of work: a free consultation
+    for anyone who books. (The rule the issue asked to decide must not make the expert's time
+    free; a session that starts early should end early, or the early minutes should count.)"""
+    seat = seat_booked()
+    room = Room.objects.get(pk=seat.room_id)
+    with time_machine.travel(at(-10), tick=False):
+        services.rooms_advance()
+    for user in (room.expert, seat.client):
+        Presence.objects.create(
+            room=room,
+            user=user,
+            connection_id=f"c{user.pk}",
+            opened_at=at(-10),
+            last_heartbeat_at=at(50 / 60),
+            closed_at=at(50 / 60),
+        )
+    with time_machine.travel(at(-10), tick=False):
+        services.room_mark_live(room.pk, at=at(-10))
+    MediaLink.objects.create(
+        room=room,
+        client=seat.client,
+        reported_by=seat.client,
+        started_at=at(-10),
+        ended_at=at(50 / 60),
+    )
+    with time_machine.travel(at(50 / 60), tick=False):
+        services.room_end_by_expert(room.pk, room.expert)
+    settlement = Settlement.objects.get(payment_id=seat.payment_id)
+    assert settlement.amount_minor > 0, settlement.explanation

@@ -52,3 +52,29 @@ def test_ten_minutes_of_call_before_the_start_and_50_seconds_after_is_not_free()
         services.room_end_by_expert(room.pk, room.expert)
     settlement = Settlement.objects.get(payment_id=seat.payment_id)
     assert settlement.amount_minor > 0, settlement.explanation
+
+
+def test_a_room_that_went_live_early_and_emptied_is_not_over_before_its_booked_start() -> None:
+    """Both meet in the lobby 10 minutes early (the room goes live), both drop out a minute
+    later (a network change, "see you at two"), and come back at 13:57. The booked time has
+    not begun and, under the rule, does not move; yet the empty-room close ends the session
+    before its start (at the sweep after 5 empty minutes), and the paid session is gone."""
+    seat = seat_booked()
+    room = Room.objects.get(pk=seat.room_id)
+    with time_machine.travel(at(-10), tick=False):
+        services.rooms_advance()
+    for user in (room.expert, seat.client):
+        Presence.objects.create(
+            room=room,
+            user=user,
+            connection_id=f"c{user.pk}",
+            opened_at=at(-10),
+            last_heartbeat_at=at(-9),
+            closed_at=at(-9),
+        )
+    with time_machine.travel(at(-10), tick=False):
+        services.room_mark_live(room.pk, at=at(-10))
+    with time_machine.travel(at(-3), tick=False):
+        services.rooms_advance()
+    room.refresh_from_db()
+    assert room.closed_at is None, (room.state, room.close_reason, room.closed_at)

@@ -390,7 +390,13 @@ def _close_reason_due(room: Room, now: datetime) -> str | None:
         if room.starts_at <= now - timedelta(minutes=settings.NO_SHOW_MINUTES):
             return _no_show_reason(room)
         return None
-    empty_since = now - timedelta(seconds=settings.EMPTY_TIMEOUT_SECONDS)
+    empty_timeout = timedelta(seconds=settings.EMPTY_TIMEOUT_SECONDS)
+    # The booked time does not move when the room goes live early: the empty timer runs from
+    # the later of the last presence's end and the booked start, so people who met early and
+    # dropped out have until start + the timeout to come back.
+    if now < room.starts_at + empty_timeout:
+        return None
+    empty_since = now - empty_timeout
     stale_before = now - timedelta(seconds=settings.HEARTBEAT_STALE_SECONDS)
     # Someone is in (a connection still beating), or left less than the timeout ago (a stale
     # connection counts as left at its last heartbeat).

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from accounts.choices import CURRENCIES
 
-# A call shorter than this (connected time) is free.
+# A call connected for less than this in all (its early minutes included) is free.
 FREE_SECONDS = 60
 
 
@@ -50,11 +50,17 @@ def call_charge(
     pricing: str,
     price_minor: int,
     cap_minor: int,
+    connected_seconds: int,
     billable_seconds: int,
     outcome: str = "completed",
     no_show_fee_percent: int = 0,
 ) -> CallCharge:
     """Price one seat of a closed call (docs/RULES.md, What is billed).
+
+    `connected_seconds` is all the connected time in the live window, early minutes in the
+    lobby included: under `FREE_SECONDS` of it the call failed and costs nothing, and from
+    `FREE_SECONDS` the fixed price is due. `billable_seconds` is the part inside the booked
+    time: only its started minutes are priced per minute (the early minutes are free).
 
     `pricing` is "fixed" (price_minor is the price) or "per_minute" (price_minor is the rate per
     started minute, `cap_minor` the most it may cost). `outcome` is "completed",
@@ -62,8 +68,10 @@ def call_charge(
     """
     if pricing not in ("fixed", "per_minute"):
         raise ValueError(f"unknown pricing {pricing!r}")
-    if min(price_minor, cap_minor, billable_seconds) < 0:
+    if min(price_minor, cap_minor, connected_seconds, billable_seconds) < 0:
         raise ValueError("amounts and seconds must be ≥ 0")
+    if billable_seconds > connected_seconds:
+        raise ValueError("billable seconds cannot exceed connected seconds")
     if outcome == "expert_no_show":
         return CallCharge(0, "expert_no_show", "The expert did not join: nothing is charged.")
     if outcome == "client_no_show":
@@ -75,24 +83,30 @@ def call_charge(
         )
     if outcome != "completed":
         raise ValueError(f"unknown outcome {outcome!r}")
-    if billable_seconds < FREE_SECONDS:
+    if connected_seconds < FREE_SECONDS:
         return CallCharge(
             0,
             "under_a_minute",
-            f"{billable_seconds} s connected, under {FREE_SECONDS} s: nothing is charged.",
+            f"{connected_seconds} s connected, under {FREE_SECONDS} s: nothing is charged.",
         )
     if pricing == "fixed":
         amount = min(price_minor, cap_minor)
         return CallCharge(
-            amount, "fixed", f"{billable_seconds} s connected: the fixed price {amount}."
+            amount, "fixed", f"{connected_seconds} s connected: the fixed price {amount}."
         )
-    minutes = -(-billable_seconds // 60)  # every started minute counts
+    minutes = -(-billable_seconds // 60)  # every started minute of the booked time counts
     amount = min(cap_minor, price_minor * minutes)
     capped = " (capped)" if amount < price_minor * minutes else ""
+    early = connected_seconds - billable_seconds
+    before = (
+        f"{connected_seconds} s connected, {early} s of it before the start (free): "
+        if early
+        else ""
+    )
     return CallCharge(
         amount,
         "per_minute",
-        f"{billable_seconds} s connected = {minutes} started min × {price_minor} = "
+        f"{before}{billable_seconds} s connected = {minutes} started min × {price_minor} = "
         f"{price_minor * minutes}{capped} → {amount}.",
     )
 

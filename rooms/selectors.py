@@ -335,6 +335,10 @@ def room_summary(room: Room, viewer: User) -> dict[str, Any]:
                 "client": seat.client,
                 "settlement": settlement,
                 "billable_seconds": settlement.inputs.get("billable_seconds", 0),
+                # Settlements from before the early minutes counted as connected lack it.
+                "connected_seconds": settlement.inputs.get(
+                    "connected_seconds", settlement.inputs.get("billable_seconds", 0)
+                ),
                 "dispute_until": dispute_window_ends(settlement),
             }
         )

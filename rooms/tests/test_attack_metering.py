@@ -9,8 +9,14 @@ import time_machine
 
 from billing.models import Settlement
 from rooms import services
-from rooms.models import MediaLink, Presence, Room
-from rooms.tests.factories import CALL_START, seat_booked
+from rooms.models import MediaLink, Presence, Pricing, Room
+from rooms.tests.factories import (
+    CALL_START,
+    OfferingFactory,
+    expert_create,
+    seat_booked,
+    weekdays_available,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -19,14 +25,24 @@ def at(minutes: float) -> dt.datetime:
     return CALL_START + dt.timedelta(minutes=minutes)
 
 
-def test_ten_minutes_of_call_before_the_start_and_50_seconds_after_is_not_free() -> None:
-    """The lobby opens 10 minutes early and the room goes live as soon as both are in it. With
-    the early minutes free and under 60 billable seconds free, a client who joins early, talks
-    with the expert for 10 minutes with video up, and leaves 50 s after the booked start pays
-    nothing at all, and the expert is paid nothing for 10 minutes of work: a free consultation
-    for anyone who books. (The rule the issue asked to decide must not make the expert's time
-    free; a session that starts early should end early, or the early minutes should count.)"""
-    seat = seat_booked()
+@pytest.mark.parametrize(
+    ("pricing", "expected_minor"),
+    [(Pricing.FIXED, 12000), (Pricing.PER_MINUTE, 200)],
+)
+def test_ten_minutes_of_call_before_the_start_and_50_seconds_after_is_not_free(
+    pricing: str, expected_minor: int
+) -> None:
+    """The lobby opens 10 minutes early and the room goes live as soon as both are in it. A
+    client who talks with the expert for 10 minutes before the start and leaves 50 s after it
+    had a call, not a failed one: whether it is free (under 60 s) is judged on all the
+    connected time, early minutes included. The fixed price is due in full; per minute, only
+    the started minutes inside the booked time are priced (the early minutes stay free): one
+    minute. The settlement keeps both numbers."""
+    expert = expert_create(time_zone="UTC")
+    weekdays_available(expert)
+    price = 12000 if pricing == Pricing.FIXED else 200
+    offering = OfferingFactory.create(expert=expert, pricing=pricing, price_minor=price)
+    seat = seat_booked(offering)
     room = Room.objects.get(pk=seat.room_id)
     with time_machine.travel(at(-10), tick=False):
         services.rooms_advance()
@@ -51,7 +67,9 @@ def test_ten_minutes_of_call_before_the_start_and_50_seconds_after_is_not_free()
     with time_machine.travel(at(50 / 60), tick=False):
         services.room_end_by_expert(room.pk, room.expert)
     settlement = Settlement.objects.get(payment_id=seat.payment_id)
-    assert settlement.amount_minor > 0, settlement.explanation
+    assert settlement.amount_minor == expected_minor, settlement.explanation
+    assert settlement.inputs["connected_seconds"] == 650
+    assert settlement.inputs["billable_seconds"] == 50
 
 
 def test_a_room_that_went_live_early_and_emptied_is_not_over_before_its_booked_start() -> None:

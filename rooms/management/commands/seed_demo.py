@@ -371,15 +371,9 @@ class Command(BaseCommand):
         kept = self._try_outs_retire(offering, expert, staff)
         if kept is not None:
             return TryOut(room=kept, url=_join_url(kept), under_way=True)
-        now = timezone.now()
-        # An ended try-out keeps the expert's time booked to its paid end, as any session does.
-        busy_until = (
-            Room.objects.filter(offering=offering, state=RoomState.CLOSED, blocked_until__gt=now)
-            .order_by("-blocked_until")
-            .values_list("blocked_until", flat=True)
-            .first()
-        )
-        earliest = max(now + dt.timedelta(minutes=1), busy_until or now)
+        # An ended try-out frees the rest of its time (a closed room blocks the expert's
+        # calendar only up to its close, `rooms_blocking`): the next one starts right away.
+        earliest = timezone.now() + dt.timedelta(minutes=1)
         start, minutes = try_out_slot(earliest, ZoneInfo(expert.time_zone))
         try:
             with transaction.atomic():

@@ -1,4 +1,4 @@
-"""Attacks on the first-hour changes: each test pins a behaviour the issue promises."""
+"""The try-out `make run` books: open now after a short call, and printed as it really is."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Attacks on the visitor's `tz` cookie: only IANA zone names may come through."""
+"""The visitor's `tz` cookie: only IANA zone names may come through."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Attacks on ratings: a staff member hiding a rating while its client gives it again."""
+"""Ratings: a staff member hiding a rating while its client gives it again."""
 
 from __future__ import annotations
 

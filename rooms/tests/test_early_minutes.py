@@ -1,4 +1,5 @@
-"""Attacks on "the early minutes are free" (docs/RULES.md, What is billed)."""
+"""The early minutes are free, but not a free call; and they do not move the booked time
+(docs/RULES.md, What is billed; the empty-room close)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Attacks on the HTML emails: what the expert reads in their own reminder."""
+"""The reminder names the other person: what the expert reads in their own reminder."""
 
 from __future__ import annotations
 

@@ -55,11 +55,17 @@ def language_name(code: str) -> str:
     return dict(language_choices()).get(code, code)
 
 
+# Files of the zone database that `zoneinfo.available_timezones()` lists but that are not
+# zones: "localtime" is the server's own zone (whatever it is), "Factory" shows "-00", and
+# "posixrules" is only a template for POSIX TZ strings. No browser reports them.
+_NOT_ZONES = frozenset({"localtime", "Factory", "posixrules"})
+
+
 @cache
 def time_zone_names() -> frozenset[str]:
     # Deprecated aliases ("US/Eastern", "Etc/GMT+5") are legal but confuse people picking
     # from a list; keep them valid, list only the canonical Area/City names.
-    return frozenset(zoneinfo.available_timezones())
+    return frozenset(zoneinfo.available_timezones()) - _NOT_ZONES
 
 
 @cache

@@ -7,7 +7,7 @@ from typing import Any
 
 from accounts.choices import CURRENCIES
 
-# A call shorter than this (connected time) is free.
+# A call connected for less than this in all (its early minutes included) is free.
 FREE_SECONDS = 60
 
 
@@ -51,12 +51,18 @@ def call_charge(
     pricing: str,
     price_minor: int,
     cap_minor: int,
+    connected_seconds: int,
     billable_seconds: int,
     outcome: str = "completed",
     no_show_fee_percent: int = 0,
     currency: str | None = None,
 ) -> CallCharge:
     """Price one seat of a closed call (docs/RULES.md, What is billed).
+
+    `connected_seconds` is all the connected time in the live window, early minutes in the
+    lobby included: under `FREE_SECONDS` of it the call failed and costs nothing, and from
+    `FREE_SECONDS` the fixed price is due. `billable_seconds` is the part inside the booked
+    time: only its started minutes are priced per minute (the early minutes are free).
 
     `pricing` is "fixed" (price_minor is the price) or "per_minute" (price_minor is the rate per
     started minute, `cap_minor` the most it may cost). `outcome` is "completed",
@@ -66,8 +72,10 @@ def call_charge(
     """
     if pricing not in ("fixed", "per_minute"):
         raise ValueError(f"unknown pricing {pricing!r}")
-    if min(price_minor, cap_minor, billable_seconds) < 0:
+    if min(price_minor, cap_minor, connected_seconds, billable_seconds) < 0:
         raise ValueError("amounts and seconds must be ≥ 0")
+    if billable_seconds > connected_seconds:
+        raise ValueError("billable seconds cannot exceed connected seconds")
 
     def money(amount_minor: int) -> str:
         if currency is None:
@@ -86,11 +94,11 @@ def call_charge(
         )
     if outcome != "completed":
         raise ValueError(f"unknown outcome {outcome!r}")
-    if billable_seconds < FREE_SECONDS:
+    if connected_seconds < FREE_SECONDS:
         return CallCharge(
             0,
             "under_a_minute",
-            f"{billable_seconds} s connected: under {FREE_SECONDS} seconds is free, "
+            f"{connected_seconds} s connected: under {FREE_SECONDS} seconds is free, "
             "nothing is charged.",
         )
     if pricing == "fixed":
@@ -98,14 +106,22 @@ def call_charge(
         return CallCharge(
             amount,
             "fixed",
-            f"{billable_seconds} s connected → the fixed price, {money(amount)} "
+            f"{connected_seconds} s connected → the fixed price, {money(amount)} "
             f"(a call of {FREE_SECONDS} seconds or more is charged in full).",
         )
-    minutes = -(-billable_seconds // 60)  # every started minute counts
+    minutes = -(-billable_seconds // 60)  # every started minute of the booked time counts
     amount = min(cap_minor, price_minor * minutes)
+    early = connected_seconds - billable_seconds
+    before = (
+        f"{connected_seconds} s connected, {early} s of it before the start (free); "
+        if early
+        else ""
+    )
+    in_booked = " in the booked time" if early else ""
     product = (
-        f"{billable_seconds} s connected → {minutes} started minute{'s' if minutes != 1 else ''}"
-        f" × {money(price_minor)} = {money(price_minor * minutes)}"
+        f"{before}{billable_seconds} s connected{in_booked} → {minutes} started "
+        f"minute{'s' if minutes != 1 else ''} × {money(price_minor)} = "
+        f"{money(price_minor * minutes)}"
     )
     if amount < price_minor * minutes:
         product += f", capped at {money(cap_minor)} → {money(amount)}"
@@ -120,6 +136,9 @@ def call_charge_of(inputs: dict[str, Any], currency: str) -> CallCharge | None:
             pricing=str(inputs["pricing"]),
             price_minor=int(inputs["price_minor"]),
             cap_minor=int(inputs["cap_minor"]),
+            # Settlements from before the early-minutes rule stored one number: all of it
+            # was inside the booked time.
+            connected_seconds=int(inputs.get("connected_seconds", inputs["billable_seconds"])),
             billable_seconds=int(inputs["billable_seconds"]),
             outcome=str(inputs.get("outcome", "completed")),
             no_show_fee_percent=int(inputs.get("no_show_fee_percent", 0)),

@@ -39,7 +39,28 @@ def local_time(moment: datetime, person: User) -> str:
     return f"{local:%A} {local.day} {local:%B %Y, %H:%M} ({person.time_zone})"
 
 
-def invitation(room: Room, *, method: str, sequence: int, attendee: User) -> str:
+def session_with(room: Room, person: User, seat: Seat | None = None) -> str:
+    """The session as one recipient reads it: "Title with <the other person>". A client sees
+    the expert; the expert sees the client of a one-to-one session (the seat's, else the
+    one holding a place), or the number of clients of a group session — never themselves."""
+    if person.pk != room.expert_id:
+        return f"{room.title} with {room.expert.display_name}"
+    if room.capacity == 1 and seat is not None:
+        clients = [seat.client.display_name]
+    else:
+        clients = list(
+            room.seats.holding_place().order_by("pk").values_list("client__display_name", flat=True)
+        )
+    if room.capacity == 1 and clients:
+        return f"{room.title} with {clients[0]}"
+    if not clients:
+        return room.title
+    return f"{room.title} with {len(clients)} client{'s' if len(clients) != 1 else ''}"
+
+
+def invitation(
+    room: Room, *, method: str, sequence: int, attendee: User, seat: Seat | None = None
+) -> str:
     """An iCalendar object for the room, addressed to one attendee. The UID is stable per
     room, so a later REQUEST (reschedule) or CANCEL with a higher SEQUENCE updates the event
     already in the calendar. Other clients of a group session are not listed: their
@@ -54,7 +75,7 @@ def invitation(room: Room, *, method: str, sequence: int, attendee: User) -> str
     event.add("dtstamp", timezone.now())
     event.add("dtstart", room.starts_at)
     event.add("dtend", room.ends_at)
-    event.add("summary", f"{room.title} with {room.expert.display_name}")
+    event.add("summary", session_with(room, attendee, seat))
     event.add("description", f"Join the call: {join_url(room)}")
     event.add("url", join_url(room))
     event.add("location", join_url(room))
@@ -98,9 +119,14 @@ def _send(
             "seat": seat,
             "starts": local_time(room.starts_at, person),
             "join_url": join_url(room),
+            "session_with": session_with(room, person, seat),
             **extra,
         },
-        ics=invitation(room, method=method, sequence=sequence, attendee=person) if method else "",
+        ics=(
+            invitation(room, method=method, sequence=sequence, attendee=person, seat=seat)
+            if method
+            else ""
+        ),
         ics_method=method,
         headers=headers,
     )

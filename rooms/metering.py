@@ -6,6 +6,9 @@ present AND their media link was up.
 The room may go live early, once both are in the lobby (up to 10 minutes before the start), but
 the early minutes are free: the meter starts at the booked start and the call still ends at the
 booked end, so a customer gets exactly the minutes they booked and pays for none before them.
+The connected time (the same, but over the whole live window, early minutes included) decides
+whether a call happened: a call connected for a minute or more is not a failed call, so the
+under-a-minute rule and the fixed price's threshold are judged on it.
 
 Intervals are half-open [start, end) on integer epoch microseconds, so union and intersection
 are exact (a brute-force count of units gives the same number; the property tests check it),
@@ -82,6 +85,20 @@ def billable_time(
     together = intersect(expert_presence, client_presence)
     connected = intersect(together, media_links)
     return total(intersect(intersect(connected, [live_window]), [booked]))
+
+
+def connected_time(
+    *,
+    live_window: Interval,
+    expert_presence: Iterable[Interval],
+    client_presence: Iterable[Interval],
+    media_links: Iterable[Interval],
+) -> int:
+    """How long the pair was together with working media inside the live window, the early
+    minutes included: what decides whether a call happened at all (under 60 s is free), while
+    only the billable time inside the booked time is priced per minute."""
+    together = intersect(expert_presence, client_presence)
+    return total(intersect(intersect(together, media_links), [live_window]))
 
 
 def whole_seconds(micros: int) -> int:

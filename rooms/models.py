@@ -204,7 +204,8 @@ class Room(models.Model):
     The terms (pricing, price, fees) are copied from the offering when the room is created,
     so an expert editing an offering never changes what a booked client agreed to.
     `blocked_from`/`blocked_until` are the start and end widened by the offering's buffers:
-    PostgreSQL refuses two live rooms of one expert whose blocked ranges overlap.
+    PostgreSQL refuses two rooms of one expert, neither canceled nor closed, whose blocked ranges
+    overlap; a closed room blocks only up to its close plus its buffer after (`rooms_blocking`).
     """
 
     expert = models.ForeignKey(

@@ -7,7 +7,21 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Subquery
+from django.db.models import (
+    Case,
+    Count,
+    DateTimeField,
+    DurationField,
+    Exists,
+    ExpressionWrapper,
+    F,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    When,
+)
+from django.db.models.functions import Least
 from django.utils import timezone
 
 from accounts.models import ExpertProfile, ExpertStatus, User
@@ -67,21 +81,47 @@ def date_overrides(expert: User, first: date, last: date) -> list[DateOverride]:
 
 
 def rooms_blocking(expert: User, start: datetime, end: datetime) -> QuerySet[Room]:
-    """Rooms that keep the expert busy somewhere in [start, end), buffers included.
+    """Rooms that keep the expert busy somewhere in [start, end), buffers included; each
+    annotated with `busy_until`, the end of the time it keeps.
 
     A private room whose only seat is a reservation past its time does not count, even before
-    the sweep cancels it: a stale reservation never blocks a slot.
+    the sweep cancels it: a stale reservation never blocks a slot. A closed room keeps the
+    expert's time only up to its close plus its buffer after (never past its blocked end): a
+    session that ended early frees the rest of its booked time. Rooms not closed keep their
+    whole blocked range (the database's no-overlap constraint holds them; closed rooms are
+    left to this check, made under the expert's calendar lock).
     """
     holding_seat = Seat.objects.holding_place().filter(room=OuterRef("pk"))
+    after_buffer = ExpressionWrapper(
+        F("blocked_until") - F("ends_at"), output_field=DurationField()
+    )
+    busy_until = Case(
+        When(
+            state=RoomState.CLOSED,
+            closed_at__isnull=False,
+            then=Least(
+                F("blocked_until"),
+                ExpressionWrapper(F("closed_at") + after_buffer, output_field=DateTimeField()),
+            ),
+        ),
+        default=F("blocked_until"),
+        output_field=DateTimeField(),
+    )
     return (
-        Room.objects.filter(expert=expert, blocked_from__lt=end, blocked_until__gt=start)
+        Room.objects.filter(expert=expert, blocked_from__lt=end)
+        .annotate(busy_until=busy_until)
+        .filter(Q(busy_until__gt=start) & Q(busy_until__gt=F("blocked_from")))
         .exclude(state=RoomState.CANCELED)
         .filter(Q(kind=RoomKind.GROUP) | ~Q(state=RoomState.SCHEDULED) | Exists(holding_seat))
     )
 
 
 def busy_ranges(expert: User, start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:
-    return list(rooms_blocking(expert, start, end).values_list("blocked_from", "blocked_until"))
+    fields = ("blocked_from", "busy_until")  # busy_until: annotated by rooms_blocking
+    ranges: list[tuple[datetime, datetime]] = list(
+        rooms_blocking(expert, start, end).values_list(*fields)
+    )
+    return ranges
 
 
 def offering_policy(offering: Offering) -> Policy:
@@ -335,6 +375,10 @@ def room_summary(room: Room, viewer: User) -> dict[str, Any]:
                 "client": seat.client,
                 "settlement": settlement,
                 "billable_seconds": settlement.inputs.get("billable_seconds", 0),
+                # Settlements from before the early minutes counted as connected lack it.
+                "connected_seconds": settlement.inputs.get(
+                    "connected_seconds", settlement.inputs.get("billable_seconds", 0)
+                ),
                 "dispute_until": dispute_window_ends(settlement),
             }
         )

@@ -17,10 +17,31 @@ from billing.pricing import (
 
 def test_a_per_minute_call_bills_every_started_minute_and_says_it_in_money() -> None:
     charge = call_charge(
-        pricing="per_minute", price_minor=100, cap_minor=6000, billable_seconds=73, currency="EUR"
+        pricing="per_minute",
+        price_minor=100,
+        cap_minor=6000,
+        connected_seconds=73,
+        billable_seconds=73,
+        currency="EUR",
     )
     assert (charge.amount_minor, charge.rule) == (200, "per_minute")
     assert charge.explanation == "73 s connected → 2 started minutes × 1.00 EUR = 2.00 EUR."
+
+
+def test_minutes_before_the_start_are_said_free_and_not_priced() -> None:
+    charge = call_charge(
+        pricing="per_minute",
+        price_minor=100,
+        cap_minor=6000,
+        connected_seconds=650,
+        billable_seconds=50,
+        currency="EUR",
+    )
+    assert (charge.amount_minor, charge.rule) == (100, "per_minute")
+    assert charge.explanation == (
+        "650 s connected, 600 s of it before the start (free); 50 s connected in the booked "
+        "time → 1 started minute × 1.00 EUR = 1.00 EUR."
+    )
 
 
 def test_a_per_minute_call_never_costs_more_than_the_cap() -> None:
@@ -28,6 +49,7 @@ def test_a_per_minute_call_never_costs_more_than_the_cap() -> None:
         pricing="per_minute",
         price_minor=200,
         cap_minor=6000,
+        connected_seconds=4 * 3600,
         billable_seconds=4 * 3600,
         currency="EUR",
     )
@@ -41,7 +63,9 @@ def test_a_per_minute_call_never_costs_more_than_the_cap() -> None:
 def test_every_explanation_speaks_money_and_the_free_minute() -> None:
     def explained(**inputs: object) -> str:
         base: dict[str, object] = {"price_minor": 9000, "cap_minor": 9000, "currency": "EUR"}
-        return call_charge(**{**base, **inputs}).explanation  # type: ignore[arg-type]
+        # All of the call inside the booked time, as most calls are.
+        connected = {"connected_seconds": inputs["billable_seconds"]}
+        return call_charge(**{**base, **connected, **inputs}).explanation  # type: ignore[arg-type]
 
     assert explained(pricing="fixed", billable_seconds=73) == (
         "73 s connected → the fixed price, 90.00 EUR "
@@ -66,7 +90,13 @@ def test_every_explanation_speaks_money_and_the_free_minute() -> None:
 
 
 def test_an_explanation_without_a_currency_names_its_minor_units() -> None:
-    charge = call_charge(pricing="per_minute", price_minor=200, cap_minor=6000, billable_seconds=61)
+    charge = call_charge(
+        pricing="per_minute",
+        price_minor=200,
+        cap_minor=6000,
+        connected_seconds=61,
+        billable_seconds=61,
+    )
     assert charge.explanation == (
         "61 s connected → 2 started minutes × 200 (minor units) = 400 (minor units)."
     )
@@ -96,12 +126,45 @@ def test_a_refund_comes_out_of_the_experts_share_less_the_fee_on_it() -> None:
 
 def test_under_a_minute_connected_is_free_whatever_the_pricing() -> None:
     for pricing in ("fixed", "per_minute"):
-        charge = call_charge(pricing=pricing, price_minor=5000, cap_minor=5000, billable_seconds=59)
+        charge = call_charge(
+            pricing=pricing,
+            price_minor=5000,
+            cap_minor=5000,
+            connected_seconds=59,
+            billable_seconds=59,
+        )
         assert (charge.amount_minor, charge.rule) == (0, "under_a_minute")
 
 
+def test_early_minutes_count_for_the_free_minute_but_are_not_priced_per_minute() -> None:
+    """10 min connected before the start and 50 s after: a call, not a failed one. Per minute,
+    one started minute of the booked time; the fixed price, in full."""
+    per_minute = call_charge(
+        pricing="per_minute", price_minor=200, cap_minor=6000,
+        connected_seconds=650, billable_seconds=50,
+    )  # fmt: skip
+    fixed = call_charge(
+        pricing="fixed", price_minor=9000, cap_minor=9000,
+        connected_seconds=650, billable_seconds=50,
+    )  # fmt: skip
+    assert (per_minute.amount_minor, per_minute.rule) == (200, "per_minute")
+    assert "600 s of it before the start (free)" in per_minute.explanation
+    assert (fixed.amount_minor, fixed.rule) == (9000, "fixed")
+    only_early = call_charge(
+        pricing="per_minute", price_minor=200, cap_minor=6000,
+        connected_seconds=120, billable_seconds=0,
+    )  # fmt: skip
+    assert only_early.amount_minor == 0
+    with pytest.raises(ValueError, match="cannot exceed"):
+        call_charge(
+            pricing="fixed", price_minor=1, cap_minor=1, connected_seconds=59, billable_seconds=60
+        )
+
+
 def test_a_fixed_price_is_due_in_full_from_the_first_minute() -> None:
-    charge = call_charge(pricing="fixed", price_minor=9000, cap_minor=9000, billable_seconds=60)
+    charge = call_charge(
+        pricing="fixed", price_minor=9000, cap_minor=9000, connected_seconds=60, billable_seconds=60
+    )
     assert (charge.amount_minor, charge.rule) == (9000, "fixed")
 
 
@@ -110,6 +173,7 @@ def test_a_client_no_show_costs_the_no_show_fee_and_an_expert_no_show_nothing() 
         pricing="fixed",
         price_minor=9000,
         cap_minor=9000,
+        connected_seconds=0,
         billable_seconds=0,
         outcome="client_no_show",
         no_show_fee_percent=50,
@@ -118,6 +182,7 @@ def test_a_client_no_show_costs_the_no_show_fee_and_an_expert_no_show_nothing() 
         pricing="fixed",
         price_minor=9000,
         cap_minor=9000,
+        connected_seconds=0,
         billable_seconds=0,
         outcome="expert_no_show",
     )
@@ -127,13 +192,22 @@ def test_a_client_no_show_costs_the_no_show_fee_and_an_expert_no_show_nothing() 
 
 def test_unknown_pricing_outcome_or_negative_inputs_are_refused() -> None:
     with pytest.raises(ValueError, match="unknown pricing"):
-        call_charge(pricing="hourly", price_minor=1, cap_minor=1, billable_seconds=60)
+        call_charge(
+            pricing="hourly", price_minor=1, cap_minor=1, connected_seconds=60, billable_seconds=60
+        )
     with pytest.raises(ValueError, match="unknown outcome"):
         call_charge(
-            pricing="fixed", price_minor=1, cap_minor=1, billable_seconds=60, outcome="late"
+            pricing="fixed",
+            price_minor=1,
+            cap_minor=1,
+            connected_seconds=60,
+            billable_seconds=60,
+            outcome="late",
         )
     with pytest.raises(ValueError, match="≥ 0"):
-        call_charge(pricing="fixed", price_minor=1, cap_minor=1, billable_seconds=-1)
+        call_charge(
+            pricing="fixed", price_minor=1, cap_minor=1, connected_seconds=-1, billable_seconds=-1
+        )
 
 
 @given(
@@ -146,10 +220,18 @@ def test_a_per_minute_charge_stays_within_zero_and_the_cap_and_grows_with_time(
 ) -> None:
     cap = rate * minutes
     charge = call_charge(
-        pricing="per_minute", price_minor=rate, cap_minor=cap, billable_seconds=seconds
+        pricing="per_minute",
+        price_minor=rate,
+        cap_minor=cap,
+        connected_seconds=seconds,
+        billable_seconds=seconds,
     )
     later = call_charge(
-        pricing="per_minute", price_minor=rate, cap_minor=cap, billable_seconds=seconds + 1
+        pricing="per_minute",
+        price_minor=rate,
+        cap_minor=cap,
+        connected_seconds=seconds + 1,
+        billable_seconds=seconds + 1,
     )
     assert 0 <= charge.amount_minor <= cap
     assert charge.amount_minor <= later.amount_minor

@@ -509,6 +509,7 @@ def test_a_call_is_settled_from_its_inputs_and_the_settlement_keeps_them() -> No
         pricing="per_minute",
         price_minor=200,
         cap_minor=6000,
+        connected_seconds=601,
         billable_seconds=601,
         currency="EUR",
     )
@@ -526,6 +527,7 @@ def test_a_client_no_show_captures_the_fee_and_an_expert_no_show_releases_the_ho
         "pricing": "fixed",
         "price_minor": 9000,
         "cap_minor": 9000,
+        "connected_seconds": 0,
         "billable_seconds": 0,
         "no_show_fee_percent": 50,
         "currency": "EUR",
@@ -548,6 +550,7 @@ def test_a_call_that_cannot_be_priced_is_refused_and_writes_nothing() -> None:
             pricing="fixed",
             price_minor=5000,
             cap_minor=5000,
+            connected_seconds=100,
             billable_seconds=100,
             outcome="abandoned",
             currency="EUR",

@@ -27,6 +27,7 @@ from rooms.models import Room
 
 LABELS = {
     "billable_seconds": "Billable time",
+    "connected_seconds": "Connected time, early minutes included",
     "billable_exact_seconds": "Billable time, exact",
     "cap_minor": "Cap",
     "price_minor": "Price",

@@ -54,7 +54,12 @@ def _rating_hidden_set(rating_id: int, actor: User, *, reason: str, hidden: bool
     if len(reason) > REASON_MAX_LENGTH:
         raise RoomsError(f"Keep the reason under {REASON_MAX_LENGTH} characters.")
     with transaction.atomic():
-        rating = Rating.objects.select_for_update().select_related("room").get(pk=rating_id)
+        # Room, then rating: the lock order of rating_give, so a client rating again while
+        # staff hide it waits its turn instead of deadlocking.
+        room_id = Rating.objects.values_list("room_id", flat=True).get(pk=rating_id)
+        room = Room.objects.select_for_update().get(pk=room_id)
+        rating = Rating.objects.select_for_update().get(pk=rating_id)
+        rating.room = room
         if rating.hidden == hidden:
             state = "hidden" if hidden else "shown"
             raise RoomsError(f"This rating is already {state}.")

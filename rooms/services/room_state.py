@@ -190,6 +190,7 @@ def _room_close(
             str(seat["client"]): {
                 "amount_minor": seat.get("charged_minor", 0),
                 "currency": room.currency,
+                "connected_seconds": seat.get("connected_seconds", 0),
                 "billable_seconds": seat.get("billable_seconds", 0),
             }
             for seat in settled
@@ -243,6 +244,7 @@ def _seat_settle(
         pricing=room.pricing,
         price_minor=room.price_minor,
         cap_minor=room.max_amount_minor,
+        connected_seconds=inputs["connected_seconds"],
         billable_seconds=inputs["billable_seconds"],
         outcome=inputs["outcome"],
         no_show_fee_percent=room.no_show_fee_percent,
@@ -253,7 +255,9 @@ def _seat_settle(
 
 
 def seat_meter(room: Room, seat: Seat, now: datetime) -> dict[str, Any]:
-    """What the server saw of this seat: its outcome and billable seconds, with the inputs."""
+    """What the server saw of this seat: its outcome, its connected seconds (the whole live
+    window, which decide whether the call is charged at all) and its billable seconds (inside
+    the booked time, which are priced per minute), with the inputs."""
     expert = _presence_intervals(room, room.expert_id, now)
     client = _presence_intervals(room, seat.client_id, now)
     media = [
@@ -273,6 +277,12 @@ def seat_meter(room: Room, seat: Seat, now: datetime) -> dict[str, Any]:
         client_presence=client,
         media_links=media,
     )
+    connected = metering.connected_time(
+        live_window=window,
+        expert_presence=expert,
+        client_presence=client,
+        media_links=media,
+    )
     # Who came is whether a connection was admitted, not how long it lasted: a join that a
     # close (a block, the paid end) cut at the very instant it was admitted still came, as
     # `_no_show_reason` counts it too; it is billed nothing, but it is never a no-show.
@@ -284,6 +294,7 @@ def seat_meter(room: Room, seat: Seat, now: datetime) -> dict[str, Any]:
         outcome = "completed"
     return {
         "outcome": outcome,
+        "connected_seconds": metering.whole_seconds(connected),
         "billable_seconds": metering.whole_seconds(billable),
         "billable_exact_seconds": billable / metering.SECOND,
         "rounding": "the exact total, rounded down to whole seconds",
@@ -390,7 +401,13 @@ def _close_reason_due(room: Room, now: datetime) -> str | None:
         if room.starts_at <= now - timedelta(minutes=settings.NO_SHOW_MINUTES):
             return _no_show_reason(room)
         return None
-    empty_since = now - timedelta(seconds=settings.EMPTY_TIMEOUT_SECONDS)
+    empty_timeout = timedelta(seconds=settings.EMPTY_TIMEOUT_SECONDS)
+    # The booked time does not move when the room goes live early: the empty timer runs from
+    # the later of the last presence's end and the booked start, so people who met early and
+    # dropped out have until start + the timeout to come back.
+    if now < room.starts_at + empty_timeout:
+        return None
+    empty_since = now - empty_timeout
     stale_before = now - timedelta(seconds=settings.HEARTBEAT_STALE_SECONDS)
     # Someone is in (a connection still beating), or left less than the timeout ago (a stale
     # connection counts as left at its last heartbeat).

@@ -263,3 +263,26 @@ def test_a_group_invitation_does_not_show_the_other_clients_addresses(
     invitation = to_second[0].attachments[0][1]
     assert second.email in invitation
     assert first.email not in invitation
+
+
+def test_a_session_closed_early_frees_the_rest_of_its_time_after_its_buffer(
+    offering: Offering,
+) -> None:
+    """A closed room keeps the expert busy only to its close plus its buffer after; a room not
+    closed keeps its whole blocked range, in the service check and in PostgreSQL alike."""
+    seat = _book(UserFactory.create(), offering)
+    room = Room.objects.get(pk=seat.room_id)
+    buffer_after = dt.timedelta(minutes=10)
+    Room.objects.filter(pk=room.pk).update(blocked_until=room.ends_at + buffer_after)
+    closed_at = SLOT + dt.timedelta(minutes=10)
+    later = (SLOT + dt.timedelta(minutes=30), SLOT + dt.timedelta(minutes=45))
+    Room.objects.filter(pk=room.pk).update(state=RoomState.LIVE)
+    assert selectors.rooms_blocking(offering.expert, *later).exists()
+    Room.objects.filter(pk=room.pk).update(
+        state=RoomState.CLOSED, closed_at=closed_at, close_reason="ended_by_expert"
+    )
+    free_from = closed_at + buffer_after
+    assert not selectors.rooms_blocking(offering.expert, free_from, later[1]).exists()
+    assert selectors.rooms_blocking(
+        offering.expert, free_from - dt.timedelta(minutes=1), later[1]
+    ).exists()

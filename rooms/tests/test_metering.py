@@ -152,6 +152,7 @@ def test_a_settlement_never_exceeds_the_hold(
         pricing=pricing,
         price_minor=price_minor,
         cap_minor=room.max_amount_minor,
+        connected_seconds=seconds_billed,
         billable_seconds=seconds_billed,
         outcome=outcome,
         no_show_fee_percent=no_show_fee_percent,
@@ -199,14 +200,18 @@ def test_thirty_seconds_before_the_start_and_fifty_after_is_free_per_minute() ->
     billed = _billed_seconds(live=(-30, 50), together=(-30, 50), minutes=15)
     assert billed == 50
     charge = call_charge(pricing="per_minute", price_minor=100, cap_minor=1500,
-                         billable_seconds=billed)  # fmt: skip
+                         connected_seconds=billed, billable_seconds=billed)  # fmt: skip
     assert (charge.rule, charge.amount_minor) == ("under_a_minute", 0)
 
 
 def test_a_fixed_price_is_reached_only_sixty_seconds_after_the_start() -> None:
     def fixed(billed: int) -> int:
         return call_charge(
-            pricing="fixed", price_minor=12000, cap_minor=12000, billable_seconds=billed
+            pricing="fixed",
+            price_minor=12000,
+            cap_minor=12000,
+            connected_seconds=billed,
+            billable_seconds=billed,
         ).amount_minor
 
     # Two minutes together, most of them before the start: still under a paid minute.
@@ -316,23 +321,31 @@ def test_an_early_call_ended_five_minutes_after_the_start_pays_five_minutes() ->
 
 
 @pytest.mark.django_db
-def test_a_call_of_half_a_minute_before_the_start_and_fifty_seconds_after_is_free() -> None:
+def test_a_call_of_half_a_minute_before_the_start_and_fifty_seconds_after_costs_one_minute() -> (
+    None
+):
+    """80 s connected is a call (the free minute counts the early seconds); only the 50 s in
+    the booked time are priced: one started minute."""
     seat = _seat(pricing=Pricing.PER_MINUTE, price_minor=100, minutes=15)
     _call(seat, both_in=-30, until=50)
     services.room_close(seat.room_id, reason="ended_by_expert", now=_from_start(50))
     settlement = _settled(seat)
     assert settlement.inputs["billable_seconds"] == 50
-    assert (settlement.rule, settlement.amount_minor) == ("under_a_minute", 0)
+    assert settlement.inputs["connected_seconds"] == 80
+    assert (settlement.rule, settlement.amount_minor) == ("per_minute", 100)
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize(("until", "charged"), [(59, 0), (60, 12000)])
-def test_a_fixed_price_session_is_charged_once_a_minute_after_the_start_has_passed(
-    until: int, charged: int
+@pytest.mark.parametrize(
+    ("both_in", "until", "charged"), [(0, 59, 0), (0, 60, 12000), (-120, 1, 12000)]
+)
+def test_a_fixed_price_session_is_charged_once_a_minute_connected_early_minutes_included(
+    both_in: int, until: int, charged: int
 ) -> None:
     seat = _seat(pricing=Pricing.FIXED, price_minor=12000, minutes=60)
-    _call(seat, both_in=-120, until=until)
+    _call(seat, both_in=both_in, until=until)
     services.room_close(seat.room_id, reason="ended_by_expert", now=_from_start(until))
     settlement = _settled(seat)
     assert settlement.inputs["billable_seconds"] == until
+    assert settlement.inputs["connected_seconds"] == until - both_in
     assert settlement.amount_minor == charged

@@ -236,8 +236,6 @@ TRY_OUT_OFFERING: dict[str, Any] = {
 class TryOut:
     room: Room
     url: str
-    # A try-out whose call was still going on at this run: kept, not replaced.
-    under_way: bool = False
 
 
 class Command(BaseCommand):
@@ -273,10 +271,9 @@ class Command(BaseCommand):
         )
         if try_out is not None:
             room = try_out.room
-            state = "its call is under way" if try_out.under_way else "lobby open"
             self.stdout.write(
-                f"\nTry a call now: {room.title}, {room.starts_at:%H:%M}–{room.ends_at:%H:%M} "
-                f"UTC, paid, {state}.\n"
+                f"\n{_try_out_heading(room)}: {room.title}, "
+                f"{room.starts_at:%H:%M}–{room.ends_at:%H:%M} UTC, paid, {_try_out_state(room)}.\n"
                 f"Open the two links in two browsers (or one in a private window), log in, "
                 f"and join:\n"
                 f"  client  {try_out.url}  log in as {client.email} / {DEMO_PASSWORD}\n"
@@ -370,16 +367,10 @@ class Command(BaseCommand):
             offering = rooms_services.offering_save(expert, None, dict(TRY_OUT_OFFERING))
         kept = self._try_outs_retire(offering, expert, staff)
         if kept is not None:
-            return TryOut(room=kept, url=_join_url(kept), under_way=True)
-        now = timezone.now()
-        # An ended try-out keeps the expert's time booked to its paid end, as any session does.
-        busy_until = (
-            Room.objects.filter(offering=offering, state=RoomState.CLOSED, blocked_until__gt=now)
-            .order_by("-blocked_until")
-            .values_list("blocked_until", flat=True)
-            .first()
-        )
-        earliest = max(now + dt.timedelta(minutes=1), busy_until or now)
+            return TryOut(room=kept, url=_join_url(kept))
+        # An ended try-out frees the rest of its time (a closed room blocks the expert's
+        # calendar only up to its close, `rooms_blocking`): the next one starts right away.
+        earliest = timezone.now() + dt.timedelta(minutes=1)
         start, minutes = try_out_slot(earliest, ZoneInfo(expert.time_zone))
         try:
             with transaction.atomic():
@@ -443,6 +434,29 @@ class Command(BaseCommand):
             else:
                 rooms_services.room_end_by_expert(room.pk, expert)
         return kept
+
+
+def _try_out_heading(room: Room) -> str:
+    return "Try a call now" if room.state in (RoomState.OPEN, RoomState.LIVE) else "Try a call"
+
+
+def _try_out_state(room: Room) -> str:
+    """What the try-out's room is, read from its state (never assumed from how it was booked)."""
+    if room.state == RoomState.LIVE:
+        return "its call is under way"
+    if room.state == RoomState.OPEN:
+        return "lobby open"
+    if room.state == RoomState.SCHEDULED:
+        opens = room.starts_at - dt.timedelta(minutes=settings.LOBBY_OPENS_MINUTES)
+        # Never the words "lobby open" for a lobby that is not.
+        return (
+            f"not open yet: it lets you in from {opens:%H:%M} UTC (in {_minutes_until(opens)} min)"
+        )
+    return f"the session is {room.get_state_display().lower()}"
+
+
+def _minutes_until(moment: dt.datetime) -> int:
+    return max(0, -(-int((moment - timezone.now()).total_seconds()) // 60))
 
 
 def _join_url(room: Room) -> str:

@@ -24,7 +24,10 @@ const root = $("#room");
 const devices = new Devices();
 const links = new Map(); // peer id → PeerLink
 const reconnectingPeers = new Set(); // the server says these dropped and may come back
-const connectedSeconds = new Map(); // client id → seconds with working media, for the cost
+// client id → seconds with working media while live: all of them (early minutes included, for
+// the free minute) and those inside the booked time (priced per minute), for the cost
+const connectedSeconds = new Map();
+const bookedSeconds = new Map();
 let room = { ...config };
 let signaling = null;
 let mode = null; // what this page sends: "full" | "audio" | "none"
@@ -408,21 +411,24 @@ function tick() {
   $("#elapsed").textContent =
     meteredFrom === null || now < meteredFrom ? "not started" : clock((now - meteredFrom) / 1000);
   $("#remaining").textContent = clock((end - Math.max(now, start)) / 1000);
-  // Only seconds inside the booked time cost anything.
+  // Every live second counts toward the free minute; only those inside the booked time are priced.
   const inBookedTime = !early && now < end;
   for (const link of links.values()) {
-    if (!inBookedTime) break;
+    if (!room.liveAt || now >= end) break;
     if (link.status !== "connected") continue;
     const client = config.role === "expert" ? link.peer.id : link.peer.role === "expert" ? me.id : null;
-    if (client !== null) connectedSeconds.set(client, (connectedSeconds.get(client) || 0) + 1);
+    if (client === null) continue;
+    connectedSeconds.set(client, (connectedSeconds.get(client) || 0) + 1);
+    if (inBookedTime) bookedSeconds.set(client, (bookedSeconds.get(client) || 0) + 1);
   }
   const cost = $("#running-cost");
   if (cost) {
-    // docs/RULES.md, What is billed: every started minute of the booked time, nothing under
-    // a minute, capped.
+    // docs/RULES.md, What is billed: nothing under a minute connected in all (early minutes
+    // included), else every started minute of the booked time, capped.
     let total = 0;
-    for (const seconds of connectedSeconds.values()) {
-      if (seconds >= 60) total += Math.min(room.capMinor, room.priceMinor * Math.ceil(seconds / 60));
+    for (const [client, seconds] of connectedSeconds) {
+      const booked = bookedSeconds.get(client) || 0;
+      if (seconds >= 60) total += Math.min(room.capMinor, room.priceMinor * Math.ceil(booked / 60));
     }
     cost.textContent = `about ${money(total, room.currency)}`;
   }

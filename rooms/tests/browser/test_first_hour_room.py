@@ -207,6 +207,11 @@ def test_a_15_minute_session_joined_early_counts_and_bills_only_its_booked_time(
         f"billed {billed} s for a call that was live {ended_at - connected_at:.0f} s, "
         f"{ended_at - start:.0f} s of them after the start: {settlement.inputs}"
     )
-    assert (settlement.rule, settlement.amount_minor) == ("under_a_minute", 0), (
+    # Over a minute connected in all, so not a failed call; only the started minute inside
+    # the booked time is priced, the early minutes are free.
+    assert settlement.inputs["connected_seconds"] >= 60, settlement.inputs
+    rate = settlement.inputs["price_minor"]
+    assert (settlement.rule, settlement.amount_minor) == ("per_minute", rate), (
         settlement.explanation
     )
+    assert "before the start (free)" in settlement.explanation

@@ -160,7 +160,8 @@ def _client_in_los_angeles() -> Person:
 
 
 def _slot_times_shown(page: Page) -> list[tuple[str, str]]:
-    """Each free time's button text (HH:MM) with the moment it books (ISO, from the form)."""
+    """Each free time's button name ("Monday 7 December, 01:00": the date is visually hidden,
+    the time shown) with the moment it books (ISO, from the form)."""
     rows: list[list[str]] = page.eval_on_selector_all(
         "ul.slot-list form",
         """(forms) => forms.map((form) => [
@@ -186,7 +187,7 @@ def test_a_visitor_in_los_angeles_sees_free_times_in_their_zone_from_the_first_p
     expect(page.locator("p.helptext")).to_have_text(f"Times are in {LOS_ANGELES}.")
     shown = _slot_times_shown(page)
     assert shown, "no free times on the page"
-    assert [text for text, _ in shown] == [_in_los_angeles(m, "%H:%M") for _, m in shown]
+    assert [text for text, _ in shown] == [_in_los_angeles(m, "%A %-d %B, %H:%M") for _, m in shown]
     cookie = {c["name"]: c["value"] for c in in_los_angeles.cookies()}.get("tz")
     assert cookie == LOS_ANGELES
     # The first visit rendered the page once more, in the browser's zone; the next page is

@@ -48,6 +48,8 @@ class User(AbstractBaseUser, PermissionsMixin):
     )
     booking_reminders = models.BooleanField(
         default=True,
+        # Rows written without it (older code, raw SQL) get reminders, as new ones do.
+        db_default=True,
         help_text="Email me a reminder the day before and 15 minutes before each session.",
     )
     is_staff = models.BooleanField(

@@ -24,6 +24,8 @@ class Migration(migrations.Migration):
             name="booking_reminders",
             field=models.BooleanField(
                 default=True,
+                # Rows written without it (older code, raw SQL) get reminders, as new ones do.
+                db_default=True,
                 help_text="Email me a reminder the day before and 15 minutes before each session.",
             ),
         ),

@@ -133,7 +133,13 @@ def _actions(
             )
         )
     actions.append(
-        ("rejoin", partial(services.presence_open, room.pk, clients[0], connection_id="again"))
+        (
+            "rejoin",
+            # Connection ids are unique for all time (a channel name), so one per round.
+            partial(
+                services.presence_open, room.pk, clients[0], connection_id=f"again-{round_no}"
+            ),
+        )
     )
     for who in clients:
         actions.append(

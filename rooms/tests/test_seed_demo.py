@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Iterator
 from io import StringIO
 from zoneinfo import ZoneInfo
 
@@ -37,6 +38,19 @@ from rooms.models import (
 
 pytestmark = pytest.mark.django_db
 
+
+def _berlin(day: int, hour: int, minute: int, second: int = 0) -> dt.datetime:
+    return dt.datetime(2026, 12, day, hour, minute, second, tzinfo=BERLIN)
+
+
+@pytest.fixture(autouse=True)
+def _a_weekday_afternoon_in_berlin() -> Iterator[None]:
+    """The try-out is shaped by the demo expert's local clock (see the midnight tests below):
+    every other test runs at a fixed ordinary hour, whatever the hour the suite runs at."""
+    with time_machine.travel(_berlin(2, 15, 3, 30)):
+        yield
+
+BERLIN = ZoneInfo("Europe/Berlin")
 DEMO_PASSWORD = "parley-demo"
 EXPERT = "expert@demo.test"
 CLIENT = "client@demo.test"
@@ -386,11 +400,23 @@ def test_seed_near_the_experts_midnight_books_a_shorter_session_that_ends_before
     assert room.state == RoomState.OPEN
 
 
-BERLIN = ZoneInfo("Europe/Berlin")
+def test_seed_in_the_experts_last_quarter_hour_books_midnight_and_says_when_it_opens(
+    django_capture_on_commit_callbacks: DjangoCaptureOnCommitCallbacks,
+) -> None:
+    # A session lasts at least 15 minutes and cannot cross the expert's midnight: from 23:45
+    # in Berlin the try-out starts at midnight, and until 23:50 its lobby is not open yet.
+    with time_machine.travel(_berlin(2, 23, 48, 21), tick=False):
+        output = _seed(django_capture_on_commit_callbacks)
+        [room] = _open_try_outs()
+    assert (room.starts_at, room.state) == (_berlin(3, 0, 0), RoomState.SCHEDULED)
+    assert "lobby open" not in output
+    assert "not open yet: it lets you in from 22:50 UTC (in 2 min)" in output
 
-
-def _berlin(day: int, hour: int, minute: int, second: int = 0) -> dt.datetime:
-    return dt.datetime(2026, 12, day, hour, minute, second, tzinfo=BERLIN)
+    with time_machine.travel(_berlin(2, 23, 55), tick=False):
+        output = _seed(django_capture_on_commit_callbacks)
+        [room] = _open_try_outs()
+    assert (room.starts_at, room.state) == (_berlin(3, 0, 0), RoomState.OPEN)
+    assert "lobby open" in output
 
 
 @pytest.mark.parametrize(

@@ -142,7 +142,7 @@ def run(rooms: int, work_dir: Path) -> tuple[list[Row], dict[str, float], list[s
             raise BenchError("the warm-up rooms were not all closed and captured in 60 s")
         progress(f"measuring the baseline: {rooms} single-row UPDATEs")
         base = baseline(rooms)
-        # Due a moment from now: the history's last heartbeats are a second before the end.
+        # Due a moment from now.
         storm = storm_shift(storm, timezone.now() + timedelta(seconds=1))
         progress(f"storm: {rooms} rooms due at {storm.due_at:%H:%M:%S.%f}")
         outcome = storm_run(storm, timings, timeout_s=STORM_TIMEOUT_S)

@@ -410,16 +410,31 @@ def storm_run(
         # Each poll is a fresh read: nothing of an earlier one is kept.
         connection.close()
         time.sleep(0.05)
+    closes_read(timings, storm, outcome)
+    return outcome
+
+
+def closes_read(timings: Path, storm: Storm, outcome: Outcome) -> int:
+    """Fill the outcome's closes from the workers' records of the storm's rooms (those that
+    closed a room); returns how many closes of them ran, whether or not they closed one."""
     ours = set(storm.room_ids)
+    outcome.close_ms, outcome.closes_per_room, outcome.closers = [], {}, set()
+    calls = 0
     for path in sorted(timings.iterdir()):
         for line in path.read_text().splitlines():
-            record = json.loads(line)
-            if record["closed"] and record["room"] in ours:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a line the worker is writing right now
+            if record["room"] not in ours:
+                continue
+            calls += 1
+            if record["closed"]:
                 outcome.closers.add(int(path.stem))
                 outcome.close_ms.append(record["ms"])
                 room = record["room"]
                 outcome.closes_per_room[room] = outcome.closes_per_room.get(room, 0) + 1
-    return outcome
+    return calls
 
 
 def _now() -> datetime:

@@ -19,8 +19,10 @@ from rooms import services
 from rooms.models import Room, RoomState
 from rooms.services import room_state
 from rooms.services.room_state import CLOSE_BATCH
+from rooms.tasks import rooms_close_due
 from rooms.tests.close_storm import (
     broker_purge,
+    closes_read,
     storm_check,
     storm_rooms_create,
     storm_run,
@@ -49,10 +51,20 @@ def test_two_workers_close_a_storm_of_rooms_each_once_and_capture_each_seat_once
         # room could be closed twice or missed.
         with workers_running(2, tmp_path) as timings:
             outcome = storm_run(storm, timings, timeout_s=90, sweep_every_s=1.0, sweeps_at_once=3)
+            # And every room once more in a batch delivered again after the storm (a broker
+            # redelivers a message whose worker died before acknowledging it).
+            calls = closes_read(timings, storm, outcome)
+            rooms_close_due.delay(storm.room_ids)
+            for _ in range(600):
+                if closes_read(timings, storm, outcome) >= calls + STORM_ROOMS:
+                    break
+                time.sleep(0.1)
+            again = closes_read(timings, storm, outcome) - calls
     finally:
         celery_app.conf.task_always_eager = True
     assert storm_check(storm) == []
     assert not outcome.timed_out, outcome
+    assert again == STORM_ROOMS, "the batch delivered again did not run, or its closes failed"
     # Both workers closed rooms, and no room was closed by two closes.
     assert outcome.closes_per_room == dict.fromkeys(storm.room_ids, 1)
     assert len(outcome.closers) == 2, outcome.closers

@@ -143,16 +143,19 @@ defaults
     # An upgraded WebSocket is a tunnel: it stays open while either side speaks (heartbeats
     # every 5 s), and the server's own sweep ends one that falls silent.
     timeout tunnel 1h
-    # A connection that cannot be made (a Daphne that died and is not yet marked down) is
-    # tried again on another server. Only that: a request a server may have started to
-    # handle is never sent twice.
-    retry-on conn-failure
+    # A request to a Daphne that died and is not yet marked down is sent to another server:
+    # when the connection cannot be made, and, for GET and HEAD (a page, a socket's upgrade),
+    # also when it was accepted but closed without an answer (a process dying accepts
+    # connections until its listening socket is gone). A POST the dead server may have
+    # started to handle is never sent twice: its sender gets the 502 and decides.
+    retry-on conn-failure empty-response
     retries 3
     option redispatch 1
 
 frontend parley
     bind 127.0.0.1:$CLUSTER_PORT
     option forwardfor
+    http-request disable-l7-retry unless METH_GET
     default_backend daphne
 
 backend daphne

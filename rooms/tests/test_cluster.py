@@ -2,13 +2,15 @@
 
 `scripts/cluster.sh` starts the production layout on ports of its own (HAProxy, two Daphne
 processes, the channel layer sharded over two Redis servers, a broker Redis, two Celery
-workers with beat, coturn) on this run's test database. Two calls join through the balancer,
-round-robin with no stickiness, so their four sockets spread over both Daphnes. The Daphne
-that holds the first call's expert is SIGKILLed (a crash: no disconnect handler runs). Every
-socket it held must come back through the balancer, on the other Daphne, as the same
-participant resuming (`welcome.resumed`, `peer_resumed` to the peer, no new join) within the
-20 s grace; the sockets on the surviving Daphne are never dropped; signaling relays again
-between the two processes; and the presence rows and the room's story say the same.
+workers with beat, coturn) on this run's test database. Three calls join through the balancer,
+round-robin with no stickiness, so their six sockets alternate between the two Daphnes: one
+call has a side on each, one has both sides on the Daphne that will die, one both on the
+other. That Daphne is SIGKILLed (a crash: no disconnect handler runs). Every socket it held
+must come back through the balancer, on the other Daphne, as the same participant resuming
+(`welcome.resumed`, `peer_resumed` to the peer, no new join) within the 20 s grace; the
+sockets on the surviving Daphne are never dropped; requests sent before the balancer notices
+are all answered; signaling relays again in every call; and the presence rows and the rooms'
+stories say the same.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from websockets.typing import Origin
 from accounts.models import User
 from rooms.models import Presence, RoomEvent
 from rooms.tests.e2e_harness import seed
-from rooms.tests.e2e_services import PROJECT_DIR, tail
+from rooms.tests.e2e_services import PROJECT_DIR, http_ok, tail
 from rooms.tests.signaling import session_cookie
 
 # Clear of scripts/cluster.sh's defaults (8600, 6391–6393, 3491), so a cluster someone runs
@@ -260,13 +262,15 @@ def _process_of(person: Person) -> int:
 async def test_a_daphne_killed_behind_the_balancer_every_call_on_it_resumes_on_another(
     cluster: Cluster, people: list[Person]
 ) -> None:
-    call_a = await database_sync_to_async(_call)(cluster.url, "A")
-    call_b = await database_sync_to_async(_call)(cluster.url, "B")
-    people.extend([*call_a, *call_b])
+    calls = [await database_sync_to_async(_call)(cluster.url, label) for label in "ABC"]
+    (a_expert, a_client), (b_expert, b_client), (c_expert, c_client) = calls
+    # Round-robin puts every other socket on the same Daphne: in this order, call A has a side
+    # on each, both sides of B share one Daphne and both sides of C the other.
+    people.extend([a_expert, a_client, b_expert, c_expert, b_client, c_client])
     for person in people:
         welcome = await person.join()
         assert welcome["resumed"] is False
-    for expert, client in (call_a, call_b):
+    for expert, client in calls:
         joined = await expert.next("peer_joined")
         assert joined["peer"]["id"] == client.user_id
 
@@ -276,15 +280,21 @@ async def test_a_daphne_killed_behind_the_balancer_every_call_on_it_resumes_on_a
 
     daphnes = cluster.daphnes()
     where = {p.name: await database_sync_to_async(_process_of)(p) for p in people}
-    # Round-robin, no stickiness: four sockets, two on each Daphne.
-    assert sorted(list(where.values()).count(pid) for pid in daphnes) == [2, 2], where
-    victim = where[call_a[0].name]
+    victim = where[a_expert.name]
+    (survivor,) = set(daphnes) - {victim}
     moved = [p for p in people if where[p.name] == victim]
     stayed = [p for p in people if where[p.name] != victim]
-    (survivor,) = set(daphnes) - {victim}
+    # No stickiness, strict round-robin: the sockets alternate between the two Daphnes.
+    assert [p.name for p in moved] == ["A expert", "B expert", "B client"], where
+    assert {where[p.name] for p in stayed} == {survivor}
 
     killed_at = time.monotonic()
     os.kill(victim, signal.SIGKILL)
+
+    # Requests right after the kill, before the health check has noticed, are all answered:
+    # a connect to the dead port is retried on the other Daphne.
+    for _ in range(4):
+        assert await asyncio.to_thread(http_ok, f"{cluster.url}/healthz")
 
     # Every socket on the dead Daphne is dropped and comes back through the balancer.
     async with asyncio.timeout(GRACE_SECONDS):
@@ -292,6 +302,7 @@ async def test_a_daphne_killed_behind_the_balancer_every_call_on_it_resumes_on_a
             welcome = await person.next("welcome", since=1)
             assert welcome["resumed"] is True, person.name
             assert welcome["you"]["id"] == person.user_id
+            assert len(welcome["peers"]) == 1, welcome["peers"]
     resumed_within = {
         p.name: max(when for when, m in p.messages if m["type"] == "welcome") - killed_at
         for p in moved
@@ -301,18 +312,28 @@ async def test_a_daphne_killed_behind_the_balancer_every_call_on_it_resumes_on_a
     for person in moved:
         assert [code for _, code in person.drops] == [1006], person.drops
         assert await database_sync_to_async(_process_of)(person) == survivor
-    # The sockets on the surviving Daphne were never touched; each one's peer that moved was
-    # announced as resumed, never as a new participant or one who left.
+    # The sockets on the surviving Daphne were never touched. A's client is told its expert
+    # resumed; in B, whoever came back first is told the other resumed; C hears nothing.
     for person in stayed:
         assert person.drops == [] and person.socket is not None, person.name
-        peer = next(p for p in moved if p.room_id == person.room_id)
-        await person.next("peer_resumed", peer_id=peer.user_id)
+    await a_client.next("peer_resumed", peer_id=a_expert.user_id)
+    told = [
+        m["peer_id"]
+        for person in (b_expert, b_client)
+        for m in person.since(killed_at)
+        if m["type"] == "peer_resumed"
+    ]
+    assert told and set(told) <= {b_expert.user_id, b_client.user_id}, told
     for person in people:
         after = {m["type"] for m in person.since(killed_at)}
         assert not after & {"peer_joined", "peer_left", "ended", "error"}, (person.name, after)
+    assert not {m["type"] for p in (c_expert, c_client) for m in p.since(killed_at)} & {
+        "peer_reconnecting",
+        "peer_resumed",
+    }
 
     # Signaling works again across the two processes' sockets, both ways (the sharded layer).
-    for expert, client in (call_a, call_b):
+    for expert, client in calls:
         await client.send(type="signal", to=expert.user_id, data=OFFER)
         await expert.next("signal", **{"from": client.user_id})
         await expert.send(type="signal", to=client.user_id, data=OFFER)

@@ -288,6 +288,12 @@ async def test_a_daphne_killed_behind_the_balancer_every_call_on_it_resumes_on_a
     assert [p.name for p in moved] == ["A expert", "B expert", "B client"], where
     assert {where[p.name] for p in stayed} == {survivor}
 
+    # Call A's sides are on different Daphnes: a signal crosses the sharded layer both ways.
+    await a_client.send(type="signal", to=a_expert.user_id, data=OFFER)
+    await a_expert.next("signal", **{"from": a_client.user_id})
+    await a_expert.send(type="signal", to=a_client.user_id, data=OFFER)
+    await a_client.next("signal", **{"from": a_expert.user_id})
+
     killed_at = time.monotonic()
     os.kill(victim, signal.SIGKILL)
 
@@ -332,12 +338,13 @@ async def test_a_daphne_killed_behind_the_balancer_every_call_on_it_resumes_on_a
         "peer_resumed",
     }
 
-    # Signaling works again across the two processes' sockets, both ways (the sharded layer).
+    # Signaling works again in every call, both ways: the resumed sockets are subscribed anew.
     for expert, client in calls:
+        mark_expert, mark_client = len(expert.messages), len(client.messages)
         await client.send(type="signal", to=expert.user_id, data=OFFER)
-        await expert.next("signal", **{"from": client.user_id})
+        await expert.next("signal", since=mark_expert, **{"from": client.user_id})
         await expert.send(type="signal", to=client.user_id, data=OFFER)
-        await client.next("signal", **{"from": expert.user_id})
+        await client.next("signal", since=mark_client, **{"from": expert.user_id})
 
     # The balancer took the dead server out by its health check.
     async with asyncio.timeout(WAIT_SECONDS):

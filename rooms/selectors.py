@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import zoneinfo
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
+from allauth.account.models import EmailAddress
 from django.conf import settings
+from django.db import connection
 from django.db.models import (
     Case,
     Count,
@@ -24,7 +27,7 @@ from django.db.models import (
 from django.db.models.functions import Least
 from django.utils import timezone
 
-from accounts.models import ExpertProfile, ExpertStatus, User
+from accounts.models import Block, ExpertProfile, ExpertStatus, User
 from billing.models import Settlement
 from billing.pricing import cancellation_fee
 from billing.selectors import dispute_window_ends
@@ -60,6 +63,55 @@ def expert_is_approved(expert: User) -> bool:
     return ExpertProfile.objects.filter(
         user=expert, status=ExpertStatus.APPROVED, user__is_active=True
     ).exists()
+
+
+@dataclass(frozen=True)
+class BookingParties:
+    """What a booking needs to know about its client and expert, read in one query."""
+
+    client_verified: bool
+    expert_approved: bool
+    blocked: bool  # either has blocked the other
+    expert_zone: zoneinfo.ZoneInfo
+
+
+def booking_parties(client: User, expert: User) -> BookingParties:
+    """`expert_is_approved`, `users_blocked_between`, `expert_zone` and the client's verified
+    address in one round trip: a booking reads them all before it writes anything.
+
+    Written in SQL: the same query through the ORM (three EXISTS and a subquery) costs more
+    Python time to build than the rest of the booking's reads, on a path that runs once per
+    booking attempt."""
+    tables = {
+        "user": User._meta.db_table,
+        "address": EmailAddress._meta.db_table,
+        "profile": ExpertProfile._meta.db_table,
+        "block": Block._meta.db_table,
+    }
+    sql = """
+        SELECT u.is_active,
+            EXISTS (SELECT 1 FROM {address} a WHERE a.user_id = %(client)s AND a.verified),
+            EXISTS (SELECT 1 FROM {profile} p WHERE p.user_id = u.id AND p.status = %(approved)s),
+            EXISTS (SELECT 1 FROM {block} b
+                    WHERE (b.blocker_id = %(client)s AND b.blocked_id = u.id)
+                       OR (b.blocker_id = u.id AND b.blocked_id = %(client)s)),
+            (SELECT p.time_zone FROM {profile} p WHERE p.user_id = u.id)
+        FROM {user} u WHERE u.id = %(expert)s
+    """.format(**{name: connection.ops.quote_name(table) for name, table in tables.items()})  # noqa: S608 - names from the models; values are parameters
+    with connection.cursor() as cursor:
+        cursor.execute(
+            sql, {"client": client.pk, "expert": expert.pk, "approved": ExpertStatus.APPROVED}
+        )
+        row = cursor.fetchone()
+    if row is None:
+        raise User.DoesNotExist(f"No user {expert.pk}.")
+    is_active, client_verified, approved, blocked, profile_zone = row
+    return BookingParties(
+        client_verified=bool(client_verified),
+        expert_approved=bool(approved and is_active),
+        blocked=bool(blocked),
+        expert_zone=zoneinfo.ZoneInfo(profile_zone or expert.time_zone),
+    )
 
 
 def offerings_bookable(expert: User) -> QuerySet[Offering]:

@@ -6,18 +6,17 @@ constraint) and leaves a RoomEvent; emails go to the outbox inside the transacti
 
 from __future__ import annotations
 
-import zoneinfo
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from accounts.models import User
 from billing import services as billing
-from billing.models import Payment, PaymentState
+from billing.models import Payment
 from rooms import emails, selectors
 from rooms.availability import Slot, candidate_slots
 from rooms.errors import BookingRefused, InvalidTransition, RoomsError, SlotTaken
@@ -46,10 +45,10 @@ def booking_reserve(client: User, offering: Offering, slot_start: datetime) -> S
     Checks come first and say exactly what is wrong; the database has the last word on
     overlap (exclusion constraint), so two clients racing for one slot get one room.
     """
-    zone = _booking_check_people(client, offering.expert)
+    calendar = _booking_check_people(client, offering.expert, around=slot_start)
     _booking_check_offering(offering, group=False)
     now = timezone.now()
-    slot = slot_check_policy(offering, slot_start, now, zone=zone)
+    slot = slot_check_policy(offering, slot_start, now, calendar=calendar)
     try:
         with transaction.atomic():
             _unpaid_limit_check(client, offering.expert, now)
@@ -227,21 +226,16 @@ def _unpaid_limit_check(client: User, expert: User, now: datetime, *, locked: bo
     client cannot all pass the count."""
     if not locked:
         _client_booking_lock(client)
-    unpaid = Seat.objects.filter(
-        client=client,
-        state=SeatState.RESERVED,
-        reserved_until__gt=now,
-        payment__state=PaymentState.PENDING,
-    ).aggregate(overall=Count("pk"), with_expert=Count("pk", filter=Q(room__expert=expert)))
+    unpaid = selectors.unpaid_reservations(client, expert, now)
     hold = settings.RESERVATION_HOLD_MINUTES
     overall = settings.UNPAID_RESERVATIONS_MAX
-    if unpaid["overall"] >= overall:
+    if unpaid.overall >= overall:
         raise BookingRefused(
             f"You have {overall} bookings waiting for payment. Pay for one of them (or let it "
             f"lapse: an unpaid booking is released after {hold} minutes) before booking another."
         )
     per_expert = settings.UNPAID_RESERVATIONS_PER_EXPERT_MAX
-    if unpaid["with_expert"] >= per_expert:
+    if unpaid.with_expert >= per_expert:
         raise BookingRefused(
             f"You have {per_expert} bookings with {expert.display_name} waiting for payment. "
             "Pay for them (or let them lapse) before booking another session with them."
@@ -349,18 +343,25 @@ def _hold_until(now: datetime) -> datetime:
     return now + timedelta(minutes=settings.RESERVATION_HOLD_MINUTES)
 
 
-def _booking_check_people(client: User, expert: User) -> zoneinfo.ZoneInfo:
-    """Refuse a booking its people cannot make; returns the expert's zone (read with them)."""
+def _booking_check_people(
+    client: User, expert: User, *, around: datetime | None = None
+) -> selectors.ExpertCalendar:
+    """Refuse a booking its people cannot make. Returns the expert's calendar, read with them,
+    with the overrides of the days around `around` (today if None)."""
     if client.pk == expert.pk:
         raise BookingRefused("You cannot book your own session.")
-    parties = selectors.booking_parties(client, expert)
+    # A day either side of the UTC date holds the expert's local day in any zone.
+    day = (around or timezone.now()).astimezone(UTC).date()
+    parties = selectors.booking_parties(
+        client, expert, day - timedelta(days=1), day + timedelta(days=1)
+    )
     if not parties.client_verified:
         raise BookingRefused("Verify your email address before booking; check your inbox.")
     if not parties.expert_approved:
         raise BookingRefused("This expert is not taking bookings.")
     if parties.blocked:
         raise BookingRefused("You cannot book this expert.")
-    return parties.expert_zone
+    return parties.calendar
 
 
 def _booking_check_offering(offering: Offering, *, group: bool) -> None:
@@ -377,10 +378,11 @@ def slot_check_policy(
     slot_start: datetime,
     now: datetime,
     *,
-    zone: zoneinfo.ZoneInfo | None = None,
+    calendar: selectors.ExpertCalendar | None = None,
 ) -> Slot:
     """The slot starting at `slot_start`, or a refusal that says which rule it breaks.
-    `zone`: the expert's, when the caller has read it already."""
+    `calendar`: the expert's, when the caller has read it already (with the overrides of the
+    slot's local day)."""
     if timezone.is_naive(slot_start):
         raise BookingRefused("The time must include its time zone.")
     policy = selectors.offering_policy(offering)
@@ -394,16 +396,23 @@ def slot_check_policy(
         raise BookingRefused(
             f"This session can be booked at most {offering.horizon_days} days ahead."
         )
-    zone = zone or selectors.expert_zone(offering.expert)
     # A slot lies inside one working interval of one local day (intervals end by midnight),
     # and that day is the local day it starts on: its grid is that day's alone.
+    expert = offering.expert
+    zone = calendar.zone if calendar else selectors.expert_zone(expert)
     local_day = slot_start.astimezone(zone).date()
+    if calendar is None:
+        weekly = selectors.weekly_intervals(expert)
+        overrides = selectors.date_overrides(expert, local_day, local_day)
+    else:
+        weekly = calendar.weekly
+        overrides = [override for override in calendar.overrides if override.day == local_day]
     offered = candidate_slots(
         zone=zone,
         first_day=local_day,
         last_day=local_day,
-        weekly=selectors.weekly_intervals(offering.expert),
-        overrides=selectors.date_overrides(offering.expert, local_day, local_day),
+        weekly=weekly,
+        overrides=overrides,
         length=policy.length,
     )
     slot = next((slot for slot in offered if slot.starts_at == slot_start), None)

@@ -1,9 +1,10 @@
 """Booking throughput and latency on PostgreSQL at 1, 8 and 32 concurrent clients.
 
 One booking is what a client and the payment seam do for a private slot:
-``rooms.services.booking_reserve`` (policy checks, the overlap check, a room, a seat, an event)
-then ``rooms.services.seat_confirm`` (row lock, transition, event, two emails with calendar
-invitations written to the outbox), timed end to end. Each concurrent client is a thread that,
+``rooms.services.booking_reserve`` (policy checks, the payment, the overlap check under the
+calendar's hour lock, a room, a seat, events) then ``rooms.services.seat_confirm`` (row lock,
+transition, event, two emails written to the outbox, to be rendered with their calendar
+invitations when sent), timed end to end. Each concurrent client is a thread that,
 like a request in a server process, takes a connection from the process's pool for each
 operation and returns it after (the pool is the product's, `DATABASE_POOL_MAX`; 32 clients
 queue on it as 32 concurrent requests would). The threads share one interpreter and its GIL,

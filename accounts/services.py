@@ -405,14 +405,11 @@ def emails_queue_to_render(emails: list[EmailToRender]) -> list[int]:
         cursor.execute(sql, params)
         created = [int(pk) for (pk,) in cursor.fetchall()]
     if created:
-        from accounts.tasks import email_send_task
+        from accounts.tasks import email_send_many_task
 
-        def send() -> None:
-            for email_id in created:
-                email_send_task.delay(email_id)
-
-        # robust: as in `email_queue_rendered`, the sweep sends what a broker down misses.
-        transaction.on_commit(send, robust=True)
+        # One message to the broker for all of them. robust: as in `email_queue_rendered`,
+        # the sweep sends what a broker that is down misses.
+        transaction.on_commit(lambda: email_send_many_task.delay(created), robust=True)
     return created
 
 

@@ -26,6 +26,7 @@ EXPECTED = {
     "rooms.tasks.reminders_queue": "rooms",
     "rooms.tasks.presence_grace_end": "rooms",
     "accounts.tasks.email_send_task": "email",
+    "accounts.tasks.email_send_many_task": "email",
     "accounts.tasks.email_sweep_unsent": "email",
     "accounts.tasks.sessions_clear_expired": "rooms",
 }

@@ -225,3 +225,31 @@ def test_a_range_across_an_hour_boundary_queues_behind_either_hour() -> None:
         worker.join(timeout=60)
     assert held.seen, "the range never waited for its second hour"
     assert entered.is_set()
+
+
+def test_both_confirmations_go_in_one_task_and_one_failing_does_not_hold_the_other(
+    offering: Offering, monkeypatch: pytest.MonkeyPatch, mailoutbox: list[Any]
+) -> None:
+    from accounts.tasks import email_send_many_task
+
+    client = UserFactory.create()
+    seat = services.booking_reserve(client, offering, SLOT)
+    services.seat_confirm(seat.pk)
+    ids = list(OutboundEmail.objects.order_by("pk").values_list("pk", flat=True))
+    send = EmailMultiAlternatives.send
+
+    def mail_server(message: EmailMultiAlternatives, fail_silently: bool = False) -> int:
+        if message.to == [client.email]:
+            raise ConnectionRefusedError("the mail server refused the client's message")
+        return send(message, fail_silently)
+
+    monkeypatch.setattr(EmailMultiAlternatives, "send", mail_server)
+    with pytest.raises(OSError, match="refused"):
+        email_send_many_task(ids)  # raised after trying both: Celery retries the task
+    assert [message.to for message in mailoutbox] == [[offering.expert.email]]
+    unsent = OutboundEmail.objects.get(sent_at__isnull=True)
+    assert unsent.to == client.email and unsent.attempts == 1
+
+    monkeypatch.setattr(EmailMultiAlternatives, "send", send)
+    assert email_send_many_task(ids) == 1  # the retry sends only what is still unsent
+    assert [message.to for message in mailoutbox][1:] == [[client.email]]

@@ -14,6 +14,7 @@ import pytest
 import time_machine
 from django.core.mail import EmailMultiAlternatives
 from django.db import connection, transaction
+from django.test import Client
 from pytest_django import DjangoAssertNumQueries, DjangoCaptureOnCommitCallbacks
 
 from accounts import services as accounts_services
@@ -253,3 +254,23 @@ def test_both_confirmations_go_in_one_task_and_one_failing_does_not_hold_the_oth
     monkeypatch.setattr(EmailMultiAlternatives, "send", send)
     assert email_send_many_task(ids) == 1  # the retry sends only what is still unsent
     assert [message.to for message in mailoutbox][1:] == [[client.email]]
+
+
+def test_admin_says_a_confirmation_is_written_when_sent_then_shows_what_was_sent(
+    offering: Offering, client: Client
+) -> None:
+    from accounts.tests.factories import StaffFactory, totp_enable
+    from accounts.tests.helpers import login_with_mfa
+
+    seat = services.booking_reserve(UserFactory.create(), offering, SLOT)
+    services.seat_confirm(seat.pk)
+    email = OutboundEmail.objects.get(key=f"booking-confirmed:{seat.pk}")
+    staff = StaffFactory.create()
+    login_with_mfa(client, staff, totp_enable(staff))
+    url = f"/admin/accounts/outboundemail/{email.pk}/change/"
+
+    assert b"Not written yet: it is rendered when it is sent" in client.get(url).content
+    assert accounts_services.email_send(email.pk)
+    page = client.get(url).content.decode()
+    assert "Not written yet" not in page
+    assert "Wednesday 2 December 2026" in page

@@ -363,6 +363,8 @@ class OutboundEmailAdmin(ReadOnlyAdmin):
     def body_shown(self, email: OutboundEmail) -> str:
         if email.sealed:
             return "(Hidden: it carries a sign-in link or code. It is emptied once sent.)"
+        if email.renderer and not email.body:
+            return "(Not written yet: it is rendered when it is sent, and kept here after.)"
         return email.body
 
     @admin.action(description="Send selected parked emails again")

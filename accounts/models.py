@@ -190,6 +190,12 @@ class OutboundEmail(models.Model):
     # clients that act on invitations.
     ics = models.TextField(blank=True)
     ics_method = models.CharField(max_length=16, blank=True)
+    # An email rendered when it is sent rather than when it is decided (a booking's
+    # confirmation: templates and an invitation cost more than the booking's own writes): the
+    # name of its renderer (`accounts.services.email_renderer`) and the ids it renders from.
+    # Body, html and ics stay empty until then, and keep what was sent afterwards.
+    renderer = models.CharField(max_length=100, blank=True, default="")
+    renderer_args = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     sent_at = models.DateTimeField(null=True, blank=True)
     # A worker leases the row before talking to the mail server, so two workers never send it

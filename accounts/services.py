@@ -6,14 +6,16 @@ import hashlib
 import logging
 import re
 import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.contrib.sessions.models import Session
-from django.core.exceptions import ValidationError
+from django.core.exceptions import ObjectDoesNotExist, ValidationError
 from django.core.mail import BadHeaderError, EmailMultiAlternatives
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q
 from django.template import TemplateDoesNotExist
 from django.template.loader import render_to_string
@@ -35,8 +37,15 @@ from accounts.sealing import SealBroken, seal, unseal
 
 logger = logging.getLogger(__name__)
 
-# Content errors: sending the same message again cannot succeed, so it is parked at once.
-EMAIL_CONTENT_ERRORS = (BadHeaderError, ValueError, UnicodeError, SealBroken)
+# Content errors: sending the same message again cannot succeed, so it is parked at once (an
+# email rendered at sending whose row is gone cannot be rendered however often it is tried).
+EMAIL_CONTENT_ERRORS = (
+    BadHeaderError,
+    ValueError,
+    UnicodeError,
+    SealBroken,
+    ObjectDoesNotExist,
+)
 SUBJECT_MAX = OutboundEmail._meta.get_field("subject").max_length or 200
 KEY_MAX = OutboundEmail._meta.get_field("key").max_length or 200
 
@@ -304,6 +313,119 @@ def email_queue_rendered(
     return email, created
 
 
+@dataclass(frozen=True)
+class EmailContent:
+    """What an email says, made by its renderer when it is sent."""
+
+    body: str
+    html: str = ""
+    ics: str = ""
+    ics_method: str = ""
+
+
+EmailRenderer = Callable[[dict[str, Any]], EmailContent]
+
+# Renderers by name. The apps that queue emails rendered at sending register theirs when they
+# load (accounts is the lowest layer: it names them, it cannot import them).
+_EMAIL_RENDERERS: dict[str, EmailRenderer] = {}
+
+
+def email_renderer(name: str) -> Callable[[EmailRenderer], EmailRenderer]:
+    """Register the function that renders the emails queued under `name` (a decorator)."""
+
+    def register(renderer: EmailRenderer) -> EmailRenderer:
+        if _EMAIL_RENDERERS.setdefault(name, renderer) is not renderer:
+            raise ValueError(f"Two email renderers are named {name!r}.")
+        return renderer
+
+    return register
+
+
+@dataclass(frozen=True)
+class EmailToRender:
+    """An email decided now and rendered when it is sent: its key, who it goes to, its subject
+    (a column: admin lists it before sending) and the renderer with its arguments (ids, plain
+    values: JSON)."""
+
+    key: str
+    to: str
+    subject: str
+    renderer: str
+    args: dict[str, Any]
+    headers: dict[str, str] | None = None
+
+
+def emails_queue_to_render(emails: list[EmailToRender]) -> list[int]:
+    """Record emails in the caller's transaction, to be rendered and sent after commit, once
+    per key; returns the ids of those this call created (a key queued before is left alone).
+
+    For emails decided on a hot path (a payment's authorization confirms a booking): one
+    INSERT for all of them, no template or invitation rendered in the caller's transaction,
+    and nothing about their content can fail it (as `email_queue_rendered`).
+    """
+    if not emails:
+        return []
+    for email in emails:
+        if email.renderer not in _EMAIL_RENDERERS:
+            # A programming error, caught by the tests that queue the email.
+            raise ValueError(f"No email renderer is named {email.renderer!r}.")
+    rows = [
+        OutboundEmail(
+            key=_email_key_fit(email.key),
+            to=_header_safe(email.to)[:254],
+            subject=email_subject_fit(email.subject),
+            headers={
+                _header_safe(name): _header_safe(value)
+                for name, value in (email.headers or {}).items()
+            },
+            renderer=email.renderer,
+            renderer_args=email.args,
+        )
+        for email in emails
+    ]
+    # `get_or_create` per email costs a read, a savepoint and an insert each; ON CONFLICT
+    # DO NOTHING ... RETURNING says in one statement which keys are new. Every column is
+    # written from the model (its defaults included), so a column added later is not missed.
+    fields = [field for field in OutboundEmail._meta.concrete_fields if not field.primary_key]
+    quote = connection.ops.quote_name
+    row_sql = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    sql = (
+        f"INSERT INTO {quote(OutboundEmail._meta.db_table)}"  # noqa: S608 - names from the model
+        f" ({', '.join(quote(field.column) for field in fields)})"
+        f" VALUES {', '.join([row_sql] * len(rows))}"
+        f" ON CONFLICT ({quote('key')}) DO NOTHING"
+        f" RETURNING {quote(OutboundEmail._meta.pk.column)}"
+    )
+    params = [
+        field.get_db_prep_save(field.pre_save(row, add=True), connection)
+        for row in rows
+        for field in fields
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        created = [int(pk) for (pk,) in cursor.fetchall()]
+    if created:
+        from accounts.tasks import email_send_many_task
+
+        # One message to the broker for all of them. robust: as in `email_queue_rendered`,
+        # the sweep sends what a broker that is down misses.
+        transaction.on_commit(lambda: email_send_many_task.delay(created), robust=True)
+    return created
+
+
+def _email_content(email: OutboundEmail) -> EmailContent:
+    """What the email says: rendered now if it was queued to be rendered at sending (a
+    renderer that no longer exists is a content error: the email is parked)."""
+    if email.renderer and not email.body:
+        renderer = _EMAIL_RENDERERS.get(email.renderer)
+        if renderer is None:
+            raise ValueError(f"No email renderer is named {email.renderer!r}.")
+        return renderer(dict(email.renderer_args))
+    body = unseal(email.body) if email.sealed else email.body
+    html = unseal(email.html) if email.sealed and email.html else email.html
+    return EmailContent(body=body, html=html, ics=email.ics, ics_method=email.ics_method)
+
+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 
 
@@ -350,17 +472,15 @@ def email_send(email_id: int) -> bool:
         return False
     email = OutboundEmail.objects.get(pk=email_id)
     try:
-        body = unseal(email.body) if email.sealed else email.body
-        html = unseal(email.html) if email.sealed and email.html else email.html
+        content = _email_content(email)
         message = EmailMultiAlternatives(
-            email.subject, body, to=[email.to], headers=dict(email.headers)
+            email.subject, content.body, to=[email.to], headers=dict(email.headers)
         )
-        if html:
-            message.attach_alternative(html, "text/html")
-        if email.ics:
-            message.attach(
-                "invite.ics", email.ics, f"text/calendar; method={email.ics_method or 'PUBLISH'}"
-            )
+        if content.html:
+            message.attach_alternative(content.html, "text/html")
+        if content.ics:
+            method = content.ics_method or "PUBLISH"
+            message.attach("invite.ics", content.ics, f"text/calendar; method={method}")
         message.send()
     except EMAIL_CONTENT_ERRORS as exc:
         _email_park(email, f"Cannot be sent as it is: {type(exc).__name__}: {exc}")
@@ -376,6 +496,11 @@ def email_send(email_id: int) -> bool:
         OutboundEmail.objects.filter(pk=email_id).update(leased_until=None, last_error=error)
         raise
     sent: dict[str, Any] = {"sent_at": timezone.now(), "leased_until": None, "last_error": ""}
+    if email.renderer and not email.body:
+        # The row keeps what was sent, as for an email rendered when it was queued.
+        sent.update(
+            body=content.body, html=content.html, ics=content.ics, ics_method=content.ics_method
+        )
     if email.sealed:
         # Delivered: the link lives in the person's mailbox now, and nowhere here.
         sent["body"] = ""

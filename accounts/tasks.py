@@ -18,6 +18,27 @@ def email_send_task(email_id: int) -> bool:
     return services.email_send(email_id)
 
 
+@shared_task(
+    autoretry_for=(OSError,),
+    retry_backoff=True,
+    retry_backoff_max=600,
+    max_retries=settings.EMAIL_MAX_ATTEMPTS,
+)
+def email_send_many_task(email_ids: list[int]) -> int:
+    """Emails decided together (a booking's confirmations), one message to the broker. Each
+    is tried even when one before it fails; a retry then sends only those still unsent."""
+    sent = 0
+    failure: OSError | None = None
+    for email_id in email_ids:
+        try:
+            sent += services.email_send(email_id)
+        except OSError as error:
+            failure = failure or error
+    if failure is not None:
+        raise failure
+    return sent
+
+
 @shared_task
 def email_sweep_unsent() -> int:
     """Safety net for emails whose task was lost (broker down at commit, worker crash)."""

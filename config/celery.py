@@ -8,6 +8,7 @@ from typing import Any
 
 from celery import Celery
 from celery.schedules import crontab
+from celery.signals import worker_init
 from django.conf import settings
 from kombu import Queue
 
@@ -76,3 +77,49 @@ app.conf.beat_schedule = {
         "schedule": crontab(minute=17, hour=3),
     },
 }
+
+
+# Worker pools whose tasks run as threads of one process, sharing its database pool.
+THREADED_POOLS = ("threads", "gevent", "eventlet")
+
+
+def worker_pool_refusal(pool: str, concurrency: int, database_pool_max: int | None) -> str:
+    """Why a worker must not start with this pool and concurrency ("" when it may).
+
+    A task holds a database connection while it runs (Celery's Django fixup returns it after
+    each task). Prefork children have a pool each; threads share their process's: more of
+    them than `DATABASE_POOL_MAX` would wait out the pool's timeout and fail their tasks
+    ("couldn't get a connection") instead of queuing on the broker (docs/ARCHITECTURE.md,
+    "The database pool")."""
+    if pool not in THREADED_POOLS or database_pool_max is None:
+        return ""
+    if concurrency <= database_pool_max:
+        return ""
+    return (
+        f"A {pool} worker with concurrency {concurrency} runs more tasks at once than its "
+        f"process's {database_pool_max} database connections (DATABASE_POOL_MAX). Lower "
+        "--concurrency, raise DATABASE_POOL_MAX, or run the prefork pool."
+    )
+
+
+def _pool_name(pool_cls: object) -> str:
+    """The worker's pool by its alias ("prefork", "threads"…), from an alias, a
+    "module:Class" name or the class itself."""
+    name = pool_cls if isinstance(pool_cls, str) else f"{getattr(pool_cls, '__module__', '')}:"
+    if ":" in name:
+        name = name.split(":", 1)[0].rsplit(".", 1)[-1]
+    return "threads" if name == "thread" else name
+
+
+@worker_init.connect
+def _worker_pool_check(sender: Any, **kwargs: Any) -> None:
+    options = settings.DATABASES["default"].get("OPTIONS", {})
+    pool = options.get("pool")
+    refusal = worker_pool_refusal(
+        _pool_name(sender.pool_cls),
+        int(sender.concurrency) if str(sender.concurrency).isdigit() else 0,
+        int(pool["max_size"]) if isinstance(pool, dict) else None,
+    )
+    if refusal:
+        # Celery logs and swallows an exception from a signal handler; the worker must stop.
+        raise SystemExit(refusal)

@@ -146,8 +146,13 @@ if REDIS_URL:
         "default": {
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
             # Pub/sub channels are server-wide, not per Redis database: deployments (and test
-            # runs) sharing one Redis server keep apart by prefix.
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": env_str("CHANNEL_LAYER_PREFIX", "parley")},
+            # runs) sharing one Redis server keep apart by prefix. CHANNEL_REDIS_URLS (comma-
+            # separated) shards the layer over several Redis servers, channels-redis's own way:
+            # each channel and group lives on the server its name hashes to (no Redis Cluster).
+            "CONFIG": {
+                "hosts": env_list("CHANNEL_REDIS_URLS") or [REDIS_URL],
+                "prefix": env_str("CHANNEL_LAYER_PREFIX", "parley"),
+            },
         }
     }
     CACHES: dict[str, Any] = {
@@ -165,6 +170,9 @@ if REDIS_URL:
         }
     }
 else:
+    if env_list("CHANNEL_REDIS_URLS"):
+        # Without REDIS_URL the layer would silently be in-memory: one process's sockets only.
+        raise ImproperlyConfigured("CHANNEL_REDIS_URLS needs REDIS_URL (the broker and cache).")
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 

@@ -6,4 +6,7 @@ class RoomsConfig(AppConfig):
     verbose_name = "Rooms and calls"
 
     def ready(self) -> None:
-        from rooms import receivers  # noqa: F401 - connects billing's signals
+        from rooms import (
+            emails,  # noqa: F401 - registers the booking emails' renderer
+            receivers,  # noqa: F401 - connects billing's signals
+        )

@@ -2,6 +2,10 @@
 
 Keys make each email happen once: a retried task, a second worker or a second sweep cannot
 send the same confirmation, update, cancellation or reminder twice.
+
+A booking's confirmations are queued by the payment's authorization, on the booking's hot
+path: they are written as ids and rendered by the worker that sends them
+(`booking_email_render`), from the session as it is then. The others are rendered when queued.
 """
 
 from __future__ import annotations
@@ -16,7 +20,14 @@ from django.utils import timezone
 from icalendar import Calendar, Event, vCalAddress
 
 from accounts.models import OutboundEmail, User
-from accounts.services import email_queue
+from accounts.services import (
+    EmailContent,
+    EmailToRender,
+    email_queue_rendered,
+    email_render,
+    email_renderer,
+    emails_queue_to_render,
+)
 from accounts.unsubscribe import reminders_unsubscribe_headers, reminders_unsubscribe_url
 from billing.pricing import format_money
 from rooms.models import Room, RoomState, Seat
@@ -91,6 +102,38 @@ def invitation(
     return str(calendar.to_ical().decode())
 
 
+def _content(
+    person: User,
+    template: str,
+    seat: Seat,
+    room: Room,
+    *,
+    method: str = "REQUEST",
+    **extra: object,
+) -> EmailContent:
+    """The email's bodies and its invitation (method "" for none)."""
+    body, html = email_render(
+        template,
+        {
+            "person": person,
+            "room": room,
+            "seat": seat,
+            "starts": local_time(room.starts_at, person),
+            "join_url": join_url(room),
+            "session_with": session_with(room, person, seat),
+            **extra,
+        },
+    )
+    # A cancellation must outrank every invitation sent before it.
+    sequence = room.sequence + (1 if method == "CANCEL" else 0)
+    ics = (
+        invitation(room, method=method, sequence=sequence, attendee=person, seat=seat)
+        if method
+        else ""
+    )
+    return EmailContent(body=body, html=html, ics=ics, ics_method=method)
+
+
 def _send(
     key: str,
     person: User,
@@ -106,50 +149,74 @@ def _send(
     """Queue one email with its invitation (method "" for none). False: the key was sent."""
     if OutboundEmail.objects.filter(key=key).exists():
         return False  # checked first: rendering an invitation is the expensive part
-    # A cancellation must outrank every invitation sent before it.
-    sequence = room.sequence + (1 if method == "CANCEL" else 0)
-    _email, created = email_queue(
+    content = _content(person, template, seat, room, method=method, **extra)
+    _email, created = email_queue_rendered(
         key=key,
         to=person.email,
         subject=subject,
-        template=template,
-        context={
-            "person": person,
-            "room": room,
-            "seat": seat,
-            "starts": local_time(room.starts_at, person),
-            "join_url": join_url(room),
-            "session_with": session_with(room, person, seat),
-            **extra,
-        },
-        ics=(
-            invitation(room, method=method, sequence=sequence, attendee=person, seat=seat)
-            if method
-            else ""
-        ),
-        ics_method=method,
+        body=content.body,
+        html=content.html,
+        ics=content.ics,
+        ics_method=content.ics_method,
         headers=headers,
     )
     return created
 
 
-def booking_confirmed(seat: Seat) -> None:
+BOOKING_RENDERER = "rooms.booking"
+_TEMPLATES = "rooms/email/"
+
+
+@email_renderer(BOOKING_RENDERER)
+def booking_email_render(args: dict[str, Any]) -> EmailContent:
+    """Render a booking email queued as ids (`_to_render`), from the seat as it is now."""
+    template = str(args["template"])
+    if not template.startswith(_TEMPLATES):
+        raise ValueError(f"Not a booking email's template: {template}")
+    seat = Seat.objects.select_related("room", "room__expert", "client").get(pk=args["seat"])
     room = seat.room
-    _send(
-        f"booking-confirmed:{seat.pk}",
-        seat.client,
-        f"Booked: {room.title} with {room.expert.display_name}",
-        "rooms/email/booking_confirmed.txt",
-        seat,
-        room,
+    people = {seat.client_id: seat.client, room.expert_id: room.expert}
+    person = people.get(args["person"]) or User.objects.get(pk=args["person"])
+    return _content(
+        person, template, seat, room, method=str(args["method"]), **dict(args.get("extra", {}))
     )
-    _send(
-        f"booking-new-for-expert:{seat.pk}",
-        room.expert,
-        f"New booking: {room.title} with {seat.client.display_name}",
-        "rooms/email/booking_new_for_expert.txt",
-        seat,
-        room,
+
+
+def _to_render(
+    key: str, person: User, subject: str, template: str, seat: Seat, *, method: str = "REQUEST"
+) -> EmailToRender:
+    return EmailToRender(
+        key=key,
+        to=person.email,
+        subject=subject,
+        renderer=BOOKING_RENDERER,
+        args={"template": template, "seat": seat.pk, "person": person.pk, "method": method},
+    )
+
+
+def booking_confirmed(seat: Seat) -> None:
+    """The client's confirmation and the expert's notice, rendered when they are sent: this
+    runs in the payment's authorization, where one INSERT is all they cost.
+
+    `seat` comes with its room, the room's expert and its client loaded."""
+    room = seat.room
+    emails_queue_to_render(
+        [
+            _to_render(
+                f"booking-confirmed:{seat.pk}",
+                seat.client,
+                f"Booked: {room.title} with {room.expert.display_name}",
+                "rooms/email/booking_confirmed.txt",
+                seat,
+            ),
+            _to_render(
+                f"booking-new-for-expert:{seat.pk}",
+                room.expert,
+                f"New booking: {room.title} with {seat.client.display_name}",
+                "rooms/email/booking_new_for_expert.txt",
+                seat,
+            ),
+        ]
     )
 
 

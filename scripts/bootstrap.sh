@@ -45,6 +45,18 @@ pip_quiet() {
 pip_quiet install --quiet --upgrade pip
 pip_quiet install --quiet -e '.[dev]'
 
+# scripts/cluster.sh puts Debian's HAProxy (2.6) in front of its Daphne processes. Only that
+# script needs it, so without root this warns instead of failing the install.
+if ! command -v haproxy >/dev/null && [ ! -x /usr/sbin/haproxy ]; then
+  if is_root && command -v apt-get >/dev/null; then
+    echo "==> installing haproxy"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null
+  else
+    echo "scripts/cluster.sh needs HAProxy (Debian: apt-get install haproxy)." >&2
+  fi
+fi
+
 # axe-core comes from npm: Node.js and npm from Debian, the package from scripts/axe's lock file.
 if ! command -v npm >/dev/null; then
   if is_root && command -v apt-get >/dev/null; then

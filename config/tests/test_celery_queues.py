@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from config.celery import QUEUES, app
+from config.celery import QUEUES, app, worker_pool_refusal
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,6 +27,7 @@ EXPECTED = {
     "rooms.tasks.reminders_queue": "rooms",
     "rooms.tasks.presence_grace_end": "rooms",
     "accounts.tasks.email_send_task": "email",
+    "accounts.tasks.email_send_many_task": "email",
     "accounts.tasks.email_sweep_unsent": "email",
     "accounts.tasks.sessions_clear_expired": "rooms",
 }
@@ -69,3 +70,35 @@ def test_every_worker_started_by_the_project_consumes_all_queues(path: str) -> N
     assert commands, f"no worker command found in {path}"
     for command in commands:
         assert re.search(r"(--queues[ =]|-Q )money,rooms,email", command), command
+
+
+@pytest.mark.parametrize(
+    ("pool", "concurrency", "pool_max", "refused"),
+    [
+        ("threads", 32, 10, True),
+        ("gevent", 11, 10, True),
+        ("threads", 10, 10, False),
+        # Each prefork child has a pool of its own, one task at a time.
+        ("prefork", 32, 10, False),
+        ("solo", 1, 10, False),
+        # SQLite (make run on a laptop): no pool to run out of.
+        ("threads", 32, None, False),
+    ],
+)
+def test_a_threaded_worker_may_not_run_more_tasks_at_once_than_its_database_pool(
+    pool: str, concurrency: int, pool_max: int | None, refused: bool
+) -> None:
+    refusal = worker_pool_refusal(pool, concurrency, pool_max)
+    assert bool(refusal) == refused
+    if refused:
+        assert "DATABASE_POOL_MAX" in refusal and f"concurrency {concurrency}" in refusal
+
+
+def test_a_worker_with_more_threads_than_database_connections_refuses_to_start() -> None:
+    """The real worker, as `celery worker --pool threads --concurrency N` builds it: the check
+    runs before any task could wait on the pool."""
+    pool_max = settings.DATABASES["default"]["OPTIONS"]["pool"]["max_size"]
+    with pytest.raises(SystemExit, match="DATABASE_POOL_MAX"):
+        app.WorkController(pool_cls="threads", concurrency=pool_max + 1, hostname="check@test")
+    worker = app.WorkController(pool_cls="threads", concurrency=pool_max, hostname="check@test")
+    assert getattr(worker, "concurrency", None) == pool_max

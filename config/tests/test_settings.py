@@ -43,6 +43,7 @@ def test_embedded_defaults_need_no_environment_in_debug() -> None:
         ({"DEBUG": "1", "PAYMENT_PROVIDER": "paypal"}, "PAYMENT_PROVIDER must be one of"),
         ({"DEBUG": "1", "PAYMENT_PROVIDER": "stripe"}, "PAYMENT_PROVIDER=stripe needs"),
         ({"DEBUG": "1", "TURN_URLS": "turn:x:3478"}, "TURN_URLS needs TURN_SECRET"),
+        ({"DEBUG": "1", "CHANNEL_REDIS_URLS": "redis://a:6379/0"}, "CHANNEL_REDIS_URLS needs"),
     ],
 )
 def test_a_wrong_switch_names_itself(env: dict[str, str], message: str) -> None:

@@ -9,16 +9,14 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from allauth.account.models import EmailAddress
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from accounts.models import User
-from accounts.selectors import users_blocked_between
 from billing import services as billing
-from billing.models import Payment, PaymentState
+from billing.models import Payment
 from rooms import emails, selectors
 from rooms.availability import Slot, candidate_slots
 from rooms.errors import BookingRefused, InvalidTransition, RoomsError, SlotTaken
@@ -47,19 +45,20 @@ def booking_reserve(client: User, offering: Offering, slot_start: datetime) -> S
     Checks come first and say exactly what is wrong; the database has the last word on
     overlap (exclusion constraint), so two clients racing for one slot get one room.
     """
-    _booking_check_people(client, offering.expert)
+    calendar = _booking_check_people(client, offering.expert, around=slot_start)
     _booking_check_offering(offering, group=False)
     now = timezone.now()
-    slot = slot_check_policy(offering, slot_start, now)
+    slot = slot_check_policy(offering, slot_start, now, calendar=calendar)
     try:
         with transaction.atomic():
             _unpaid_limit_check(client, offering.expert, now)
-            room = _room_create(offering, slot, RoomKind.PRIVATE, now)
+            room = _room_build(offering, slot, RoomKind.PRIVATE)
+            # The payment needs no room id: opened before the calendar lock, it keeps the lock's
+            # time to the overlap check and the rows that need the room.
+            payment = _payment_open(room, client, now)
+            _room_insert(room, now)
             seat = Seat.objects.create(
-                room=room,
-                client=client,
-                reserved_until=_hold_until(now),
-                payment=_payment_open(room, client, now),
+                room=room, client=client, reserved_until=_hold_until(now), payment=payment
             )
             room_event_write(
                 room, "booked", client, seat=seat.pk, starts_at=slot.starts_at.isoformat()
@@ -101,33 +100,55 @@ def group_room_publish(expert: User, offering: Offering, starts_at: datetime) ->
 def _room_create(offering: Offering, slot: Slot, kind: str, now: datetime) -> Room:
     """A scheduled room for `slot`, or SlotTaken when the expert's calendar has no room for
     it (buffers included). Runs inside the caller's transaction."""
-    expert = offering.expert
+    room = _room_build(offering, slot, kind)
+    _room_insert(room, now)
+    return room
+
+
+def _room_build(offering: Offering, slot: Slot, kind: str) -> Room:
+    """The room `slot` would be, not saved yet, with the offering's terms of now."""
     policy = selectors.offering_policy(offering)
     blocked_from, blocked_until = slot.blocked_range(policy.buffer_before, policy.buffer_after)
-    expert_calendar_lock(expert)
-    rooms_release_stale(expert, blocked_from, blocked_until, now)
-    if selectors.rooms_blocking(expert, blocked_from, blocked_until).exists():
-        raise SlotTaken()
+    return Room(
+        expert=offering.expert,
+        offering=offering,
+        kind=kind,
+        title=offering.title,
+        starts_at=slot.starts_at,
+        ends_at=slot.ends_at,
+        blocked_from=blocked_from,
+        blocked_until=blocked_until,
+        capacity=1 if kind == RoomKind.PRIVATE else offering.capacity,
+        **_terms(offering),
+    )
+
+
+def _room_insert(room: Room, now: datetime) -> None:
+    """Save the built `room`, or raise SlotTaken when the expert's calendar has no room for
+    it (buffers included). Inside the caller's transaction, which SlotTaken must end."""
+    expert, start, end = room.expert, room.blocked_from, room.blocked_until
+    expert_calendar_lock(expert, start, end)
+    # Most slots asked for overlap no room at all (what the no-overlap constraint sees): one
+    # read settles them. Only an overlap needs the finer look: a stale reservation there is
+    # released (else the constraint would refuse the new room), and a room that closed early
+    # may have freed the time.
+    overlapping = Room.objects.filter(
+        expert=expert, blocked_from__lt=end, blocked_until__gt=start
+    ).exclude(state=RoomState.CANCELED)
+    if overlapping.exists():
+        rooms_release_stale(expert, start, end, now)
+        if selectors.rooms_blocking(expert, start, end).exists():
+            raise SlotTaken()
     try:
-        with transaction.atomic():
-            room = Room.objects.create(
-                expert=expert,
-                offering=offering,
-                kind=kind,
-                title=offering.title,
-                starts_at=slot.starts_at,
-                ends_at=slot.ends_at,
-                blocked_from=blocked_from,
-                blocked_until=blocked_until,
-                capacity=1 if kind == RoomKind.PRIVATE else offering.capacity,
-                **_terms(offering),
-            )
-            room_timers_schedule(room)
-            return room
+        # No savepoint (two round trips): a refused insert dooms the caller's transaction,
+        # which SlotTaken then leaves, and Django refuses any query before that.
+        with transaction.atomic(savepoint=False):
+            room.save(force_insert=True)
     except IntegrityError as error:
         if NO_OVERLAP_CONSTRAINT not in str(error):
             raise
         raise SlotTaken() from None
+    room_timers_schedule(room)
 
 
 def group_seat_reserve(client: User, room_id: int) -> Seat:
@@ -184,9 +205,10 @@ def _client_booking_lock(client: User) -> None:
     unpaid reservations and adding one cannot interleave with another of their bookings.
 
     An advisory lock rather than the client's user row: a client may be an expert too, and
-    bookings lock experts' rows (the calendar lock) in whatever order clients book each
-    other. Taken first in every booking transaction, so it never waits behind a row lock
-    that a holder of it wants. SQLite needs nothing (IMMEDIATE transactions: one writer).
+    bookings lock experts' calendars (and insert rooms referencing their rows) in whatever
+    order clients book each other. Taken first in every booking transaction, so it never
+    waits behind a lock that a holder of it wants. SQLite needs nothing (IMMEDIATE
+    transactions: one writer).
     """
     if connection.vendor != "postgresql":
         return
@@ -204,21 +226,16 @@ def _unpaid_limit_check(client: User, expert: User, now: datetime, *, locked: bo
     client cannot all pass the count."""
     if not locked:
         _client_booking_lock(client)
-    unpaid = Seat.objects.filter(
-        client=client,
-        state=SeatState.RESERVED,
-        reserved_until__gt=now,
-        payment__state=PaymentState.PENDING,
-    )
+    unpaid = selectors.unpaid_reservations(client, expert, now)
     hold = settings.RESERVATION_HOLD_MINUTES
     overall = settings.UNPAID_RESERVATIONS_MAX
-    if unpaid.count() >= overall:
+    if unpaid.overall >= overall:
         raise BookingRefused(
             f"You have {overall} bookings waiting for payment. Pay for one of them (or let it "
             f"lapse: an unpaid booking is released after {hold} minutes) before booking another."
         )
     per_expert = settings.UNPAID_RESERVATIONS_PER_EXPERT_MAX
-    if unpaid.filter(room__expert=expert).count() >= per_expert:
+    if unpaid.with_expert >= per_expert:
         raise BookingRefused(
             f"You have {per_expert} bookings with {expert.display_name} waiting for payment. "
             "Pay for them (or let them lapse) before booking another session with them."
@@ -280,7 +297,12 @@ def seat_confirm(seat_id: int, *, actor: User | None = None) -> Seat:
     """
     now = timezone.now()
     with transaction.atomic():
-        seat = Seat.objects.select_for_update(of=("self",)).select_related("room").get(pk=seat_id)
+        # The room and both people come along: the event and the emails need them.
+        seat = (
+            Seat.objects.select_for_update(of=("self",))
+            .select_related("room", "room__expert", "client")
+            .get(pk=seat_id)
+        )
         if seat.state == SeatState.CONFIRMED:
             return seat
         if seat.state == SeatState.CANCELED:
@@ -321,15 +343,25 @@ def _hold_until(now: datetime) -> datetime:
     return now + timedelta(minutes=settings.RESERVATION_HOLD_MINUTES)
 
 
-def _booking_check_people(client: User, expert: User) -> None:
+def _booking_check_people(
+    client: User, expert: User, *, around: datetime | None = None
+) -> selectors.ExpertCalendar:
+    """Refuse a booking its people cannot make. Returns the expert's calendar, read with them,
+    with the overrides of the days around `around` (today if None)."""
     if client.pk == expert.pk:
         raise BookingRefused("You cannot book your own session.")
-    if not EmailAddress.objects.filter(user=client, verified=True).exists():
+    # A day either side of the UTC date holds the expert's local day in any zone.
+    day = (around or timezone.now()).astimezone(UTC).date()
+    parties = selectors.booking_parties(
+        client, expert, day - timedelta(days=1), day + timedelta(days=1)
+    )
+    if not parties.client_verified:
         raise BookingRefused("Verify your email address before booking; check your inbox.")
-    if not selectors.expert_is_approved(expert):
+    if not parties.expert_approved:
         raise BookingRefused("This expert is not taking bookings.")
-    if users_blocked_between(client.pk, expert.pk):
+    if parties.blocked:
         raise BookingRefused("You cannot book this expert.")
+    return parties.calendar
 
 
 def _booking_check_offering(offering: Offering, *, group: bool) -> None:
@@ -341,8 +373,16 @@ def _booking_check_offering(offering: Offering, *, group: bool) -> None:
         raise BookingRefused("This is a group offering: take a seat in one of its sessions.")
 
 
-def slot_check_policy(offering: Offering, slot_start: datetime, now: datetime) -> Slot:
-    """The slot starting at `slot_start`, or a refusal that says which rule it breaks."""
+def slot_check_policy(
+    offering: Offering,
+    slot_start: datetime,
+    now: datetime,
+    *,
+    calendar: selectors.ExpertCalendar | None = None,
+) -> Slot:
+    """The slot starting at `slot_start`, or a refusal that says which rule it breaks.
+    `calendar`: the expert's, when the caller has read it already (with the overrides of the
+    slot's local day)."""
     if timezone.is_naive(slot_start):
         raise BookingRefused("The time must include its time zone.")
     policy = selectors.offering_policy(offering)
@@ -356,16 +396,23 @@ def slot_check_policy(offering: Offering, slot_start: datetime, now: datetime) -
         raise BookingRefused(
             f"This session can be booked at most {offering.horizon_days} days ahead."
         )
-    zone = selectors.expert_zone(offering.expert)
+    # A slot lies inside one working interval of one local day (intervals end by midnight),
+    # and that day is the local day it starts on: its grid is that day's alone.
+    expert = offering.expert
+    zone = calendar.zone if calendar else selectors.expert_zone(expert)
     local_day = slot_start.astimezone(zone).date()
+    if calendar is None:
+        weekly = selectors.weekly_intervals(expert)
+        overrides = selectors.date_overrides(expert, local_day, local_day)
+    else:
+        weekly = calendar.weekly
+        overrides = [override for override in calendar.overrides if override.day == local_day]
     offered = candidate_slots(
         zone=zone,
-        first_day=local_day - timedelta(days=1),
-        last_day=local_day + timedelta(days=1),
-        weekly=selectors.weekly_intervals(offering.expert),
-        overrides=selectors.date_overrides(
-            offering.expert, local_day - timedelta(days=1), local_day + timedelta(days=1)
-        ),
+        first_day=local_day,
+        last_day=local_day,
+        weekly=weekly,
+        overrides=overrides,
         length=policy.length,
     )
     slot = next((slot for slot in offered if slot.starts_at == slot_start), None)

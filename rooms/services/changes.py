@@ -324,7 +324,7 @@ def seat_reschedule(seat_id: int, *, actor: User, new_start: datetime) -> Room:
     )
     try:
         with transaction.atomic():
-            expert_calendar_lock(offering.expert)
+            expert_calendar_lock(offering.expert, blocked_from, blocked_until)
             locked = Room.objects.select_for_update().get(pk=room.pk)
             if locked.state != RoomState.SCHEDULED:
                 raise InvalidTransition("This session can no longer be moved.")

@@ -7,8 +7,10 @@ conditional UPDATE from the allowed sources, then an event).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
+from django.db import connection
 from django.db.models import Q
 
 from accounts.models import User
@@ -91,12 +93,32 @@ def room_event_new(room: Room, kind: str, actor: User | None, **data: Any) -> Ro
     return RoomEvent(room=room, kind=kind, actor=actor, data=data)
 
 
-def expert_calendar_lock(expert: User) -> None:
-    """Serialise changes to one expert's calendar for the rest of the transaction.
+# An expert's calendar is locked by the hour: bookings of one expert at different hours do
+# not wait for each other. Keys of the one-bigint advisory lock space (the two-key locks, such
+# as the client booking lock, are a space of their own): the expert's id above 24 bits of
+# hours since 1970 (enough for 1,900 years).
+_CALENDAR_HOUR = timedelta(hours=1)
+_CALENDAR_HOUR_BITS = 24
+_EPSILON = timedelta(microseconds=1)  # the range's end is not in it
+
+
+def expert_calendar_lock(expert: User, start: datetime, end: datetime) -> None:
+    """Serialise changes to the expert's calendar in [start, end) (buffers included) for the
+    rest of the transaction.
 
     The exclusion constraint alone is correct but, with many inserts of one range in flight,
     PostgreSQL can resolve their waits with a deadlock error instead of a constraint error.
-    Queuing on the expert's row first lets the overlap check decide every race cleanly; the
-    constraint stays as the backstop (and is all SQLite needs: it serialises writers anyway).
+    Queuing first on a lock per hour of the range lets the overlap check decide every race
+    cleanly: two ranges that overlap share an hour, so they queue on its lock; ranges that do
+    not overlap may run together, and the constraint stays as the backstop. The hours are
+    locked in ascending order, so two writers never wait for each other crosswise. SQLite
+    needs nothing (IMMEDIATE transactions: one writer at a time).
     """
-    list(User.objects.select_for_update().filter(pk=expert.pk).values_list("pk", flat=True))
+    if connection.vendor != "postgresql":
+        return
+    first = int(start.timestamp() // _CALENDAR_HOUR.total_seconds())
+    last = int((end - _EPSILON).timestamp() // _CALENDAR_HOUR.total_seconds())
+    keys = [(expert.pk << _CALENDAR_HOUR_BITS) | hour for hour in range(first, last + 1)]
+    with connection.cursor() as cursor:
+        # One round trip: a function scan yields the array's elements in order.
+        cursor.execute("SELECT pg_advisory_xact_lock(key) FROM unnest(%s::bigint[]) AS key", [keys])

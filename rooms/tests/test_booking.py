@@ -14,6 +14,7 @@ from accounts.tests.factories import UserFactory
 from rooms import selectors, services
 from rooms.errors import BookingRefused, RoomsError, SlotTaken
 from rooms.models import Offering, Room, RoomEvent, RoomKind, RoomState, Seat, SeatState
+from rooms.services.records import expert_calendar_lock
 from rooms.tests.factories import NOW, OfferingFactory, expert_create, seat_pay
 from rooms.tests.races import lock_held_until_waited_on, race, racers_at_once
 
@@ -84,11 +85,11 @@ def test_fifty_clients_racing_for_one_slot_get_one_room_and_49_taken_answers(
 ) -> None:
     clients = [UserFactory.create() for _ in range(50)]
 
-    # Every booking queues on the expert's calendar lock: as many as this process's connection
-    # pool lets into PostgreSQL at once (18 of the 50; the rest queue on the pool) are inside
-    # booking_reserve together when the holder lets go.
+    # Every booking queues on the expert's calendar lock for the slot's hour: as many as this
+    # process's connection pool lets into PostgreSQL at once (18 of the 50; the rest queue on
+    # the pool) are inside booking_reserve together when the holder lets go.
     with lock_held_until_waited_on(
-        lambda: User.objects.select_for_update().get(pk=offering.expert_id),
+        lambda: expert_calendar_lock(offering.expert, SLOT, SLOT + dt.timedelta(hours=1)),
         waiters=racers_at_once(50),
     ) as held:
         outcomes = race([partial(_book, client, offering) for client in clients])

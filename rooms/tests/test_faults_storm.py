@@ -136,9 +136,7 @@ def _actions(
         (
             "rejoin",
             # Connection ids are unique for all time (a channel name), so one per round.
-            partial(
-                services.presence_open, room.pk, clients[0], connection_id=f"again-{round_no}"
-            ),
+            partial(services.presence_open, room.pk, clients[0], connection_id=f"again-{round_no}"),
         )
     )
     for who in clients:

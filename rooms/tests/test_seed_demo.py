@@ -50,6 +50,7 @@ def _a_weekday_afternoon_in_berlin() -> Iterator[None]:
     with time_machine.travel(_berlin(2, 15, 3, 30)):
         yield
 
+
 BERLIN = ZoneInfo("Europe/Berlin")
 DEMO_PASSWORD = "parley-demo"
 EXPERT = "expert@demo.test"

@@ -46,6 +46,9 @@ STEADY_SECONDS = 8.0
 BILLING_TOLERANCE_SECONDS = 2.0
 # Past the free first minute, so the charge is not zero.
 CHARGED_CALL_SECONDS = 66.0
+SELF_VIEW_PLAYING = (
+    "() => { const v = document.querySelector('#self-view'); return [v.paused, v.currentTime]; }"  # noqa: E501
+)
 
 
 @pytest.fixture
@@ -140,6 +143,32 @@ def test_expert_and_client_see_each_other_within_3_seconds_of_joining(
     )
     print(message)
     assert max(seconds.values()) <= FIRST_FRAME_SECONDS, message
+
+
+def test_in_the_call_each_sees_themselves_and_the_controls_without_scrolling(
+    contexts: Contexts, booked: Booked, second_browser: Browser
+) -> None:
+    """On a laptop's screen (Playwright's 1280 x 720) the call fits: the other person's video,
+    your own picture playing (Chromium pauses a muted autoplaying video that is out of view,
+    which left a frozen self-view below the fold) and the controls to mute and leave."""
+    expert, client, _ = _call_started(contexts, booked, second_browser)
+    for side in (expert, client):
+        page = side.page
+        viewport = page.viewport_size
+        assert viewport is not None
+        for selector in (".peer video", "#self-view", "#mute", "#leave"):
+            box = page.locator(selector).first.bounding_box()
+            assert box is not None, f"{side.role}: {selector} is not shown"
+            assert 0 <= box["y"] and box["y"] + box["height"] <= viewport["height"], (
+                f"{side.role}: {selector} is out of view at {box} in {viewport}"
+            )
+        paused, first = page.evaluate(SELF_VIEW_PLAYING)
+        time.sleep(1.0)
+        paused_later, later = page.evaluate(SELF_VIEW_PLAYING)
+        assert not paused and not paused_later and later > first, (
+            f"{side.role}: the self-view is frozen (paused {paused}/{paused_later}, "
+            f"at {first:.2f} s then {later:.2f} s)"
+        )
 
 
 def test_a_client_offline_for_8_seconds_resumes_in_place_and_the_gap_is_not_billed(

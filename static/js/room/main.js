@@ -208,6 +208,8 @@ async function join(requested) {
   show($("#countdown"), false); // the call's own clock says when the booked time starts
   show($("#call"));
   show($("#after"), false);
+  // The status line, the other's video, your picture and the controls in view at once.
+  $("#room-status").scrollIntoView({ block: "start" });
   $("#self-view").srcObject = devices.stream;
   show($("#self-view"), mode === "full");
   controlsUpdate();

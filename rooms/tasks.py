@@ -21,7 +21,19 @@ def rooms_advance() -> dict[str, int]:
     10 s, and scheduled for the exact moments of each room)."""
     # Stale connections first, so an empty room is seen as empty.
     services.presences_sweep_stale()
-    return services.rooms_advance()
+    return services.rooms_advance(hand_off=_close_elsewhere)
+
+
+def _close_elsewhere(room_ids: list[int]) -> None:
+    rooms_close_due.delay(room_ids)
+
+
+@shared_task
+def rooms_close_due(room_ids: list[int]) -> dict[str, int]:
+    """A batch of rooms a sweep found due to close when many were due at once (sessions end on
+    the hour), so that every worker shares them; each is decided again under its lock, and a
+    batch delivered twice closes nothing twice."""
+    return services.rooms_close_due(room_ids)
 
 
 @shared_task

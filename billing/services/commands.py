@@ -111,19 +111,28 @@ def _command_reconcile(gateway: Any, command: PaymentCommand, error: str) -> Int
 
 
 def _command_succeed(command: PaymentCommand, outcome: Intent | str) -> None:
+    done = {
+        "state": CommandState.SUCCEEDED,
+        "finished_at": timezone.now(),
+        "provider_ref": outcome.id if isinstance(outcome, Intent) else outcome,
+        "leased_until": None,
+        "last_error": "",
+    }
     if isinstance(outcome, Intent):
         # Applying the intent marks this command done in the same transaction.
         payment_apply_intent(command.payment_id, outcome, source=f"command {command.pk}")
+    if command.kind in (CommandKind.CAPTURE, CommandKind.CANCEL):
+        # Their outcome is on the payment already (the intent applied above, or before by a
+        # webhook, which left this command pending): nothing more to write than the
+        # command's own state, which one conditional UPDATE does without the payment's lock.
+        PaymentCommand.objects.filter(pk=command.pk, state=CommandState.PENDING).update(**done)
+        return
     with transaction.atomic():
         payment = Payment.objects.select_for_update().get(pk=command.payment_id)
         changed = PaymentCommand.objects.filter(pk=command.pk, state=CommandState.PENDING).update(
-            state=CommandState.SUCCEEDED,
-            finished_at=timezone.now(),
-            provider_ref=outcome.id if isinstance(outcome, Intent) else outcome,
-            leased_until=None,
-            last_error="",
+            **done
         )
-        if changed and command.kind in (CommandKind.REFUND, CommandKind.TRANSFER):
+        if changed:
             payment_event_write(
                 payment,
                 f"{command.kind}_sent",

@@ -287,7 +287,12 @@ def payment_apply_intent(payment_id: int, intent: Intent, *, source: str) -> Pay
     Safe to call any number of times with any snapshot, in any order.
     """
     with transaction.atomic():
-        payment = Payment.objects.select_for_update().get(pk=payment_id)
+        # The payer and payee come along: a capture's receipt names both.
+        payment = (
+            Payment.objects.select_for_update(of=("self",))
+            .select_related("payer", "payee")
+            .get(pk=payment_id)
+        )
         if payment.intent_id and intent.id != payment.intent_id:
             raise BillingError(f"Intent {intent.id} does not belong to payment {payment.pk}.")
         if intent.amount_minor != payment.amount_minor or intent.currency != payment.currency:
@@ -367,10 +372,11 @@ def payment_apply_intent(payment_id: int, intent: Intent, *, source: str) -> Pay
         if target == PaymentState.CAPTURED:
             # The provider confirmed the charge: now, and only now, the client gets a receipt.
             receipt_email_queue(payment)
-        decided = Settlement.objects.filter(payment=payment).exists()
-        if was_unpaid and target == PaymentState.AUTHORIZED and not decided:
+        authorized_now = was_unpaid and target == PaymentState.AUTHORIZED
+        decided = authorized_now and Settlement.objects.filter(payment=payment).exists()
+        if authorized_now and not decided:
             signals.payment_authorized.send(sender=Payment, payment=payment)
-        elif was_unpaid and target == PaymentState.AUTHORIZED:
+        elif authorized_now:
             # Authorized after the purchase was already released (the reservation expired
             # while the card was being confirmed): give the hold back, unless the release
             # already wrote its cancel.

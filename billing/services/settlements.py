@@ -5,19 +5,22 @@ Each decision is written as a PaymentCommand; the provider is called after commi
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from accounts.models import User
-from billing.errors import PaymentRefused
+from billing.errors import BillingError, PaymentRefused
 from billing.models import (
     CommandKind,
     Payment,
     PaymentCommand,
+    PaymentEvent,
     PaymentState,
     Settlement,
 )
@@ -25,20 +28,31 @@ from billing.pricing import call_charge, format_money, platform_fee
 from billing.services.records import (
     UNPAID_STATES,
     command_write,
+    payment_event_new,
     payment_event_write,
 )
 
 
-def payments_lock(payment_ids: list[int]) -> None:
-    """Lock payments for the rest of the caller's transaction, in one order.
+def payments_lock(payment_ids: Iterable[int | None] | QuerySet[Any, Any]) -> dict[int, Payment]:
+    """Lock payments for the rest of the caller's transaction, in one order, and return them
+    as they are under the lock, each with its settlement if it has one (read in the same query).
 
     Payments are locked before the rows that point to them (seats, rooms): the provider's
     answers enter through the payment, so every writer takes the payment first and no two
-    writers wait for each other in a circle.
+    writers wait for each other in a circle. `payment_ids` may be a query of ids (the seats of
+    a room), so finding and locking them is one round trip.
     """
-    ids = sorted({pk for pk in payment_ids if pk is not None})
-    if ids:
-        list(Payment.objects.select_for_update().filter(pk__in=ids).order_by("pk").values("pk"))
+    if not isinstance(payment_ids, QuerySet):
+        payment_ids = sorted({pk for pk in payment_ids if pk is not None})
+        if not payment_ids:
+            return {}
+    locked = (
+        Payment.objects.select_for_update(of=("self",))
+        .select_related("settlement")
+        .filter(pk__in=payment_ids)
+        .order_by("pk")
+    )
+    return {payment.pk: payment for payment in locked}
 
 
 def payment_settle(
@@ -50,56 +64,86 @@ def payment_settle(
     inputs: dict[str, Any],
     explanation: str,
     actor: User | None = None,
+    locked: bool = False,
 ) -> Settlement:
     """Decide what the payment finally costs, inside the caller's transaction, and write the
     capture (amount > 0) or cancel (0) command. The first settlement stands: settling again
     returns it unchanged, so a room closed twice captures once.
+
+    `locked`: `payment` is the caller's own row from `payments_lock` in the transaction that is
+    open now (the room close settles every seat under the locks it took first), so it is
+    neither locked nor read again; it is updated in place.
     """
+    if locked:
+        if not transaction.get_connection().in_atomic_block:
+            raise BillingError("A payment locked by the caller is settled inside its transaction.")
+        return _payment_settle(payment, amount_minor, currency, rule, inputs, explanation, actor)
     with transaction.atomic():
-        locked = Payment.objects.select_for_update().get(pk=payment.pk)
-        existing = Settlement.objects.filter(payment=locked).first()
-        if existing is not None:
-            if (existing.amount_minor, existing.rule) != (amount_minor, rule):
-                raise PaymentRefused(
-                    f"This payment is already settled ({existing.explanation}); a settlement "
-                    "is final. A refund gives money back."
-                )
-            return existing
-        if currency != locked.currency:
-            raise PaymentRefused(
-                f"The settlement is in {currency} but the payment is in {locked.currency}."
-            )
-        if amount_minor < 0:
-            raise PaymentRefused("A settlement cannot be negative.")
-        if amount_minor > 0 and locked.state != PaymentState.AUTHORIZED:
-            raise PaymentRefused(
-                f"Nothing can be charged: the payment is {locked.get_state_display().lower()}."
-            )
-        if amount_minor > locked.authorized_minor:
-            raise PaymentRefused(
-                f"The settlement {format_money(amount_minor, currency)} is more than the hold "
-                f"of {format_money(locked.authorized_minor, currency)}."
-            )
-        fee = platform_fee(amount_minor, settings.PLATFORM_FEE_PERCENT)
-        settlement = Settlement.objects.create(
-            payment=locked,
-            rule=rule,
-            amount_minor=amount_minor,
-            platform_fee_minor=fee,
-            payout_minor=amount_minor - fee,
-            currency=currency,
-            inputs=inputs,
-            explanation=explanation[:300],
-            payout_due_at=timezone.now() + timedelta(hours=settings.PAYOUT_DELAY_HOURS),
+        held = Payment.objects.select_for_update(of=("self",)).select_related("settlement")
+        settlement = _payment_settle(
+            held.get(pk=payment.pk), amount_minor, currency, rule, inputs, explanation, actor
         )
-        payment_event_write(
-            locked, "settled", actor, amount_minor, rule=rule, explanation=explanation
-        )
-        if amount_minor > 0:
-            command_write(locked, CommandKind.CAPTURE, amount_minor, f"settlement: {rule}")
-        else:
-            _payment_release(locked, f"settlement: {rule}")
     payment.refresh_from_db()
+    return settlement
+
+
+def _payment_settle(
+    locked: Payment,
+    amount_minor: int,
+    currency: str,
+    rule: str,
+    inputs: dict[str, Any],
+    explanation: str,
+    actor: User | None,
+) -> Settlement:
+    """`payment_settle` on a payment whose row lock the caller holds, read with its
+    settlement (`select_related`): a settlement already there stands."""
+    existing: Settlement | None = getattr(locked, "settlement", None)
+    if existing is not None:
+        if (existing.amount_minor, existing.rule) != (amount_minor, rule):
+            raise PaymentRefused(
+                f"This payment is already settled ({existing.explanation}); a settlement "
+                "is final. A refund gives money back."
+            )
+        return existing
+    if currency != locked.currency:
+        raise PaymentRefused(
+            f"The settlement is in {currency} but the payment is in {locked.currency}."
+        )
+    if amount_minor < 0:
+        raise PaymentRefused("A settlement cannot be negative.")
+    if amount_minor > 0 and locked.state != PaymentState.AUTHORIZED:
+        raise PaymentRefused(
+            f"Nothing can be charged: the payment is {locked.get_state_display().lower()}."
+        )
+    if amount_minor > locked.authorized_minor:
+        raise PaymentRefused(
+            f"The settlement {format_money(amount_minor, currency)} is more than the hold "
+            f"of {format_money(locked.authorized_minor, currency)}."
+        )
+    fee = platform_fee(amount_minor, settings.PLATFORM_FEE_PERCENT)
+    settlement = Settlement.objects.create(
+        payment=locked,
+        rule=rule,
+        amount_minor=amount_minor,
+        platform_fee_minor=fee,
+        payout_minor=amount_minor - fee,
+        currency=currency,
+        inputs=inputs,
+        explanation=explanation[:300],
+        payout_due_at=timezone.now() + timedelta(hours=settings.PAYOUT_DELAY_HOURS),
+    )
+    # The caller's instance knows it is settled now: a second settle stands on this one.
+    locked.settlement = settlement
+    settled = payment_event_new(
+        locked, "settled", actor, amount_minor, rule=rule, explanation=explanation
+    )
+    if amount_minor > 0:
+        command_write(
+            locked, CommandKind.CAPTURE, amount_minor, f"settlement: {rule}", written_with=settled
+        )
+    else:
+        _payment_release(locked, f"settlement: {rule}", written_with=settled)
     return settlement
 
 
@@ -115,6 +159,7 @@ def payment_settle_call(
     no_show_fee_percent: int = 0,
     currency: str,
     actor: User | None = None,
+    locked: bool = False,
 ) -> Settlement:
     """Settle a call from its inputs, inside the caller's transaction (the room close).
 
@@ -151,12 +196,15 @@ def payment_settle_call(
         },
         explanation=charge.explanation,
         actor=actor,
+        locked=locked,
     )
 
 
-def payment_release(payment: Payment, *, reason: str, actor: User | None = None) -> Settlement:
+def payment_release(
+    payment: Payment, *, reason: str, actor: User | None = None, locked: bool = False
+) -> Settlement:
     """Nothing is owed (cancellation in time, expert canceled, reservation expired): the hold,
-    if any, is canceled. Inside the caller's transaction."""
+    if any, is canceled. Inside the caller's transaction (`locked`: see `payment_settle`)."""
     return payment_settle(
         payment,
         amount_minor=0,
@@ -165,13 +213,16 @@ def payment_release(payment: Payment, *, reason: str, actor: User | None = None)
         inputs={"reason": reason},
         explanation=f"Released in full: {reason}.",
         actor=actor,
+        locked=locked,
     )
 
 
-def _payment_release(payment: Payment, reason: str) -> None:
+def _payment_release(payment: Payment, reason: str, *, written_with: PaymentEvent) -> None:
     if payment.intent_id:
-        command_write(payment, CommandKind.CANCEL, 0, reason)
-    elif payment.state in UNPAID_STATES:
+        command_write(payment, CommandKind.CANCEL, 0, reason, written_with=written_with)
+        return
+    written_with.save()
+    if payment.state in UNPAID_STATES:
         # Nothing exists at the provider to cancel (the card was never asked for, or only
         # saved for later): the payment ends here.
         old, payment.state = payment.state, PaymentState.CANCELED

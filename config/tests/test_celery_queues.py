@@ -22,6 +22,7 @@ EXPECTED = {
     "billing.tasks.holds_place_due": "money",
     "billing.tasks.payouts_due_create": "money",
     "rooms.tasks.rooms_advance": "rooms",
+    "rooms.tasks.rooms_close_due": "rooms",
     "rooms.tasks.reservations_expire": "rooms",
     "rooms.tasks.reminders_queue": "rooms",
     "rooms.tasks.presence_grace_end": "rooms",

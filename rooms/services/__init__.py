@@ -54,6 +54,7 @@ from rooms.services.room_state import (
     room_mark_live,
     room_open,
     rooms_advance,
+    rooms_close_due,
 )
 
 __all__ = [
@@ -91,6 +92,7 @@ __all__ = [
     "room_mark_live",
     "room_open",
     "rooms_advance",
+    "rooms_close_due",
     "seat_cancel",
     "seat_confirm",
     "seat_payment_authorized",

@@ -6,6 +6,7 @@ conditional UPDATE from the allowed sources, then an event).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -26,10 +27,18 @@ from rooms.models import (
 
 
 def room_transition(
-    room: Room, target: str, actor: User | None, *, reason: str = "", **fields: Any
+    room: Room,
+    target: str,
+    actor: User | None,
+    *,
+    reason: str = "",
+    written_with: Sequence[RoomEvent] = (),
+    **fields: Any,
 ) -> None:
     """Move the room to `target` from any allowed source, with `fields` set in the same
-    UPDATE (the check constraints see the new state and its fields together)."""
+    UPDATE (the check constraints see the new state and its fields together). `written_with`:
+    unsaved events of the same change (`room_event_new`), written after the transition's own
+    in one INSERT when this call made the transition."""
     sources = [state for state, targets in ROOM_TRANSITIONS.items() if target in targets]
     if target == RoomState.CANCELED:
         fields["cancel_reason"] = reason
@@ -46,7 +55,11 @@ def room_transition(
     room.state = target
     for name, value in fields.items():
         setattr(room, name, value)
-    room_event_write(room, "state_changed", actor, old=old, new=target, reason=reason)
+    changed_event = room_event_new(room, "state_changed", actor, old=old, new=target, reason=reason)
+    for event in written_with:
+        # One change, one moment: the story sorts by time, and the transition comes first.
+        event.created_at = changed_event.created_at
+    RoomEvent.objects.bulk_create([changed_event, *written_with])
 
 
 def seat_transition(seat: Seat, target: str, *, where: Q | None = None, **fields: Any) -> None:
@@ -73,6 +86,11 @@ def room_event_write(room: Room, kind: str, actor: User | None, **data: Any) -> 
     """One line of the room's story (RoomEvent): what happened, who did it (None: Parley
     itself) and its details. A payment's lines are billing's `payment_event_write`."""
     return RoomEvent.objects.create(room=room, kind=kind, actor=actor, data=data)
+
+
+def room_event_new(room: Room, kind: str, actor: User | None, **data: Any) -> RoomEvent:
+    """`room_event_write` without the write, for a caller that writes several at once."""
+    return RoomEvent(room=room, kind=kind, actor=actor, data=data)
 
 
 # An expert's calendar is locked by the hour: bookings of one expert at different hours do

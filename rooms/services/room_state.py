@@ -18,19 +18,21 @@ began. A caller passing `now` (tests) is clamped the same way: nothing ends befo
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F, Q, Value
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from accounts.models import User
 from billing import services as billing
-from billing.models import PaymentState
+from billing.models import Payment, PaymentState
 from rooms import broadcast, metering, signals
 from rooms.errors import InvalidTransition, NotAllowed
 from rooms.models import (
@@ -42,9 +44,11 @@ from rooms.models import (
     Seat,
     SeatState,
 )
-from rooms.services.records import room_event_write, room_transition, seat_transition
+from rooms.services.records import room_event_new, room_transition, seat_transition
 
 logger = logging.getLogger(__name__)
+
+Ended = TypeVar("Ended", Presence, MediaLink)
 
 # How far ahead a room's exact moment is handed to Celery as an ETA task. A Redis broker
 # redelivers an unacknowledged message after its visibility timeout (1 h by default), so an ETA
@@ -131,22 +135,27 @@ def room_close_if_due(room_id: int) -> tuple[Room, bool]:
 
 
 def _room_close(
-    room_id: int, *, reason: str | None, actor: User | None, now: datetime | None
+    room_id: int,
+    *,
+    reason: str | None,
+    actor: User | None,
+    now: datetime | None,
+    claimed: bool = False,
 ) -> tuple[Room, bool]:
     """`room_close`, also saying whether this call closed the room; with no reason, the timed
-    close that is due under the lock, if any."""
+    close that is due under the lock, if any. `claimed` (a sweep's batch): a room another
+    sweep is closing right now is not waited for (ClaimedElsewhere); that one closes it."""
     if reason is not None and reason not in CloseReason.values:
         raise InvalidTransition(f"{reason!r} is not a reason a room closes for.")
     with transaction.atomic():
-        # The lock order of every writer: payments, then the room, then its seats.
-        billing.payments_lock(
-            list(
-                Seat.objects.filter(
-                    room_id=room_id, state__in=(SeatState.RESERVED, SeatState.CONFIRMED)
-                )
-                .exclude(payment=None)
-                .values_list("payment_id", flat=True)
-            )
+        if claimed and not _sweep_claim(room_id):
+            raise ClaimedElsewhere(room_id)
+        # The lock order of every writer: payments, then the room, then its seats. The seats'
+        # payments are found and locked in one query; they come back with their settlements.
+        payments = billing.payments_lock(
+            Seat.objects.filter(
+                room_id=room_id, state__in=(SeatState.RESERVED, SeatState.CONFIRMED)
+            ).values("payment_id")
         )
         room = Room.objects.select_for_update().get(pk=room_id)
         if room.state == RoomState.CLOSED:
@@ -168,22 +177,28 @@ def _room_close(
         # The paid time is the most a call can last: a close that runs late (the sweep was
         # down) still ends the live window, the presences and the media links at the paid end.
         end = min(now or ran_at, room.ends_at)
-        Presence.objects.filter(room=room, closed_at__isnull=True).update(
-            closed_at=Greatest(Value(end), F("opened_at")), close_reason="room_closed"
-        )
-        MediaLink.objects.filter(room=room, ended_at__isnull=True).update(
-            ended_at=Greatest(Value(end), F("started_at"))
-        )
-        settled = [_seat_settle(room, seat, end, actor, reason) for seat in _seats_to_settle(room)]
-        room_transition(
-            room, RoomState.CLOSED, actor, reason=reason, closed_at=end, close_reason=reason
-        )
+        seats = _seats_to_settle(room, payments)
+        # Every open presence and media link ends there; the room's whole history comes back
+        # from the same statements, read once for all its seats.
+        history = _history_end(room, end)
+        settled = [_seat_settle(room, seat, end, actor, reason, history) for seat in seats]
         # closed_at is where the call ended for billing; ran_at is when the close happened.
-        room_event_write(
-            room, "closed", actor, reason=reason, seats=settled, ran_at=ran_at.isoformat()
-        )
+        events = [
+            room_event_new(
+                room, "closed", actor, reason=reason, seats=settled, ran_at=ran_at.isoformat()
+            )
+        ]
         if reason == CloseReason.EXPERT_NO_SHOW:
-            room_event_write(room, "expert_no_show", None, expert=room.expert_id)
+            events.append(room_event_new(room, "expert_no_show", None, expert=room.expert_id))
+        room_transition(
+            room,
+            RoomState.CLOSED,
+            actor,
+            reason=reason,
+            written_with=events,
+            closed_at=end,
+            close_reason=reason,
+        )
         # Moderation files the automatic report on an expert no-show.
         signals.room_closed.send(sender=Room, room=room, reason=reason)
         charges = {
@@ -200,6 +215,27 @@ def _room_close(
     return room, True
 
 
+class ClaimedElsewhere(Exception):
+    """Another sweep is closing this room at this moment."""
+
+
+# The first key of the two-key advisory locks a sweep claims a room's close with ("Swee").
+_SWEEP_CLAIM_CLASS = 0x53776565
+
+
+def _sweep_claim(room_id: int) -> bool:
+    """Claim the room's close for this sweep until the transaction ends, or say that another
+    sweep holds it. Sweeps run on every worker at once when many rooms are due together; one
+    that queued on a room another is closing would wait for nothing (it finds it closed). Only
+    sweeps claim: a close asked for by a person (the expert, staff) waits its turn as before.
+    SQLite needs nothing: it runs one writer at a time."""
+    if connection.vendor != "postgresql":
+        return True
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", [_SWEEP_CLAIM_CLASS, room_id])
+        return bool(cursor.fetchone()[0])
+
+
 def room_end_by_expert(room_id: int, user: User, *, now: datetime | None = None) -> Room:
     """The expert's "end for everyone"."""
     if not Room.objects.filter(pk=room_id, expert=user).exists():
@@ -207,36 +243,101 @@ def room_end_by_expert(room_id: int, user: User, *, now: datetime | None = None)
     return room_close(room_id, reason=CloseReason.ENDED_BY_EXPERT, actor=user, now=now)
 
 
-def _seats_to_settle(room: Room) -> list[Seat]:
-    return list(
-        Seat.objects.select_for_update(of=("self",))
-        .filter(room=room, state__in=(SeatState.RESERVED, SeatState.CONFIRMED))
-        .select_related("payment", "client")
+def _seats_to_settle(room: Room, payments: dict[int, Payment]) -> list[Seat]:
+    """The room's holding seats, locked, each with its payment from those locked first. A
+    seat that took a payment after the payments were found has it locked now."""
+    seats = list(
+        Seat.objects.select_for_update().filter(
+            room=room, state__in=(SeatState.RESERVED, SeatState.CONFIRMED)
+        )
+    )
+    missing = [s.payment_id for s in seats if s.payment_id and s.payment_id not in payments]
+    if missing:
+        payments = {**payments, **billing.payments_lock(missing)}
+    for seat in seats:
+        if seat.payment_id is not None:
+            seat.payment = payments[seat.payment_id]
+    return seats
+
+
+def _history_end(room: Room, end: datetime) -> History:
+    if connection.vendor != "postgresql":
+        # SQLite (a laptop without DATABASE_URL) has no UPDATE inside WITH: two statements.
+        Presence.objects.filter(room=room, closed_at__isnull=True).update(
+            closed_at=Greatest(Value(end), F("opened_at")), close_reason="room_closed"
+        )
+        MediaLink.objects.filter(room=room, ended_at__isnull=True).update(
+            ended_at=Greatest(Value(end), F("started_at"))
+        )
+        return History(list(Presence.objects.filter(room=room)), list(room.media_links.all()))
+    return History(
+        _rows_end(
+            Presence,
+            room,
+            end,
+            start="opened_at",
+            stop="closed_at",
+            also=", close_reason = 'room_closed'",
+        ),
+        _rows_end(MediaLink, room, end, start="started_at", stop="ended_at"),
     )
 
 
+def _rows_end(
+    model: type[Ended], room: Room, end: datetime, *, start: str, stop: str, also: str = ""
+) -> list[Ended]:
+    """End the room's open rows of `model` (presences, media links) at `end`, never before
+    their `start`, and return all its rows as they are now: one round trip, where an UPDATE
+    and a SELECT take two. The outer SELECT sees the table as it was before the UPDATE in the
+    same statement, so rows ended earlier come from it and rows ended now from RETURNING,
+    each once. The column names are our own, never input."""
+    table = model._meta.db_table
+    return list(
+        model._default_manager.raw(
+            f"WITH ended AS (UPDATE {table} SET {stop} = GREATEST(%s, {start}){also} "  # noqa: S608
+            f"WHERE room_id = %s AND {stop} IS NULL RETURNING *) "
+            f"SELECT * FROM ended UNION ALL SELECT * FROM {table} "
+            f"WHERE room_id = %s AND {stop} IS NOT NULL",
+            [end, room.pk, room.pk],
+        )
+    )
+
+
+@dataclass(frozen=True)
+class History:
+    """What the server saw of a room: its presences and media links."""
+
+    presences: list[Presence]
+    media_links: list[MediaLink]
+
+
 def _seat_settle(
-    room: Room, seat: Seat, now: datetime, actor: User | None, reason: str
+    room: Room, seat: Seat, now: datetime, actor: User | None, reason: str, history: History
 ) -> dict[str, Any]:
-    """Price one seat from what the server saw, and hand it to billing."""
+    """Price one seat from what the server saw, and hand it to billing. The seat's payment is
+    locked by the close (`_seats_to_settle`), so billing takes it as it is."""
     if seat.state == SeatState.RESERVED:
         # Never paid: the reservation ends with the room, and so does its payment.
         seat_transition(seat, SeatState.EXPIRED)
         if seat.payment is not None:
-            billing.payment_release(seat.payment, reason="the session ended before payment")
+            billing.payment_release(
+                seat.payment, reason="the session ended before payment", locked=True
+            )
         return {"seat": seat.pk, "client": seat.client_id, "outcome": "unpaid"}
-    inputs = {"seat": seat.pk, "client": seat.client_id, **seat_meter(room, seat, now)}
+    inputs = {"seat": seat.pk, "client": seat.client_id, **seat_meter(room, seat, now, history)}
     if seat.payment is None:
         return inputs
     if seat.payment.state != PaymentState.AUTHORIZED:
-        billing.payment_release(seat.payment, reason="no hold to charge at close", actor=actor)
+        billing.payment_release(
+            seat.payment, reason="no hold to charge at close", actor=actor, locked=True
+        )
         return {**inputs, "charged_minor": 0}
     if inputs["outcome"] == "client_no_show" and reason == CloseReason.TERMINATED_BY_STAFF:
         # Staff cut the session short: a client who had not come yet might still have, so
         # the no-show fee does not apply.
         billing.payment_release(
             seat.payment, reason="Parley staff ended the session before this client joined",
-            actor=actor,
+            actor=actor, locked=True,
         )  # fmt: skip
         return {**inputs, "charged_minor": 0}
     settlement = billing.payment_settle_call(
@@ -250,19 +351,26 @@ def _seat_settle(
         no_show_fee_percent=room.no_show_fee_percent,
         currency=room.currency,
         actor=actor,
+        locked=True,
     )
     return {**inputs, "charged_minor": settlement.amount_minor}
 
 
-def seat_meter(room: Room, seat: Seat, now: datetime) -> dict[str, Any]:
+def seat_meter(
+    room: Room, seat: Seat, now: datetime, history: History | None = None
+) -> dict[str, Any]:
     """What the server saw of this seat: its outcome, its connected seconds (the whole live
     window, which decide whether the call is charged at all) and its billable seconds (inside
-    the booked time, which are priced per minute), with the inputs."""
-    expert = _presence_intervals(room, room.expert_id, now)
-    client = _presence_intervals(room, seat.client_id, now)
+    the booked time, which are priced per minute), with the inputs. `history`: the room's
+    presences and media links when the caller has read them already (the close)."""
+    if history is None:
+        history = History(list(Presence.objects.filter(room=room)), list(room.media_links.all()))
+    expert = _presence_intervals(history, room.expert_id, now)
+    client = _presence_intervals(history, seat.client_id, now)
     media = [
         metering.to_micros(link.started_at, link.ended_at or now)
-        for link in MediaLink.objects.filter(room=room, client_id=seat.client_id)
+        for link in history.media_links
+        if link.client_id == seat.client_id
     ]
     window = (0, 0)
     if room.live_at:
@@ -286,9 +394,10 @@ def seat_meter(room: Room, seat: Seat, now: datetime) -> dict[str, Any]:
     # Who came is whether a connection was admitted, not how long it lasted: a join that a
     # close (a block, the paid end) cut at the very instant it was admitted still came, as
     # `_no_show_reason` counts it too; it is billed nothing, but it is never a no-show.
-    if not _came(room, room.expert_id):
+    came = {presence.user_id for presence in history.presences}
+    if room.expert_id not in came:
         outcome = "expert_no_show"
-    elif not _came(room, seat.client_id):
+    elif seat.client_id not in came:
         outcome = "client_no_show"
     else:
         outcome = "completed"
@@ -306,14 +415,12 @@ def seat_meter(room: Room, seat: Seat, now: datetime) -> dict[str, Any]:
     }
 
 
-def _came(room: Room, user_id: int) -> bool:
-    return Presence.objects.filter(room=room, user_id=user_id).exists()
-
-
-def _presence_intervals(room: Room, user_id: int, now: datetime) -> list[metering.Interval]:
+def _presence_intervals(history: History, user_id: int, now: datetime) -> list[metering.Interval]:
     stale = timedelta(seconds=settings.HEARTBEAT_STALE_SECONDS)
     intervals = []
-    for presence in Presence.objects.filter(room=room, user_id=user_id):
+    for presence in history.presences:
+        if presence.user_id != user_id:
+            continue
         end = presence.closed_at
         if end is None:
             # Still open: it lasts until now, unless its heartbeats stopped (then until the
@@ -323,12 +430,21 @@ def _presence_intervals(room: Room, user_id: int, now: datetime) -> list[meterin
     return intervals
 
 
-def rooms_advance(now: datetime | None = None) -> dict[str, int]:
-    """The timed transitions that are due (beat every 10 s, and tasks at the exact moment).
+# How many due rooms one sweep closes itself; more due at once (sessions end on the hour) are
+# handed to the other workers in batches of this size, so every worker shares the storm.
+CLOSE_BATCH = 25
+
+
+def rooms_advance(
+    now: datetime | None = None, *, hand_off: Callable[[list[int]], None] | None = None
+) -> dict[str, int]:
+    """The timed transitions that are due (beat every 10 s, and tasks at the exact moments).
 
     Each room moves in its own transaction through a guarded service, so two sweeps, or a
     sweep and a task, running at once do each thing once. A room that fails is logged and left
-    for the next run; it never stops the others.
+    for the next run; it never stops the others. With `hand_off` (the Celery task), rooms due
+    beyond the first CLOSE_BATCH are given to it in batches, for `rooms_close_due` elsewhere;
+    the count says how many ("handed_off").
     """
     now = now or timezone.now()
     done = {"opened": 0, "closed": 0, "failed": 0}
@@ -343,18 +459,46 @@ def rooms_advance(now: datetime | None = None) -> dict[str, int]:
         except Exception:
             logger.exception("Opening room %s failed; the next sweep tries again.", room_id)
             done["failed"] += 1
-    for room_id, reason in _rooms_due_to_close(now):
-        try:
-            # Found due on reads made before its lock: decided again under it.
-            done["closed"] += room_close_if_due(room_id)[1]
-        except SoftTimeLimitExceeded:
-            # The task's time is up: stop here, the next tick goes on with the rest.
-            raise
-        except Exception:
-            logger.exception(
-                "Closing room %s (%s) failed; the next sweep tries again.", room_id, reason
-            )
-            done["failed"] += 1
+    due = _rooms_due_to_close(now)
+    if hand_off is not None:
+        done["handed_off"] = 0
+        keep, later = due[:CLOSE_BATCH], due[CLOSE_BATCH:]
+        for start in range(0, len(later), CLOSE_BATCH):
+            batch = later[start : start + CLOSE_BATCH]
+            try:
+                hand_off(batch)
+            except Exception:
+                # The broker is away: this sweep closes them itself.
+                logger.exception("Handing %s due rooms to other workers failed.", len(batch))
+                keep += batch
+                continue
+            done["handed_off"] += len(batch)
+        due = keep
+    closed = rooms_close_due(due)
+    done["closed"], done["failed"] = closed["closed"], done["failed"] + closed["failed"]
+    return done
+
+
+def rooms_close_due(room_ids: list[int]) -> dict[str, int]:
+    """Close each of these rooms whose timed close is due, each in its own transaction, the
+    reason decided again under its lock (they were found due on reads made before it). A room
+    another sweep is closing at this moment is skipped, not waited for. The sockets hear of the
+    closes together once the batch is done: one send for the batch, not one per room."""
+    done = {"closed": 0, "failed": 0}
+    with broadcast.batched():
+        for room_id in room_ids:
+            try:
+                done["closed"] += _room_close(
+                    room_id, reason=None, actor=None, now=None, claimed=True
+                )[1]
+            except ClaimedElsewhere:
+                continue
+            except SoftTimeLimitExceeded:
+                # The task's time is up: stop here, the next tick goes on with the rest.
+                raise
+            except Exception:
+                logger.exception("Closing room %s failed; the next sweep tries again.", room_id)
+                done["failed"] += 1
     return done
 
 
@@ -421,19 +565,19 @@ def _close_reason_due(room: Room, now: datetime) -> str | None:
     return None
 
 
-def _rooms_due_to_close(now: datetime) -> list[tuple[int, str]]:
-    due: list[tuple[int, str]] = []
+def _rooms_due_to_close(now: datetime) -> list[int]:
+    """Rooms whose close looks due, on reads made without locks: every open or live room past
+    its paid end (always due, whatever the reason turns out to be), earliest first; then open
+    lobbies past the no-show wait and live rooms that may be empty, each checked."""
     active = Room.objects.filter(state__in=(RoomState.OPEN, RoomState.LIVE))
-    no_show_at = now - timedelta(minutes=settings.NO_SHOW_MINUTES)
-    candidates = (
-        list(active.filter(ends_at__lte=now)[:500])
-        + list(
-            active.filter(state=RoomState.OPEN, starts_at__lte=no_show_at, ends_at__gt=now)[:500]
-        )
-        + list(active.filter(state=RoomState.LIVE, ends_at__gt=now)[:500])
+    due = list(
+        active.filter(ends_at__lte=now)
+        .order_by("ends_at", "pk")
+        .values_list("pk", flat=True)[:5000]
     )
-    for room in candidates:
-        reason = _close_reason_due(room, now)
-        if reason is not None:
-            due.append((room.pk, reason))
+    no_show_at = now - timedelta(minutes=settings.NO_SHOW_MINUTES)
+    candidates = list(
+        active.filter(state=RoomState.OPEN, starts_at__lte=no_show_at, ends_at__gt=now)[:500]
+    ) + list(active.filter(state=RoomState.LIVE, ends_at__gt=now)[:500])
+    due += [room.pk for room in candidates if _close_reason_due(room, now) is not None]
     return due

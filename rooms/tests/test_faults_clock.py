@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from accounts.models import User
 from accounts.tests.factories import UserFactory
-from billing.models import Settlement
+from billing.models import Payment, Settlement
 from rooms import services
 from rooms.models import MediaLink, Offering, Presence, Room, RoomEvent, RoomState, Seat
 from rooms.services import room_state
@@ -166,10 +166,10 @@ def test_a_room_whose_close_fails_does_not_stop_the_sweep_for_the_others(
         services.rooms_advance()
     real = room_state._seats_to_settle
 
-    def seats_to_settle(room: Room) -> list[Seat]:
+    def seats_to_settle(room: Room, payments: dict[int, Payment]) -> list[Seat]:
         if room.pk == broken.room_id:
             raise RuntimeError("a bug in one room")
-        return real(room)
+        return real(room, payments)
 
     monkeypatch.setattr(room_state, "_seats_to_settle", seats_to_settle)
     with (

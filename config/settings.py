@@ -93,6 +93,12 @@ TEMPLATES = [
 ]
 
 # --- Database -------------------------------------------------------------------------------
+# Threads the signaling sockets' database calls run on, per Daphne process (admission, closes,
+# media reports; heartbeats have a flush thread of their own): as many as may usefully wait on
+# PostgreSQL at once (docs/ARCHITECTURE.md, The socket's database path).
+SOCKET_DATABASE_THREADS = env_int("SOCKET_DATABASE_THREADS", 4)
+if SOCKET_DATABASE_THREADS < 1:
+    raise ImproperlyConfigured("SOCKET_DATABASE_THREADS must be at least 1.")
 DATABASE_URL = env_str("DATABASE_URL")
 if DATABASE_URL:
     # Persistent connections and ASGI do not mix (each request's sync code may run in a thread
@@ -116,6 +122,15 @@ if DATABASE_URL:
                 # As long as connecting may take (connect_timeout above).
                 "timeout": 5,
             }
+            # Every thread that may hold a connection at once gets one without waiting: the
+            # sockets' database threads, the heartbeat flush, asgiref's one thread-sensitive
+            # thread (the socket's session and user), and at least one HTTP request
+            # (docs/ARCHITECTURE.md, The socket's database path).
+            if options["pool"]["max_size"] < SOCKET_DATABASE_THREADS + 3:
+                raise ImproperlyConfigured(
+                    f"DATABASE_POOL_MAX must be at least SOCKET_DATABASE_THREADS + 3 "
+                    f"({SOCKET_DATABASE_THREADS + 3}): the sockets' threads would wait on the pool."
+                )
 else:
     VAR_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES = {

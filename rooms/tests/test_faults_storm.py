@@ -19,6 +19,7 @@ from functools import partial
 import pytest
 import time_machine
 from django.db import connection
+from django.utils import timezone
 
 from accounts.models import User
 from accounts.tests.factories import UserFactory
@@ -105,6 +106,10 @@ def _live_group_room() -> tuple[Room, list[Seat]]:
     return room, seats
 
 
+def _heartbeat(connection_id: str) -> object:
+    return services.presences_heartbeat({connection_id: timezone.now()})
+
+
 def _actions(
     room: Room, seats: list[Seat], round_no: int
 ) -> list[tuple[str, Callable[[], object]]]:
@@ -136,17 +141,16 @@ def _actions(
         (
             "rejoin",
             # Connection ids are unique for all time (a channel name), so one per round.
-            partial(
-                services.presence_open, room.pk, clients[0], connection_id=f"again-{round_no}"
-            ),
+            partial(services.presence_open, room.pk, clients[0], connection_id=f"again-{round_no}"),
         )
     )
     for who in clients:
         actions.append(
             ("leave", partial(services.presence_close, f"first-{who.pk}", reason="left"))
         )
-    actions.append(("heartbeat", partial(services.presence_heartbeat, f"first-{expert.pk}")))
-    actions.append(("heartbeat", partial(services.presence_heartbeat, f"first-{clients[0].pk}")))
+    # Two processes' heartbeat batches, each stamped when it runs.
+    for who in (expert, clients[0]):
+        actions.append(("heartbeat", partial(_heartbeat, f"first-{who.pk}")))
     for seat in seats:
         actions.append(
             (

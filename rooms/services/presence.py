@@ -96,7 +96,6 @@ def _admission_read(room: Room, user: User, now: datetime) -> _Admission:
     statement: a statement that waited for the lock would read what was committed before it
     began, and miss the join it waited for."""
     room_ref, mine = OuterRef("pk"), Presence.objects.filter(room=OuterRef("pk"), user=user)
-    opened = Presence.objects.filter(room=room_ref, closed_at__isnull=True)
     rows = list(
         Room.objects.filter(pk=room.pk)
         .annotate(
@@ -133,7 +132,10 @@ def _admission_read(room: Room, user: User, now: datetime) -> _Admission:
                 Seat.objects.filter(
                     room=room_ref,
                     state=SeatState.CONFIRMED,
-                    client_id__in=opened.values("user_id"),
+                    # The seat's room (an OuterRef here is relative to the seat's query).
+                    client_id__in=Presence.objects.filter(
+                        room=OuterRef("room"), closed_at__isnull=True
+                    ).values("user_id"),
                 )
             ),
             "open_presences__pk",
@@ -476,7 +478,7 @@ def presence_close(
         now = max(now or timezone.now(), presence.opened_at)
         heartbeat = max(last_heartbeat_at or presence.last_heartbeat_at, presence.last_heartbeat_at)
         Presence.objects.filter(pk=presence.pk).update(
-            closed_at=now, close_reason=reason, last_heartbeat_at=min(heartbeat, now)
+            closed_at=now, close_reason=reason, last_heartbeat_at=heartbeat
         )
         _presence_ended(presence, reason)
     return True

@@ -20,8 +20,9 @@ from django.db.backends.utils import CursorWrapper
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
+from accounts.tests.factories import UserFactory
 from rooms import selectors, services
-from rooms.models import Presence
+from rooms.models import Presence, RoomState, Seat, SeatState
 from rooms.socket_database import HeartbeatBatch, heartbeats
 from rooms.tests.signaling import Call, Socket, call_create, session_cookie
 
@@ -280,3 +281,20 @@ def test_admission_takes_a_fixed_number_of_round_trips() -> None:
     )
     locked = goes_live[goes_live.index("BEGIN") : goes_live.index("COMMIT")]
     assert sum(sql.startswith("SELECT") for sql in locked) == 3  # lock, read, live's re-lock
+
+
+def test_the_expert_joining_after_a_paid_client_takes_the_room_live() -> None:
+    """Admission reads who is in with the seats: seat and room ids apart, as they are once a
+    room has had more than one seat."""
+    other = call_create()
+    Seat.objects.create(
+        room=other.room, client=UserFactory.create(), state=SeatState.CANCELED,
+        reserved_until=other.room.starts_at,
+    )  # fmt: skip
+    call = call_create()
+    assert call.seat.pk != call.room.pk
+    client = services.presence_open(call.room.pk, call.client, connection_id="client")
+    expert = services.presence_open(call.room.pk, call.expert, connection_id="expert")
+    assert (client.went_live, expert.went_live) == (False, True)
+    call.room.refresh_from_db()
+    assert call.room.state == RoomState.LIVE

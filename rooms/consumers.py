@@ -165,6 +165,8 @@ class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         if self.admitted:
             self.admitted = False
             await self.presence_close("dropped")
+        # Closed by the server (replaced, removed, ended): nothing left to tell either.
+        heartbeats.forget(self.channel_name)
 
     async def presence_close(self, reason: str) -> None:
         # A beat still in the batch is written with the close: the row's last heartbeat is

@@ -298,3 +298,25 @@ def test_the_expert_joining_after_a_paid_client_takes_the_room_live() -> None:
     assert (client.went_live, expert.went_live) == (False, True)
     call.room.refresh_from_db()
     assert call.room.state == RoomState.LIVE
+
+
+async def test_a_socket_the_server_closed_leaves_nothing_in_the_batch() -> None:
+    call = await database_sync_to_async(call_create)()
+    expert, client = await _in(call)
+    heartbeats.interval = 60.0
+    await _heartbeat(client)
+    assert len(heartbeats.listeners) == 1
+    # A reload: the old socket is told `replaced` and closed by the server.
+    again = Socket(call.room.pk, await database_sync_to_async(session_cookie)(call.client))
+    await again.open()
+    assert await client.closed_with() == 4001
+    await client.close()  # the server's close handshake ends, as Daphne's does
+    await _until(lambda: _no_listeners(), 5)
+    await again.close()
+    await expert.close()
+    if heartbeats.task is not None:
+        heartbeats.task.cancel()
+
+
+async def _no_listeners() -> bool:
+    return not heartbeats.listeners

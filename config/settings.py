@@ -93,6 +93,13 @@ TEMPLATES = [
 ]
 
 # --- Database -------------------------------------------------------------------------------
+# Threads the signaling sockets' database calls run on, per Daphne process (admission, closes,
+# media reports; heartbeats have a flush thread of their own): as many as may usefully wait on
+# PostgreSQL at once, 4, or fewer when the pool is smaller (docs/ARCHITECTURE.md, The socket's
+# database path). 0 (unset) fits them to the pool.
+SOCKET_DATABASE_THREADS = env_int("SOCKET_DATABASE_THREADS", 0)
+if SOCKET_DATABASE_THREADS < 0:
+    raise ImproperlyConfigured("SOCKET_DATABASE_THREADS must be at least 1 (or 0: fit the pool).")
 DATABASE_URL = env_str("DATABASE_URL")
 if DATABASE_URL:
     # Persistent connections and ASGI do not mix (each request's sync code may run in a thread
@@ -116,6 +123,17 @@ if DATABASE_URL:
                 # As long as connecting may take (connect_timeout above).
                 "timeout": 5,
             }
+            # Every thread that may hold a connection at once gets one without waiting: the
+            # sockets' database threads, the heartbeat flush, asgiref's one thread-sensitive
+            # thread (the socket's session and user), and at least one HTTP request
+            # (docs/ARCHITECTURE.md, The socket's database path).
+            spare = options["pool"]["max_size"] - 3
+            SOCKET_DATABASE_THREADS = SOCKET_DATABASE_THREADS or max(1, min(4, spare))
+            if SOCKET_DATABASE_THREADS > spare:
+                raise ImproperlyConfigured(
+                    f"DATABASE_POOL_MAX must be at least SOCKET_DATABASE_THREADS + 3 "
+                    f"({SOCKET_DATABASE_THREADS + 3}): the sockets' threads would wait on the pool."
+                )
 else:
     VAR_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES = {
@@ -131,6 +149,7 @@ else:
             },
         }
     }
+SOCKET_DATABASE_THREADS = SOCKET_DATABASE_THREADS or 4
 # Each request is one transaction: a view that fails half-way (a mail server down in the
 # middle of signup, say) leaves nothing half-written. Emails and broadcasts go out after commit.
 DATABASES["default"]["ATOMIC_REQUESTS"] = True

@@ -16,7 +16,6 @@ import socket
 from datetime import datetime, timedelta
 from typing import Any
 
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.utils import timezone
@@ -26,6 +25,7 @@ from rooms import broadcast, selectors, services
 from rooms.errors import NotAllowed, RoomsError
 from rooms.models import Room, RoomState
 from rooms.protocol import VERSION, Message, ProtocolError, RateLimit, message_read
+from rooms.socket_database import database_call, heartbeats
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +70,8 @@ class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     ended_told: bool = False
     # Participants in the room as this socket knows them: signals may be addressed to them.
     peers: set[int]
+    # The paid end, from `welcome`: no heartbeat is acknowledged past it.
+    ends_at: datetime
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
@@ -118,7 +120,7 @@ class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             await self.refuse("unavailable", UNAVAILABLE)
             return
         try:
-            welcome = await database_sync_to_async(self.join)()
+            welcome = await database_call(self.join)()
         except Room.DoesNotExist:
             await self.refuse("room_not_found", "There is no such session.")
             return
@@ -134,7 +136,7 @@ class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         self.admitted = True
         self.peers = {peer["id"] for peer in welcome["peers"]}
         await self.tell(welcome)
-        ends_at = datetime.fromisoformat(welcome["room"]["ends_at"])
+        self.ends_at = ends_at = datetime.fromisoformat(welcome["room"]["ends_at"])
         self.warnings_schedule(ends_at)
         # The socket is not served past the paid end, whether or not a worker closes the room.
         self.timers.append(asyncio.create_task(self.paid_end(ends_at)))
@@ -162,9 +164,18 @@ class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         await self.leave_groups()
         if self.admitted:
             self.admitted = False
-            await database_sync_to_async(services.presence_close)(
-                self.channel_name, reason="dropped"
-            )
+            await self.presence_close("dropped")
+        # Closed by the server (replaced, removed, ended): nothing left to tell either.
+        heartbeats.forget(self.channel_name)
+
+    async def presence_close(self, reason: str) -> None:
+        # A beat still in the batch is written with the close: the row's last heartbeat is
+        # this socket's real last one.
+        last_beat = heartbeats.pending_beat(self.channel_name)
+        heartbeats.forget(self.channel_name)
+        await database_call(services.presence_close)(
+            self.channel_name, reason=reason, last_heartbeat_at=last_beat
+        )
 
     async def leave_groups(self) -> None:
         if getattr(self, "user", None) is None or not self.user.is_authenticated:
@@ -206,15 +217,26 @@ class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             await self.error("server_error", "Something went wrong on our side; try again.")
 
     async def on_heartbeat(self, message: Message) -> None:
-        alive = await database_sync_to_async(services.presence_heartbeat)(self.channel_name)
-        if not alive:
-            # Swept while silent, closed by the room, or past the paid end: this connection
-            # is over. If the room ended (or is due to), say so as a close would.
-            if not await self.end_if_over():
-                self.admitted = False
-                await self.close(code=CLOSE_GONE)
+        now = timezone.now()
+        if now >= self.ends_at:
+            # Past the paid end: not acknowledged; the socket is ended (docs/SIGNALING.md).
+            await self.presence_gone()
             return
-        await self.tell({"type": "heartbeat_ack", "server_time": timezone.now().isoformat()})
+        # Stored within a second with the process's other beats (rooms/socket_database.py),
+        # at the time it arrived. Acknowledged now: the acknowledgement says the server holds
+        # this socket; if the batch finds the presence gone, presence_gone closes it.
+        heartbeats.beat(self.channel_name, now, self.presence_gone)
+        await self.tell({"type": "heartbeat_ack", "server_time": now.isoformat()})
+
+    async def presence_gone(self) -> None:
+        """This connection's presence is over (swept while silent, closed with the room,
+        replaced, or past the paid end). If the room ended (or is due to), say so as a close
+        would; otherwise close 4008."""
+        if not self.admitted:
+            return
+        if not await self.end_if_over():
+            self.admitted = False
+            await self.close(code=CLOSE_GONE)
 
     async def on_signal(self, message: Message) -> None:
         to = message.fields["to"]
@@ -263,7 +285,7 @@ class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
 
     async def on_leave(self, message: Message) -> None:
         self.admitted = False
-        await database_sync_to_async(services.presence_close)(self.channel_name, reason="left")
+        await self.presence_close("left")
         await self.close(code=1000)
 
     def peer_check(self, peer: int, ref: str) -> None:
@@ -272,7 +294,7 @@ class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
 
     async def service(self, ref: str, function: Any, *args: Any, **kwargs: Any) -> None:
         try:
-            await database_sync_to_async(function)(*args, **kwargs)
+            await database_call(function)(*args, **kwargs)
         except NotAllowed as refused:
             raise ProtocolError("not_allowed", str(refused), ref) from None
         except RoomsError as refused:
@@ -315,7 +337,7 @@ class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         if self.ended_told:
             return True
         try:
-            ended = await database_sync_to_async(self.ended_message)()
+            ended = await database_call(self.ended_message)()
         except Exception:
             logger.exception("Catching room %s up with the clock failed", self.room_id)
             ended = None

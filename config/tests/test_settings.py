@@ -52,6 +52,18 @@ def test_a_wrong_switch_names_itself(env: dict[str, str], message: str) -> None:
     assert message in result.stderr
 
 
+def test_a_pool_too_small_for_the_socket_threads_refuses_to_start() -> None:
+    result = manage(
+        "check",
+        DEBUG="1",
+        DATABASE_URL="postgres://parley:secret@db.internal:5432/parley",
+        DATABASE_POOL_MAX="6",
+        SOCKET_DATABASE_THREADS="4",
+    )
+    assert result.returncode != 0
+    assert "DATABASE_POOL_MAX must be at least SOCKET_DATABASE_THREADS + 3 (7)" in result.stderr
+
+
 def test_env_helpers_parse_and_name_the_bad_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("X_BOOL", "Yes")
     monkeypatch.setenv("X_INT", "12")

@@ -33,6 +33,7 @@ from rooms.services.offerings import (
     offering_save,
 )
 from rooms.services.presence import (
+    Heartbeats,
     Joined,
     JoinRefused,
     call_stats_record,
@@ -41,8 +42,9 @@ from rooms.services.presence import (
     participant_remove,
     presence_close,
     presence_grace_check,
-    presence_heartbeat,
     presence_open,
+    presence_stale_before,
+    presences_heartbeat,
     presences_sweep_stale,
     room_admission_check,
 )
@@ -60,6 +62,7 @@ from rooms.services.room_state import (
 __all__ = [
     "rating_give",
     "JoinRefused",
+    "Heartbeats",
     "Joined",
     "call_stats_record",
     "media_state_report",
@@ -67,7 +70,8 @@ __all__ = [
     "participant_remove",
     "presence_close",
     "presence_grace_check",
-    "presence_heartbeat",
+    "presence_stale_before",
+    "presences_heartbeat",
     "presence_open",
     "presences_sweep_stale",
     "room_admission_check",

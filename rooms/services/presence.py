@@ -9,17 +9,26 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F, Value
+from django.db.models import (
+    Count,
+    Exists,
+    F,
+    FilteredRelation,
+    OuterRef,
+    Q,
+    Subquery,
+    Value,
+)
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
-from accounts.models import User
-from accounts.selectors import users_blocked_between
+from accounts.models import Block, User
 from rooms import broadcast
 from rooms.errors import RoomsError
 from rooms.models import (
@@ -66,26 +75,109 @@ class Joined:
     went_live: bool
 
 
+@dataclass(frozen=True)
+class _Admission:
+    """What admission needs to know about one user and one room, read in one query."""
+
+    seat_state: str | None
+    blocked: bool
+    removed: bool
+    recent_joins: int
+    last_closed_at: datetime | None
+    # A confirmed seat holder has an open connection.
+    holder_in: bool
+    # The room's open connections: (presence id, user id, connection id).
+    open: tuple[tuple[int, int, str], ...]
+
+
+def _admission_read(room: Room, user: User, now: datetime) -> _Admission:
+    """One round trip for every fact admission decides on (the seat, a block either way, a
+    removal, recent joins, the last drop, who is in). Run after the room's lock, as its own
+    statement: a statement that waited for the lock would read what was committed before it
+    began, and miss the join it waited for."""
+    room_ref, mine = OuterRef("pk"), Presence.objects.filter(room=OuterRef("pk"), user=user)
+    rows = list(
+        Room.objects.filter(pk=room.pk)
+        .annotate(
+            open_presences=FilteredRelation(
+                "presences", condition=Q(presences__closed_at__isnull=True)
+            )
+        )
+        .values_list(
+            Subquery(
+                Seat.objects.filter(room=room_ref, client=user).order_by("-pk").values("state")[:1]
+            ),
+            # Either way round (accounts.selectors.users_blocked_between).
+            Exists(
+                Block.objects.filter(
+                    Q(blocker=user, blocked_id=OuterRef("expert_id"))
+                    | Q(blocker_id=OuterRef("expert_id"), blocked=user)
+                )
+            ),
+            Exists(
+                RoomEvent.objects.filter(
+                    room=room_ref, kind="participant_removed", data__user=user.pk
+                )
+            ),
+            Subquery(
+                mine.filter(opened_at__gt=now - timedelta(seconds=JOINS_WINDOW_SECONDS))
+                .values("room")
+                .annotate(n=Count("pk"))
+                .values("n")
+            ),
+            Subquery(
+                mine.filter(closed_at__isnull=False).order_by("-closed_at").values("closed_at")[:1]
+            ),
+            Exists(
+                Seat.objects.filter(
+                    room=room_ref,
+                    state=SeatState.CONFIRMED,
+                    # The seat's room (an OuterRef here is relative to the seat's query).
+                    client_id__in=Presence.objects.filter(
+                        room=OuterRef("room"), closed_at__isnull=True
+                    ).values("user_id"),
+                )
+            ),
+            "open_presences__pk",
+            "open_presences__user_id",
+            "open_presences__connection_id",
+        )
+    )
+    seat_state, blocked, removed, recent_joins, last_closed_at, holder_in = rows[0][:6]
+    return _Admission(
+        seat_state=seat_state,
+        blocked=bool(blocked),
+        removed=bool(removed),
+        recent_joins=recent_joins or 0,
+        last_closed_at=last_closed_at,
+        holder_in=bool(holder_in),
+        open=tuple((row[6], row[7], row[8]) for row in rows if row[6] is not None),
+    )
+
+
 def room_admission_check(room: Room, user: User, *, now: datetime | None = None) -> None:
     """Raise JoinRefused unless `user` may be in `room` now: its expert or a confirmed seat
     holder, not blocked by the other side, active, the room open or live (by the clock: a
     lobby whose time has come counts as open, a room past its paid end as ended) and not
     full."""
     now = now or timezone.now()
+    _admission_refuse(room, user, _admission_read(room, user, now), now)
+
+
+def _admission_refuse(room: Room, user: User, facts: _Admission, now: datetime) -> None:
     if not user.is_active:
         raise JoinRefused("blocked", "This account is suspended.")
     is_expert = room.expert_id == user.pk
     if not is_expert:
-        seat = Seat.objects.filter(room=room, client=user).order_by("-pk").first()
-        if seat is None:
+        if facts.seat_state is None:
             raise JoinRefused("not_participant", "This room is for its expert and its clients.")
         if room.state in (RoomState.CLOSED, RoomState.CANCELED):
             # Said before the seat's state: a canceled session cancels its seats too, and
             # "not paid" would send the client to pay for a session that is gone.
             raise JoinRefused("room_ended", f"This session is {room.get_state_display().lower()}.")
-        if seat.state != SeatState.CONFIRMED:
+        if facts.seat_state != SeatState.CONFIRMED:
             raise JoinRefused("not_paid", "Your seat in this session is not paid.")
-        if users_blocked_between(user.pk, room.expert_id):
+        if facts.blocked:
             raise JoinRefused("blocked", "You cannot join this session.")
     lobby_opens_at = room.starts_at - timedelta(minutes=settings.LOBBY_OPENS_MINUTES)
     if room.state == RoomState.SCHEDULED and now < lobby_opens_at:
@@ -94,17 +186,11 @@ def room_admission_check(room: Room, user: User, *, now: datetime | None = None)
         raise JoinRefused("room_ended", f"This session is {room.get_state_display().lower()}.")
     if now >= room.ends_at:
         raise JoinRefused("room_ended", "The booked time of this session is over.")
-    if RoomEvent.objects.filter(room=room, kind="participant_removed", data__user=user.pk).exists():
+    if facts.removed:
         raise JoinRefused("removed", "You were removed from this session.")
-    others = (
-        Presence.objects.filter(room=room, closed_at__isnull=True)
-        .exclude(user=user)
-        .values("user_id")
-        .distinct()
-        .count()
-    )
+    others = {user_id for _, user_id, _ in facts.open if user_id != user.pk}
     # The expert and one place per seat; only a seat changing hands could overfill it.
-    if others >= room.capacity + 1:
+    if len(others) >= room.capacity + 1:
         raise JoinRefused("room_full", "Every place in this session is taken.")
 
 
@@ -120,7 +206,10 @@ def presence_open(
     starting the live window when the expert and a seat holder are first both in.
 
     The room follows the clock here, with or without a Celery worker: a lobby whose time has
-    come opens, and a room whose close is due (its paid end, a no-show) closes first."""
+    come opens, and a room whose close is due (its paid end, a no-show) closes first.
+
+    Round trips (rooms/tests/test_socket_database.py counts them): the catch-up's read, the
+    room's lock, one read of everything admission decides on, then the writes."""
     if now is None:
         try:
             room_catch_up(room_id)
@@ -130,35 +219,31 @@ def presence_open(
             # The sweep will try again; admission below still follows the clock.
             logger.exception("Catching room %s up with the clock failed.", room_id)
     with transaction.atomic():
+        # The room's lock orders joins, closes, removals and media reports of one room.
         room = Room.objects.select_for_update().get(pk=room_id)
         # Read after the room's lock: every presence of this room committed before it
         # started no earlier, so the one this replaces never ends before it began.
         now = now or timezone.now()
-        room_admission_check(room, user, now=now)
+        facts = _admission_read(room, user, now)
+        _admission_refuse(room, user, facts, now)
         if room.state == RoomState.SCHEDULED:
             # The lobby's time has come but no sweep has opened it yet.
             room_open(room.pk, now=now)
             room.refresh_from_db()
-        window = now - timedelta(seconds=JOINS_WINDOW_SECONDS)
-        if (
-            Presence.objects.filter(room=room, user=user, opened_at__gt=window).count()
-            >= settings.SIGNALING_JOINS_MAX
-        ):
+        if facts.recent_joins >= settings.SIGNALING_JOINS_MAX:
             raise JoinRefused(
                 "too_many_joins",
                 f"Too many connections in a short time; try again in {JOINS_WINDOW_SECONDS} s.",
             )
-        mine = Presence.objects.select_for_update().filter(room=room, user=user)
-        old = mine.filter(closed_at__isnull=True).first()
+        old = next(((pk, cid) for pk, uid, cid in facts.open if uid == user.pk), None)
         grace = timedelta(seconds=settings.RESUME_GRACE_SECONDS)
-        last_closed = mine.filter(closed_at__isnull=False).order_by("-closed_at").first()
         resumed = old is not None or (
-            last_closed is not None
-            and last_closed.closed_at is not None
-            and now - last_closed.closed_at <= grace
+            facts.last_closed_at is not None and now - facts.last_closed_at <= grace
         )
         if old is not None:
-            Presence.objects.filter(pk=old.pk).update(
+            # Conditional instead of locked: a close of that connection (its socket's own
+            # disconnect, the sweep) may commit first, and then stands; either way it is over.
+            Presence.objects.filter(pk=old[0], closed_at__isnull=True).update(
                 closed_at=Greatest(Value(now), F("opened_at")), close_reason="replaced"
             )
         presence = Presence.objects.create(
@@ -172,7 +257,7 @@ def presence_open(
         room_event_write(room, "presence_opened", user, connection=connection_id, resumed=resumed)
         if old is not None:
             broadcast.participant_send(
-                room.pk, user.pk, {"type": "presence.replaced", "connection_id": old.connection_id}
+                room.pk, user.pk, {"type": "presence.replaced", "connection_id": old[1]}
             )
         if resumed:
             broadcast.room_tell(
@@ -181,53 +266,117 @@ def presence_open(
         else:
             peer = participant(room, user)
             broadcast.room_tell(room.pk, {"type": "peer_joined", "peer": peer}, about=user.pk)
+        inside = {user_id for _, user_id, _ in facts.open} | {user.pk}
+        # Admitted, a client holds a confirmed seat.
+        holder_in = facts.holder_in or user.pk != room.expert_id
         went_live = (
             room.state == RoomState.OPEN
-            and _both_sides_in(room)
+            and room.expert_id in inside
+            and holder_in
             and room_mark_live(room.pk, at=now)
         )
-    return Joined(presence, old.connection_id if old else None, resumed, went_live)
+    return Joined(presence, old[1] if old else None, resumed, went_live)
 
 
-def _both_sides_in(room: Room) -> bool:
-    inside = set(
-        Presence.objects.filter(room=room, closed_at__isnull=True).values_list("user_id", flat=True)
-    )
-    holders = Seat.objects.filter(room=room, state=SeatState.CONFIRMED, client_id__in=inside)
-    return room.expert_id in inside and holders.exists()
+# Heartbeats reach the database in batches (rooms/heartbeats.py): a beat waits at most one
+# flush interval for its UPDATE, and a flush that takes longer than another interval is a
+# database in trouble. The sweeper waits out both before it calls a connection stale, so a
+# socket that beats is never swept because its beat was still in its process's batch; the
+# presence still ends at its last heartbeat, as the beat's own time is what is stored.
+HEARTBEAT_FLUSH_SECONDS = 1.0
+HEARTBEAT_FLUSH_MARGIN_SECONDS = 2 * HEARTBEAT_FLUSH_SECONDS
 
 
-def presence_heartbeat(connection_id: str, *, now: datetime | None = None) -> bool:
-    """A heartbeat; False when the connection is no longer open (replaced, swept, room closed)
-    or the room's paid time is over, so the consumer closes its socket."""
-    now = now or timezone.now()
-    at = connection.ops.adapt_datetimefield_value(now)
+@dataclass(frozen=True)
+class Heartbeats:
+    """What one batch of heartbeats found, by connection id."""
+
+    # Open, and the room's paid time not over at the beat: the beat is stored.
+    alive: frozenset[str]
+    # Closed (replaced, swept, left, the room closed), unknown, or past the paid end.
+    gone: frozenset[str]
+    # Open but held by another transaction (a close, a replace, the sweep) at that instant:
+    # not waited for, so a flush never queues behind a close; send the beat again.
+    busy: frozenset[str]
+
+
+def presences_heartbeat(beats: Mapping[str, datetime]) -> Heartbeats:
+    """Store one process's heartbeats, each at the time it arrived, in one statement.
+
+    Never backwards (GREATEST): a beat older than what a newer write stored cannot move the
+    last heartbeat back, where the sweeper would end the presence early. A beat after its
+    room's paid end is not stored: that connection is over."""
+    if not beats:
+        return Heartbeats(frozenset(), frozenset(), frozenset())
+    if connection.vendor != "postgresql":
+        return _presences_heartbeat_one_by_one(beats)
+    ids = sorted(beats)
     with connection.cursor() as cursor:
-        cursor.execute(_heartbeat_sql(), [at, connection_id, at])
-        return bool(cursor.rowcount == 1)
+        cursor.execute(_heartbeats_sql(), [ids, [beats[i] for i in ids]])
+        found = dict(cursor.fetchall())
+    by = {state: frozenset(i for i in ids if found.get(i) == state) for state in ("alive", "busy")}
+    return Heartbeats(by["alive"], frozenset(beats) - by["alive"] - by["busy"], by["busy"])
 
 
 @functools.cache
-def _heartbeat_sql() -> str:
-    """The heartbeat's one UPDATE, written out: every socket sends one every 5 s, and building
-    it through the ORM (the EXISTS and GREATEST below) tripled its cost in Python, which is
-    what bounds how many sockets one Daphne process holds (bench/signaling.py).
+def _heartbeats_sql() -> str:
+    """The batch's statement, written out (it runs for every socket of a process, and the ORM
+    cannot say SKIP LOCKED on an UPDATE).
 
-    - Never backwards (GREATEST): a heartbeat that read its clock before the row it updates
-      was written cannot move the last heartbeat before the start, where the sweeper would
-      end the presence.
-    - The paid end is an EXISTS on the room, not a join: a condition through a join makes
-      Django's UPDATE `WHERE id IN (SELECT …)`, and PostgreSQL does not re-check a subquery
-      after waiting for the row's lock, so a heartbeat queued behind a close revived the row.
-      A correlated EXISTS is re-checked with the row.
+    - The rows are locked first, SKIP LOCKED: a row a close, a replace or the sweep holds is
+      left for the next flush instead of waited for. Waiting would let two multi-row writers
+      (this batch and a room's close) lock the same room's rows in opposite orders and
+      deadlock; and a skipped beat is sent again a second later, when the holder has
+      committed and the row says whether the connection is still open.
+    - A row locked after a concurrent commit is re-checked (closed_at, the paid end as a
+      correlated EXISTS) on its newest version, so a close that committed first is never
+      undone by a beat.
+    - `busy` is an open row, as of the statement's start, that was not updated: it was held.
     """
-    greatest = "GREATEST" if connection.vendor == "postgresql" else "MAX"
     presence, room = Presence._meta.db_table, Room._meta.db_table
-    return (
-        f"UPDATE {presence} SET last_heartbeat_at = {greatest}(%s, last_heartbeat_at)"  # noqa: S608
-        f" WHERE connection_id = %s AND closed_at IS NULL AND EXISTS (SELECT 1 FROM {room}"
-        f" WHERE {room}.id = {presence}.room_id AND {room}.ends_at > %s)"
-    )
+    return f"""
+        WITH beat AS (
+            SELECT * FROM unnest(%s::text[], %s::timestamptz[]) AS b(connection_id, at)
+        ), held AS (
+            SELECT p.id, beat.at FROM {presence} p JOIN beat USING (connection_id)
+            WHERE p.closed_at IS NULL
+              AND EXISTS (SELECT 1 FROM {room} r WHERE r.id = p.room_id AND r.ends_at > beat.at)
+            ORDER BY p.id
+            FOR UPDATE OF p SKIP LOCKED
+        ), beaten AS (
+            UPDATE {presence} p SET last_heartbeat_at = GREATEST(held.at, p.last_heartbeat_at)
+            FROM held WHERE p.id = held.id
+            RETURNING p.connection_id
+        )
+        SELECT connection_id, 'alive' FROM beaten
+        UNION ALL
+        SELECT p.connection_id, 'busy' FROM {presence} p JOIN beat USING (connection_id)
+        WHERE p.closed_at IS NULL
+          AND EXISTS (SELECT 1 FROM {room} r WHERE r.id = p.room_id AND r.ends_at > beat.at)
+          AND p.connection_id NOT IN (SELECT connection_id FROM beaten)
+    """  # noqa: S608
+
+
+def _presences_heartbeat_one_by_one(beats: Mapping[str, datetime]) -> Heartbeats:
+    """SQLite (a laptop's `make run`): one UPDATE per beat; it has one writer at a time, so
+    nothing is ever held by another transaction here."""
+    alive = set()
+    for connection_id, at in beats.items():
+        if (
+            Presence.objects.filter(
+                connection_id=connection_id, closed_at__isnull=True, room__ends_at__gt=at
+            ).update(last_heartbeat_at=Greatest(Value(at), F("last_heartbeat_at")))
+            == 1
+        ):
+            alive.add(connection_id)
+    return Heartbeats(frozenset(alive), frozenset(beats) - frozenset(alive), frozenset())
+
+
+def presence_stale_before(now: datetime) -> datetime:
+    """Connections whose last stored heartbeat is older than this are stale: silent for
+    HEARTBEAT_STALE_SECONDS, plus the time a beat may wait in its process's batch."""
+    silent = settings.HEARTBEAT_STALE_SECONDS + HEARTBEAT_FLUSH_MARGIN_SECONDS
+    return now - timedelta(seconds=silent)
 
 
 def participant_remove(
@@ -302,10 +451,19 @@ def pair_separate(
 PRESENCE_CLOSE_REASONS = ("left", "dropped")
 
 
-def presence_close(connection_id: str, *, reason: str, now: datetime | None = None) -> bool:
+def presence_close(
+    connection_id: str,
+    *,
+    reason: str,
+    now: datetime | None = None,
+    last_heartbeat_at: datetime | None = None,
+) -> bool:
     """The socket closed: the participant `left` (peers are told at once) or the connection
     `dropped` (peers hear `peer_reconnecting`, and `peer_left` if the grace passes). Returns
-    whether this call ended the presence (a replaced or swept one is already ended)."""
+    whether this call ended the presence (a replaced or swept one is already ended).
+
+    `last_heartbeat_at` is a beat still waiting in the process's batch: stored with the close,
+    so the row's last heartbeat is the socket's real last one."""
     if reason not in PRESENCE_CLOSE_REASONS:
         raise RoomsError(f"A presence closes as one of: {', '.join(PRESENCE_CLOSE_REASONS)}.")
     with transaction.atomic():
@@ -318,16 +476,20 @@ def presence_close(connection_id: str, *, reason: str, now: datetime | None = No
             return False
         # After the row's lock, and never before the row began.
         now = max(now or timezone.now(), presence.opened_at)
-        Presence.objects.filter(pk=presence.pk).update(closed_at=now, close_reason=reason)
+        heartbeat = max(last_heartbeat_at or presence.last_heartbeat_at, presence.last_heartbeat_at)
+        Presence.objects.filter(pk=presence.pk).update(
+            closed_at=now, close_reason=reason, last_heartbeat_at=heartbeat
+        )
         _presence_ended(presence, reason)
     return True
 
 
 def presences_sweep_stale(now: datetime | None = None) -> int:
     """Close connections silent for HEARTBEAT_STALE_SECONDS at their last heartbeat (a process
-    that died never ran its disconnect)."""
+    that died never ran its disconnect). Silent as the database sees it, which is up to
+    HEARTBEAT_FLUSH_MARGIN_SECONDS behind the sockets (presence_stale_before)."""
     now = now or timezone.now()
-    stale = now - timedelta(seconds=settings.HEARTBEAT_STALE_SECONDS)
+    stale = presence_stale_before(now)
     swept = 0
     for presence in Presence.objects.filter(closed_at__isnull=True, last_heartbeat_at__lt=stale):
         with transaction.atomic():

@@ -125,9 +125,9 @@ def test_a_time_limit_close_that_runs_late_ends_the_call_at_the_paid_end(seat: S
 def test_nothing_is_served_after_the_paid_end(seat: Seat) -> None:
     room = _live_call(seat)
     with time_machine.travel(END - dt.timedelta(seconds=1), tick=False):
-        assert services.presence_heartbeat("client")
+        assert services.presences_heartbeat({"client": timezone.now()}).alive == {"client"}
     with time_machine.travel(END + dt.timedelta(seconds=1), tick=False):
-        assert not services.presence_heartbeat("client")
+        assert services.presences_heartbeat({"client": timezone.now()}).gone == {"client"}
         with pytest.raises(JoinRefused) as refused:
             services.presence_open(room.pk, seat.client, connection_id="late")
     assert refused.value.code == "room_ended"

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 import time_machine
-from django.db import connection
+from django.db import connection, transaction
 
 from rooms import services
 from rooms.models import CloseReason, Presence, Room, RoomEvent, RoomState, Seat
@@ -46,24 +46,47 @@ def _in_thread(action: object) -> tuple[threading.Thread, list[object]]:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_heartbeat_waiting_behind_the_close_of_its_connection_is_told_it_is_over() -> None:
+def test_a_heartbeat_batch_skips_a_row_a_close_holds_and_then_finds_it_closed() -> None:
     _room, _seat = _live_call()
     at = START + dt.timedelta(minutes=3)
-    with time_machine.travel(at, tick=False):
-        # The connection is closed (a leave, a replace, the sweep) while its heartbeat waits
-        # on the row: the heartbeat must see the close and answer False, not revive it.
-        with lock_held_until_waited_on(
-            lambda: Presence.objects.filter(connection_id="client").update(
-                closed_at=at, close_reason="left"
-            ),
-            waiters=1,
-        ) as held:
-            thread, result = _in_thread(lambda: services.presence_heartbeat("client"))
-        thread.join(30)
-    assert held.seen
-    assert result == [False]
+    holding, release = threading.Event(), threading.Event()
+
+    def close_and_hold() -> None:
+        # The connection is closed (a leave, a replace, the sweep) in a transaction that
+        # has not committed while the batch runs.
+        try:
+            with transaction.atomic():
+                Presence.objects.filter(connection_id="client").update(
+                    closed_at=at, close_reason="left"
+                )
+                holding.set()
+                assert release.wait(30)
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=close_and_hold)
+    holder.start()
+    try:
+        assert holding.wait(30)
+        with time_machine.travel(at, tick=False):
+            # The batch does not wait on the held row (a batch that waited could deadlock
+            # against a room's close locking the same rows in another order): it answers
+            # at once that the beat must be sent again, and stores the other socket's.
+            beaten = _in_thread(lambda: services.presences_heartbeat({"client": at, "expert": at}))
+            beaten[0].join(5)
+            assert not beaten[0].is_alive()
+    finally:
+        release.set()
+        holder.join(30)
+    found = beaten[1][0]
+    assert isinstance(found, services.Heartbeats)
+    assert (set(found.alive), set(found.busy), set(found.gone)) == ({"expert"}, {"client"}, set())
+    # Sent again after the close committed: the close stands, the beat is not stored.
+    again = services.presences_heartbeat({"client": at})
+    assert again.gone == {"client"}
     presence = Presence.objects.get(connection_id="client")
     assert (presence.closed_at, presence.last_heartbeat_at) == (at, START)
+    assert Presence.objects.get(connection_id="expert").last_heartbeat_at == at
 
 
 @pytest.mark.django_db(transaction=True)

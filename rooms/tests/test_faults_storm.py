@@ -19,6 +19,7 @@ from functools import partial
 import pytest
 import time_machine
 from django.db import connection
+from django.utils import timezone
 
 from accounts.models import User
 from accounts.tests.factories import UserFactory
@@ -105,6 +106,10 @@ def _live_group_room() -> tuple[Room, list[Seat]]:
     return room, seats
 
 
+def _heartbeat(connection_id: str) -> object:
+    return services.presences_heartbeat({connection_id: timezone.now()})
+
+
 def _actions(
     room: Room, seats: list[Seat], round_no: int
 ) -> list[tuple[str, Callable[[], object]]]:
@@ -143,8 +148,9 @@ def _actions(
         actions.append(
             ("leave", partial(services.presence_close, f"first-{who.pk}", reason="left"))
         )
-    actions.append(("heartbeat", partial(services.presence_heartbeat, f"first-{expert.pk}")))
-    actions.append(("heartbeat", partial(services.presence_heartbeat, f"first-{clients[0].pk}")))
+    # Two processes' heartbeat batches, each stamped when it runs.
+    for who in (expert, clients[0]):
+        actions.append(("heartbeat", partial(_heartbeat, f"first-{who.pk}")))
     for seat in seats:
         actions.append(
             (

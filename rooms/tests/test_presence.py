@@ -87,8 +87,8 @@ def test_a_second_connection_replaces_the_first_and_is_a_resume(seat: Seat) -> N
     services.presence_open(room.pk, seat.client, connection_id="tab1", now=_at(0))
     second = services.presence_open(room.pk, seat.client, connection_id="tab2", now=_at(30))
     assert (second.replaced_connection_id, second.resumed) == ("tab1", True)
-    assert not services.presence_heartbeat("tab1", now=_at(31))
-    assert services.presence_heartbeat("tab2", now=_at(31))
+    beaten = services.presences_heartbeat({"tab1": _at(31), "tab2": _at(31)})
+    assert (set(beaten.alive), set(beaten.gone)) == ({"tab2"}, {"tab1"})
     first = Presence.objects.get(connection_id="tab1")
     assert (first.closed_at, first.close_reason) == (_at(30), "replaced")
 
@@ -105,9 +105,10 @@ def test_a_reconnect_within_twenty_seconds_resumes_and_later_is_a_new_join(seat:
 def test_a_silent_connection_is_swept_at_its_last_heartbeat(seat: Seat) -> None:
     room = _room(seat)
     services.presence_open(room.pk, seat.client, connection_id="a", now=_at(0))
-    services.presence_heartbeat("a", now=_at(5))
-    assert services.presences_sweep_stale(now=_at(19)) == 0
-    assert services.presences_sweep_stale(now=_at(21)) == 1
+    assert services.presences_heartbeat({"a": _at(5)}).alive == {"a"}
+    # Silent for 15 s, plus the 2 s a beat may wait in its process's batch.
+    assert services.presences_sweep_stale(now=_at(21.9)) == 0
+    assert services.presences_sweep_stale(now=_at(22.1)) == 1
     swept = Presence.objects.get(connection_id="a")
     assert (swept.closed_at, swept.close_reason) == (_at(5), "stale")
     assert services.presences_sweep_stale(now=_at(60)) == 0

@@ -21,13 +21,22 @@ from typing import Any
 from channels_redis import pubsub
 from channels_redis.utils import _wrap_close
 
+# Publishes in flight at once per process: well under the pool's 100 connections (redis-py
+# refuses a command beyond them rather than waiting), and plenty to keep Redis busy.
+PUBLISHES_IN_FLIGHT = 32
+
 
 class ConcurrentPublishShard(pubsub.RedisSingleShardConnection):  # type: ignore[misc]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._publishing = asyncio.Semaphore(PUBLISHES_IN_FLIGHT)
+
     async def publish(self, channel: str, message: bytes) -> None:
-        # No lock: creating the client is synchronous, and the pool gives each concurrent
-        # publish a connection of its own. Subscriptions still take the lock.
-        self._ensure_redis()
-        await self._redis.publish(channel, message)
+        # Without the shard's lock: creating the client is synchronous, and the pool gives
+        # each concurrent publish a connection of its own. Subscriptions still take the lock.
+        async with self._publishing:
+            self._ensure_redis()
+            await self._redis.publish(channel, message)
 
 
 class RelayPubSubLoopLayer(pubsub.RedisPubSubLoopLayer):  # type: ignore[misc]

@@ -69,3 +69,14 @@ async def test_each_senders_messages_arrive_in_the_order_it_sent_them(
         message = await asyncio.wait_for(layer.receive(channel), timeout=5)
         arrived[message["sender"]].append(message["seq"])
     assert arrived == {name: list(range(each)) for name in range(senders)}
+
+
+async def test_more_publishes_at_once_than_the_pool_has_connections_all_go_through(
+    layer: RelayPubSubChannelLayer,
+) -> None:
+    """Two hundred rooms signaling at once: redis-py refuses a command beyond its pool's 100
+    connections instead of waiting for one, so the layer holds the rest back."""
+    channel = await layer.new_channel()
+    await asyncio.gather(*(layer.send(channel, {"type": "m", "seq": n}) for n in range(300)))
+    arrived = [await asyncio.wait_for(layer.receive(channel), timeout=5) for _ in range(300)]
+    assert sorted(message["seq"] for message in arrived) == list(range(300))

@@ -1150,18 +1150,20 @@ async def measure_all(workload: Workload, env: dict[str, str], plan: Plan, log_d
         servers.append(daphne_a)
         daphne_b = daphne_start("daphne B", env, log_dir)
         servers.append(daphne_b)
+        # The baseline first, then the expert on Daphne A and the client on Daphne B.
+        contenders = (
+            (PLAIN, [plain], Endpoint(plain.port, True), Endpoint(plain.port, True)),
+            (
+                DAPHNE,
+                [daphne_a, daphne_b],
+                Endpoint(daphne_a.port, False),
+                Endpoint(daphne_b.port, False),
+            ),
+        )
         for level in LEVELS:
             rounds = rounds_at(level, plan)
             baseline_p50: float | None = None
-            for name, measured, expert_at, client_at in (
-                (PLAIN, [plain], Endpoint(plain.port, True), Endpoint(plain.port, True)),
-                (
-                    DAPHNE,
-                    [daphne_a, daphne_b],
-                    Endpoint(daphne_a.port, False),
-                    Endpoint(daphne_b.port, False),
-                ),
-            ):
+            for name, measured, expert_at, client_at in contenders:
                 progress(f"measuring {name}: {level} rooms x {rounds} rounds")
                 result, problems = await relay_measure(
                     name,
@@ -1184,15 +1186,7 @@ async def measure_all(workload: Workload, env: dict[str, str], plan: Plan, log_d
         # The same arrival times for the baseline and for Daphne.
         offsets = [random.uniform(0, STORM_SPREAD_S) for _ in range(2 * len(workload.storm))]
         baseline_p99: float | None = None
-        for name, measured, expert_at, client_at in (
-            (PLAIN, [plain], Endpoint(plain.port, True), Endpoint(plain.port, True)),
-            (
-                DAPHNE,
-                [daphne_a, daphne_b],
-                Endpoint(daphne_a.port, False),
-                Endpoint(daphne_b.port, False),
-            ),
-        ):
+        for name, measured, expert_at, client_at in contenders:
             progress(
                 f"join storm on {name}: {len(offsets)} participants within {STORM_SPREAD_S:.0f} s"
             )
@@ -1231,6 +1225,16 @@ async def measure_all(workload: Workload, env: dict[str, str], plan: Plan, log_d
 # --- Output ---------------------------------------------------------------------------------
 
 
+def cpu_and_latency_cells(result: RelayResult | StormResult, spec: str) -> tuple[str, ...]:
+    return (
+        f"{result.server_cpu_percent:.0f}",
+        f"{result.client_cpu_percent:.0f}",
+        number(result.p50_ms, spec),
+        number(result.p90_ms, spec),
+        number(result.p99_ms, spec),
+    )
+
+
 def format_relay(results: list[RelayResult]) -> str:
     header = (
         "server",
@@ -1254,11 +1258,7 @@ def format_relay(results: list[RelayResult]) -> str:
             str(r.lost),
             str(r.errors),
             f"{r.msgs_per_s:,.0f}",
-            f"{r.server_cpu_percent:.0f}",
-            f"{r.client_cpu_percent:.0f}",
-            number(r.p50_ms, ".2f"),
-            number(r.p90_ms, ".2f"),
-            number(r.p99_ms, ".2f"),
+            *cpu_and_latency_cells(r, ".2f"),
             "-" if r.p50_ratio_to_baseline is None else f"{r.p50_ratio_to_baseline:.2f}x",
         )
         for r in results
@@ -1329,11 +1329,7 @@ def format_storm(results: list[StormResult]) -> str:
             str(r.failed),
             f"{r.seconds:.1f}",
             f"{r.admissions_per_s:.1f}",
-            f"{r.server_cpu_percent:.0f}",
-            f"{r.client_cpu_percent:.0f}",
-            number(r.p50_ms, ".1f"),
-            number(r.p90_ms, ".1f"),
-            number(r.p99_ms, ".1f"),
+            *cpu_and_latency_cells(r, ".1f"),
             number(r.max_ms, ".1f"),
             "-" if r.p99_ratio_to_baseline is None else f"{r.p99_ratio_to_baseline:.1f}x",
         )

@@ -1,4 +1,5 @@
-"""Relay latency and idle-socket capacity of the room signaling socket (docs/SIGNALING.md).
+"""Relay latency, a join storm and idle-socket capacity of the room signaling socket
+(docs/SIGNALING.md).
 
 Everything here goes through the real stack: real Daphne processes serving
 ``config.asgi:application``, the real ``RoomConsumer``, sessions, Origin check and admission
@@ -25,14 +26,26 @@ level. ``server cpu %`` is the CPU the server processes used during the measurem
 both cores of a 2-core machine), ``client cpu %`` that of this process, which generates the
 load: on a small machine the two compete for the same cores.
 
+**Join storm.** Every participant of 250 rooms of their own (500 sockets, each room's expert on
+Daphne A and its client on Daphne B) starts its handshake at a random moment within 10 s, as
+people clicking Join at the top of the hour do, none waiting for another. Each socket is timed
+from just before its handshake to its ``welcome`` (the admission: session, Origin, the
+consumer's join transaction); one that has no welcome 10 s after it began has failed, as have
+refusals and errors. ``admissions/s`` is the sockets admitted over the time from the first
+handshake to the last welcome (the arrivals come at about 50 a second: a server that keeps up
+shows that rate, one that falls behind a lower one and a long tail). The baseline is the same
+500 arrivals, at the same moments, on the plain relay; ``p99 ratio`` is Daphne's p99 over its.
+
 **Idle sockets.** One fresh Daphne process; participants of rooms of their own (an expert and a
 client per room, so the rooms go live as in a call) open sockets in steps (100, 250, 500, 750,
-1000, 1500, 2000, … up to ``--max-sockets``), 20 handshakes at a time, each socket then sending
-a ``heartbeat`` every 5 s (staggered) and nothing else. ``joins/s`` is how many sockets the step
-admitted per second (handshake to ``welcome``). After each step the sockets are left alone for
-one heartbeat period to settle, then for two more that are measured; the row shows the heartbeat
-round trips (sent to ``heartbeat_ack`` read) of those, acknowledgements still missing 2 s later
-(``lost``), sockets the server closed (``dropped``), the process's resident memory (VmRSS) and
+1000, 1500, 2000, 3000, 4000, 5000, 7500, 10,000, up to ``--max-sockets``), 20 handshakes at
+a time, each socket then sending a ``heartbeat`` every 5 s (staggered) and nothing else.
+``joins/s`` is how many sockets the step admitted per second (handshake to ``welcome``). After
+each step the sockets are left alone for one heartbeat period to settle, then for two more that
+are measured; the row shows the heartbeat round trips (sent to ``heartbeat_ack`` read) of those,
+acknowledgements still missing 2 s later (``lost``), sockets the server closed (``dropped``), the
+CPU the server and the clients (this one process) used in the measured window (a client at
+100 % of its core would be the limit, not the server), the process's resident memory (VmRSS) and
 the memory per socket: the growth since before the first step (read after a warm-up of a few
 sockets opened and closed) divided by the sockets open. A step is healthy when every socket was
 admitted, none dropped, no acknowledgement was lost and the heartbeat p99 is at most 1 s;
@@ -43,12 +56,13 @@ first unhealthy step began is shown as a note, not an error: the bench overloade
 
     .venv/bin/python bench/signaling.py [--json] [--quick] [--messages N] [--max-sockets N]
 
-With the defaults (1,000 messages at 1 room, 10,000 at 200 rooms, idle steps up to 2,000) a run
-takes about 4 minutes on a 2-core machine, much of it opening and closing Daphne's sockets,
-which the consumer admits at some 30 to 50 a second; ``--quick`` (400 messages, 4,000 at 200
-rooms, one measured heartbeat period per idle step, up to 500 idle sockets) saves about a
-minute. The last line says how many CPUs the machine has and how busy it was when the run began:
-the clients, the servers, Redis and PostgreSQL all share it.
+With the defaults (1,000 messages at 1 room, 10,000 at 200 rooms, the storm, idle steps up to
+10,000 or the first unhealthy one) a run takes some 10 to 20 minutes on a 2-core machine, much of
+it opening and closing Daphne's sockets, which the consumer admits at some 30 to 50 a second;
+``--quick`` (400 messages, 4,000 at 200 rooms, the same storm, one measured heartbeat period per
+idle step, up to 500 idle sockets) takes about 3. The last line says how many CPUs the
+machine has and how busy it was when the run began: the clients, the servers, Redis and
+PostgreSQL all share it.
 
 The database comes from ``DATABASE_URL`` and must be PostgreSQL; as in ``bench/booking.py`` the
 bench creates a throwaway ``test_<name>_signaling`` database next to it (the role needs
@@ -57,7 +71,9 @@ drops it at the end. The Daphne processes get that database, ``REDIS_URL`` (``sc
 gives benches a Redis database of their own) and a channel-layer prefix of this run's own
 (``CHANNEL_LAYER_PREFIX``), because pub/sub channels are shared by the whole Redis server;
 Celery tasks they queue (a dropped presence's grace check) go to an in-memory broker that no
-worker reads. Their output goes to log files; errors and tracebacks found there are reported.
+worker reads. The bench raises its open-file limit to the hard limit, which the servers inherit
+(10,000 idle sockets need some 11,000 descriptors on each side). Their output goes to log
+files; errors and tracebacks found there are reported.
 """
 
 from __future__ import annotations
@@ -115,10 +131,10 @@ SIGNAL_TIMEOUT_S = 5.0
 HEARTBEAT_S = 5.0
 # Finer in the hundreds, where one process gave out when this bench was written; coarser
 # beyond, for when it holds more.
-IDLE_STEPS = (100, 250, 500, 750, 1000, 1500, 2000, 3000, 4000, 6000, 8000)
-DEFAULT_MAX_SOCKETS = 2000
+IDLE_STEPS = (100, 250, 500, 750, 1000, 1500, 2000, 3000, 4000, 5000, 7500, 10_000)
+DEFAULT_MAX_SOCKETS = 10_000
 QUICK_MAX_SOCKETS = 500
-MAX_SOCKETS_BOUND = 8000
+MAX_SOCKETS_BOUND = 10_000
 # Sockets opened and closed before the memory baseline is read: first-use allocations (the
 # database thread, the driver, the consumer's code paths) are not per-socket memory.
 IDLE_WARMUP_SOCKETS = 20
@@ -129,6 +145,15 @@ HOLD_S = 2 * HEARTBEAT_S
 QUICK_HOLD_S = HEARTBEAT_S
 ACK_GRACE_S = 2.0
 HEALTHY_P99_MS = 1000.0
+
+# Join storm: every participant of these rooms (expert on Daphne A, client on Daphne B) starts
+# its handshake at a random moment of the spread, as a class clicking Join at the top of the
+# hour; a socket without its welcome by the timeout has failed, as a person would give up.
+STORM_ROOMS = 250
+STORM_SPREAD_S = 10.0
+STORM_TIMEOUT_S = 10.0
+# Until every socket of the storm is in or has failed, and a moment after, all stay open.
+STORM_HOLD_S = 2.0
 
 # Handshakes in flight at once: a browser fleet does not arrive in one instant either, and each
 # admission is a transaction on the consumer's database thread.
@@ -168,6 +193,7 @@ class Pair:
 @dataclass(frozen=True)
 class Workload:
     relay: dict[int, list[Pair]]  # rooms of each level
+    storm: list[Pair]
     idle: list[Pair]
     warmup: list[Pair]
     cookie_name: str
@@ -179,6 +205,7 @@ class Plan:
     min_rounds_per_room: int  # at 200 rooms
     hold_s: float  # per idle step
     max_sockets: int  # the last idle step
+    storm_rooms: int
 
 
 @dataclass(frozen=True)
@@ -223,6 +250,10 @@ class IdleStep:
     p99_ms: float | None
     # Sockets this step admitted per second (handshake to `welcome`, a few at a time).
     joins_per_s: float
+    # CPU in the measured window, in % of one core: the server's, and this process's (the
+    # clients), which on a small machine competes with it for the same cores.
+    server_cpu_percent: float
+    client_cpu_percent: float
     rss_kib: int
     kib_per_socket: float | None
     healthy: bool
@@ -278,7 +309,7 @@ def database_url_check() -> str:
     return url
 
 
-def workload_create(relay_levels: Sequence[int], idle_rooms: int) -> Workload:
+def workload_create(relay_levels: Sequence[int], storm_rooms: int, idle_rooms: int) -> Workload:
     """Private rooms in the `open` state, each with its expert and one client holding a
     confirmed seat, and a logged-in session for every one of them.
 
@@ -296,7 +327,7 @@ def workload_create(relay_levels: Sequence[int], idle_rooms: int) -> Workload:
     from accounts.models import User
     from rooms.models import Pricing, Room, RoomKind, RoomState, Seat, SeatState
 
-    room_count = sum(relay_levels) + idle_rooms + IDLE_WARMUP_SOCKETS // 2
+    room_count = sum(relay_levels) + storm_rooms + idle_rooms + IDLE_WARMUP_SOCKETS // 2
     progress(f"creating {room_count} open rooms, {2 * room_count} participants and sessions")
     now = timezone.now()
     starts_at = now - timedelta(minutes=1)
@@ -367,8 +398,9 @@ def workload_create(relay_levels: Sequence[int], idle_rooms: int) -> Workload:
     relay: dict[int, list[Pair]] = {}
     for level in relay_levels:
         relay[level], pairs = pairs[:level], pairs[level:]
+    storm, pairs = pairs[:storm_rooms], pairs[storm_rooms:]
     warmup, idle = pairs[: IDLE_WARMUP_SOCKETS // 2], pairs[IDLE_WARMUP_SOCKETS // 2 :]
-    return Workload(relay, idle, warmup, settings.SESSION_COOKIE_NAME)
+    return Workload(relay, storm, idle, warmup, settings.SESSION_COOKIE_NAME)
 
 
 # --- Processes ------------------------------------------------------------------------------
@@ -870,6 +902,106 @@ async def relay_measure(
     return result, problems
 
 
+# --- Join storm -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StormResult:
+    server: str
+    participants: int
+    admitted: int
+    failed: int
+    # From the first handshake's start to the last welcome.
+    seconds: float
+    admissions_per_s: float
+    server_cpu_percent: float
+    client_cpu_percent: float
+    p50_ms: float | None
+    p90_ms: float | None
+    p99_ms: float | None
+    max_ms: float | None
+    p99_ratio_to_baseline: float | None = None
+
+
+async def storm_measure(
+    server_name: str,
+    servers: Sequence[Server],
+    expert_endpoint: Endpoint,
+    client_endpoint: Endpoint,
+    pairs: list[Pair],
+    offsets: Sequence[float],
+    cookie_name: str,
+) -> tuple[StormResult, list[str]]:
+    """Every participant of `pairs` starts its handshake `offset` seconds into the storm, all at
+    once (no gate); each is timed from just before its handshake to its `welcome`."""
+    arrivals = [(p.expert, expert_endpoint) for p in pairs] + [
+        (p.client, client_endpoint) for p in pairs
+    ]
+    failures: list[str] = []
+    welcomed: list[tuple[float, float]] = []  # (started, welcome read)
+    sockets: list[Socket] = []
+    began = time.perf_counter()
+
+    async def one(participant: Participant, endpoint: Endpoint, offset: float) -> None:
+        await asyncio.sleep(max(0.0, began + offset - time.perf_counter()))
+        joining = Socket(participant, endpoint, cookie_name)
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(STORM_TIMEOUT_S):
+                await joining.open(heartbeat_offset=random.uniform(0, HEARTBEAT_S))
+        except Refused as refused:
+            failures.append(str(refused))
+            return
+        except TimeoutError:
+            failures.append(f"no welcome within {STORM_TIMEOUT_S:.0f} s")
+            await joining.close()
+            return
+        welcomed.append((started, time.perf_counter()))
+        sockets.append(joining)
+
+    try:
+        async with cpu_watch(servers) as cpu:
+            await asyncio.gather(
+                *(one(p, e, at) for (p, e), at in zip(arrivals, offsets, strict=True))
+            )
+        await asyncio.sleep(STORM_HOLD_S)
+        errors = Counter[str]()
+        for s in sockets:
+            errors += s.errors
+        closes = [f"close code {s.close_code}" for s in sockets if s.closed.is_set()]
+    finally:
+        progress(f"{server_name} storm: closing {len(sockets)} sockets")
+        await sockets_close(sockets)
+
+    problems = grouped(failures, f"{server_name} storm: socket not admitted: ")
+    problems += grouped(closes, f"{server_name} storm: the server closed a socket: ")
+    if errors:
+        problems.append(
+            f"{server_name} storm: error messages from the server: "
+            + ", ".join(f"{code} x{n}" for code, n in errors.most_common())
+        )
+    latencies = [(done - started) * 1000 for started, done in welcomed]
+    p50, p90, p99 = percentiles(latencies)
+    first = min((started for started, _ in welcomed), default=began)
+    last = max((done for _, done in welcomed), default=began)
+    seconds = last - first
+    result = StormResult(
+        server=server_name,
+        participants=len(arrivals),
+        admitted=len(welcomed),
+        failed=len(failures),
+        seconds=round(seconds, 3),
+        admissions_per_s=round(len(welcomed) / seconds, 1) if seconds > 0 else 0.0,
+        server_cpu_percent=cpu["server"],
+        client_cpu_percent=cpu["client"],
+        p50_ms=p50,
+        p90_ms=p90,
+        p99_ms=p99,
+        max_ms=round(max(latencies), 3) if latencies else None,
+    )
+    return result, problems
+
+
 # --- Idle sockets ---------------------------------------------------------------------------
 
 
@@ -921,7 +1053,8 @@ async def idle_measure(daphne: Server, workload: Workload, plan: Plan) -> IdleRe
             progress(f"idle: holding {len(sockets)} sockets for {SETTLE_S + plan.hold_s:.0f} s")
             await asyncio.sleep(SETTLE_S)
             window_start = time.perf_counter()
-            await asyncio.sleep(plan.hold_s)
+            async with cpu_watch([daphne]) as cpu:
+                await asyncio.sleep(plan.hold_s)
             window_end = time.perf_counter()
             await asyncio.sleep(ACK_GRACE_S)
             rtts = [
@@ -947,6 +1080,8 @@ async def idle_measure(daphne: Server, workload: Workload, plan: Plan) -> IdleRe
                     p50_ms=p50,
                     p99_ms=p99,
                     joins_per_s=round(joins_per_s, 1),
+                    server_cpu_percent=cpu["server"],
+                    client_cpu_percent=cpu["client"],
                     rss_kib=rss,
                     kib_per_socket=round((rss - rss_before) / len(sockets), 1) if sockets else None,
                     healthy=problem is None,
@@ -991,6 +1126,7 @@ def idle_problem(
 @dataclass(frozen=True)
 class Report:
     relay: list[RelayResult]
+    storm: list[StormResult]
     idle: IdleReport
     errors: list[str]
     # What the idle server logged once overloaded: worth reading, not a failure of the run.
@@ -1003,6 +1139,7 @@ def rounds_at(level: int, plan: Plan) -> int:
 
 async def measure_all(workload: Workload, env: dict[str, str], plan: Plan, log_dir: Path) -> Report:
     results: list[RelayResult] = []
+    storm: list[StormResult] = []
     errors: list[str] = []
     servers: list[Server] = []
     try:
@@ -1013,18 +1150,20 @@ async def measure_all(workload: Workload, env: dict[str, str], plan: Plan, log_d
         servers.append(daphne_a)
         daphne_b = daphne_start("daphne B", env, log_dir)
         servers.append(daphne_b)
+        # The baseline first, then the expert on Daphne A and the client on Daphne B.
+        contenders = (
+            (PLAIN, [plain], Endpoint(plain.port, True), Endpoint(plain.port, True)),
+            (
+                DAPHNE,
+                [daphne_a, daphne_b],
+                Endpoint(daphne_a.port, False),
+                Endpoint(daphne_b.port, False),
+            ),
+        )
         for level in LEVELS:
             rounds = rounds_at(level, plan)
             baseline_p50: float | None = None
-            for name, measured, expert_at, client_at in (
-                (PLAIN, [plain], Endpoint(plain.port, True), Endpoint(plain.port, True)),
-                (
-                    DAPHNE,
-                    [daphne_a, daphne_b],
-                    Endpoint(daphne_a.port, False),
-                    Endpoint(daphne_b.port, False),
-                ),
-            ):
+            for name, measured, expert_at, client_at in contenders:
                 progress(f"measuring {name}: {level} rooms x {rounds} rounds")
                 result, problems = await relay_measure(
                     name,
@@ -1043,6 +1182,25 @@ async def measure_all(workload: Workload, env: dict[str, str], plan: Plan, log_d
                         result, p50_ratio_to_baseline=round(result.p50_ms / baseline_p50, 2)
                     )
                 results.append(result)
+
+        # The same arrival times for the baseline and for Daphne.
+        offsets = [random.uniform(0, STORM_SPREAD_S) for _ in range(2 * len(workload.storm))]
+        baseline_p99: float | None = None
+        for name, measured, expert_at, client_at in contenders:
+            progress(
+                f"join storm on {name}: {len(offsets)} participants within {STORM_SPREAD_S:.0f} s"
+            )
+            stormed, problems = await storm_measure(
+                name, measured, expert_at, client_at, workload.storm, offsets, workload.cookie_name
+            )
+            errors += problems
+            if name == PLAIN:
+                baseline_p99 = stormed.p99_ms
+            elif baseline_p99 and stormed.p99_ms is not None:
+                stormed = replace(
+                    stormed, p99_ratio_to_baseline=round(stormed.p99_ms / baseline_p99, 1)
+                )
+            storm.append(stormed)
         for server in (daphne_a, daphne_b, plain):
             server_stop(server)
 
@@ -1061,10 +1219,20 @@ async def measure_all(workload: Workload, env: dict[str, str], plan: Plan, log_d
             notes += log_problems(server, start=idle.overload_log_offset)
         else:
             errors += log_problems(server)
-    return Report(results, idle, errors, notes)
+    return Report(results, storm, idle, errors, notes)
 
 
 # --- Output ---------------------------------------------------------------------------------
+
+
+def cpu_and_latency_cells(result: RelayResult | StormResult, spec: str) -> tuple[str, ...]:
+    return (
+        f"{result.server_cpu_percent:.0f}",
+        f"{result.client_cpu_percent:.0f}",
+        number(result.p50_ms, spec),
+        number(result.p90_ms, spec),
+        number(result.p99_ms, spec),
+    )
 
 
 def format_relay(results: list[RelayResult]) -> str:
@@ -1090,11 +1258,7 @@ def format_relay(results: list[RelayResult]) -> str:
             str(r.lost),
             str(r.errors),
             f"{r.msgs_per_s:,.0f}",
-            f"{r.server_cpu_percent:.0f}",
-            f"{r.client_cpu_percent:.0f}",
-            number(r.p50_ms, ".2f"),
-            number(r.p90_ms, ".2f"),
-            number(r.p99_ms, ".2f"),
+            *cpu_and_latency_cells(r, ".2f"),
             "-" if r.p50_ratio_to_baseline is None else f"{r.p50_ratio_to_baseline:.2f}x",
         )
         for r in results
@@ -1113,6 +1277,8 @@ def format_idle(steps: list[IdleStep]) -> str:
         "hb p50 ms",
         "hb p99 ms",
         "joins/s",
+        "server cpu %",
+        "client cpu %",
         "RSS MiB",
         "KiB/socket",
         "healthy",
@@ -1128,6 +1294,8 @@ def format_idle(steps: list[IdleStep]) -> str:
             number(s.p50_ms, ".1f"),
             number(s.p99_ms, ".1f"),
             f"{s.joins_per_s:.1f}",
+            f"{s.server_cpu_percent:.0f}",
+            f"{s.client_cpu_percent:.0f}",
             f"{s.rss_kib / 1024:.1f}",
             number(s.kib_per_socket, ".1f"),
             "yes" if s.healthy else "no",
@@ -1137,13 +1305,48 @@ def format_idle(steps: list[IdleStep]) -> str:
     return table(header, rows, left=0)
 
 
+def format_storm(results: list[StormResult]) -> str:
+    header = (
+        "server",
+        "joining",
+        "admitted",
+        "failed",
+        "seconds",
+        "admissions/s",
+        "server cpu %",
+        "client cpu %",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "max ms",
+        "p99 ratio",
+    )
+    rows = [
+        (
+            r.server,
+            str(r.participants),
+            str(r.admitted),
+            str(r.failed),
+            f"{r.seconds:.1f}",
+            f"{r.admissions_per_s:.1f}",
+            *cpu_and_latency_cells(r, ".1f"),
+            number(r.max_ms, ".1f"),
+            "-" if r.p99_ratio_to_baseline is None else f"{r.p99_ratio_to_baseline:.1f}x",
+        )
+        for r in results
+    ]
+    return table(header, rows, left=1)
+
+
 def max_healthy(steps: list[IdleStep]) -> int:
     return max((s.sockets for s in steps if s.healthy), default=0)
 
 
-def summary(relay: list[RelayResult], steps: list[IdleStep]) -> dict[str, float]:
-    """The figures the issues name, under their keys; one a run did not measure (the join
-    storm is not built yet, --quick has no 200-room level) is left out (numbers only)."""
+def summary(
+    relay: list[RelayResult], storm: list[StormResult], steps: list[IdleStep]
+) -> dict[str, float]:
+    """The figures the issues name, under their keys; one a run did not measure is left out
+    (numbers only)."""
     figures: dict[str, float | None] = {}
     for r in relay:
         if r.server == DAPHNE and r.rooms in (1, 200):
@@ -1151,6 +1354,11 @@ def summary(relay: list[RelayResult], steps: list[IdleStep]) -> dict[str, float]
             figures[f"relay_p50_ratio_{suffix}"] = r.p50_ratio_to_baseline
             if r.rooms == 200:
                 figures["relay_msgs_per_s_200_rooms"] = r.msgs_per_s
+    for stormed in storm:
+        if stormed.server == DAPHNE:
+            figures["join_storm_p99_ms"] = stormed.p99_ms
+            figures["join_storm_admissions_per_s"] = stormed.admissions_per_s
+            figures["join_storm_failures"] = stormed.failed
     healthy = [s for s in steps if s.healthy]
     figures["idle_sockets_held"] = max_healthy(steps)
     if healthy:
@@ -1206,20 +1414,21 @@ def main() -> int:
         min_rounds_per_room=QUICK_MIN_ROUNDS_PER_ROOM if args.quick else MIN_ROUNDS_PER_ROOM,
         hold_s=QUICK_HOLD_S if args.quick else HOLD_S,
         max_sockets=args.max_sockets or (QUICK_MAX_SOCKETS if args.quick else DEFAULT_MAX_SOCKETS),
+        storm_rooms=STORM_ROOMS,
     )
     # The clients, the servers, Redis and PostgreSQL share this machine: say how busy it was.
     cpus = os.cpu_count() or 1
     load_at_start = round(os.getloadavg()[0], 2)
     started = time.monotonic()
     try:
-        file_descriptors_raise(plan.max_sockets + 2 * max(LEVELS))
+        file_descriptors_raise(max(plan.max_sockets, 2 * plan.storm_rooms, 2 * max(LEVELS)))
         database_url = database_url_check()
         django_setup()
         with (
             throwaway_database("signaling", progress) as bench_name,
             tempfile.TemporaryDirectory(prefix="parley-signaling-") as logs,
         ):
-            workload = workload_create(LEVELS, plan.max_sockets // 2)
+            workload = workload_create(LEVELS, plan.storm_rooms, plan.max_sockets // 2)
             from django.db import connection
 
             connection.close()
@@ -1236,7 +1445,7 @@ def main() -> int:
     stopped = next((s for s in steps if not s.healthy), None)
     if args.json:
         output = {
-            "summary": summary(report.relay, steps),
+            "summary": summary(report.relay, report.storm, steps),
             "bench": "signaling",
             "messages": plan.messages,
             "min_rounds_per_room": plan.min_rounds_per_room,
@@ -1245,6 +1454,12 @@ def main() -> int:
             "round_spacing_ms": ROUND_SPACING_S * 1000,
             "levels": list(LEVELS),
             "relay": [asdict(r) for r in report.relay],
+            "storm": {
+                "rooms": plan.storm_rooms,
+                "spread_seconds": STORM_SPREAD_S,
+                "timeout_seconds": STORM_TIMEOUT_S,
+                "results": [asdict(r) for r in report.storm],
+            },
             "idle": {
                 "heartbeat_seconds": HEARTBEAT_S,
                 "settle_seconds": SETTLE_S,
@@ -1269,6 +1484,14 @@ def main() -> int:
             "p50 ratio = p50 / baseline p50"
         )
         print(format_relay(report.relay))
+        print()
+        print(
+            f"join storm: {2 * plan.storm_rooms} participants of {plan.storm_rooms} rooms (expert "
+            f"on Daphne A, client on Daphne B) start their handshakes at random within "
+            f"{STORM_SPREAD_S:.0f} s, none waiting for another; latency = handshake start to "
+            f"welcome, over {STORM_TIMEOUT_S:.0f} s = failed; p99 ratio = p99 / baseline p99"
+        )
+        print(format_storm(report.storm))
         print()
         print(
             f"idle sockets on one Daphne process, heartbeat every {HEARTBEAT_S:.0f} s, "

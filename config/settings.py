@@ -163,7 +163,9 @@ if REDIS_URL:
     # database anyway.
     CHANNEL_LAYERS: dict[str, Any] = {
         "default": {
-            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            # channels_redis's pub/sub layer, its publishes not waiting for each other
+            # (rooms/layers.py: a relayed signal no longer queues behind every other one).
+            "BACKEND": "rooms.layers.RelayPubSubChannelLayer",
             # Pub/sub channels are server-wide, not per Redis database: deployments (and test
             # runs) sharing one Redis server keep apart by prefix. CHANNEL_REDIS_URLS (comma-
             # separated) shards the layer over several Redis servers, channels-redis's own way:

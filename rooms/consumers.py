@@ -16,6 +16,7 @@ import socket
 from datetime import datetime, timedelta
 from typing import Any
 
+from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.utils import timezone
@@ -355,6 +356,17 @@ class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             return None
         return selectors.room_ended_message(room, self.user)
 
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """Channels' dispatch, without its `close_old_connections` before every frame, relayed
+        signal and room event: that is a hop to Channels' one thread-sensitive thread (where
+        sessions are read), so each signal waited behind other sockets' work there. Nothing on
+        these paths touches the database except through `database_call`
+        (`database_sync_to_async`), which closes stale connections itself, before and after."""
+        if message["type"] in HOPLESS:
+            await getattr(self, get_handler_name(message))(message)
+        else:
+            await super().dispatch(message)
+
     async def peer_signal(self, event: dict[str, Any]) -> None:
         if event["from"] not in self.peers:
             # Reached this socket before the broadcast of that peer's join: it is in the room
@@ -398,6 +410,10 @@ class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                 {"type": "warning", "minutes_left": minutes, "ends_at": ends_at.isoformat()}
             )
 
+
+# What `dispatch` hands straight to its handler: the participant's frames, relayed signals and
+# the room's news (a signal queued behind a `peer_joined` waits for whatever delays that).
+HOPLESS = frozenset({"websocket.receive", "peer.signal", "room.event"})
 
 HANDLERS = {
     "heartbeat": RoomConsumer.on_heartbeat,

@@ -9,13 +9,13 @@ import pytest
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.testing import WebsocketCommunicator
-from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.conf import settings
 from django.test import Client
 from django.urls import path
 
 from accounts.tests.factories import UserFactory
 from config.asgi import websocket_stack
+from rooms.layers import RelayPubSubChannelLayer
 
 
 class WhoAmI(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
@@ -80,8 +80,8 @@ async def test_socket_from_another_site_is_refused_with_a_reason(
 async def test_redis_channel_layer_delivers_between_two_processes_layers() -> None:
     # Two layer instances stand for two Daphne processes sharing one Redis.
     config = settings.CHANNEL_LAYERS["default"]["CONFIG"]
-    assert settings.CHANNEL_LAYERS["default"]["BACKEND"].endswith("RedisPubSubChannelLayer")
-    sender, receiver = RedisPubSubChannelLayer(**config), RedisPubSubChannelLayer(**config)
+    assert settings.CHANNEL_LAYERS["default"]["BACKEND"] == "rooms.layers.RelayPubSubChannelLayer"
+    sender, receiver = RelayPubSubChannelLayer(**config), RelayPubSubChannelLayer(**config)
     try:
         channel = await receiver.new_channel()
         await receiver.group_add("room-1", channel)

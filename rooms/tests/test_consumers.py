@@ -3,10 +3,13 @@ on the Redis channel layer: admission and refusals, relay, presence, media repor
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import time
 from collections.abc import Iterator
 
 import pytest
+from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from django.test import override_settings
 from django.utils import timezone
@@ -112,6 +115,24 @@ async def test_a_signal_reaches_only_the_participant_it_is_addressed_to(call: Ca
     await client.send(type="signal", to=stranger.pk, data=OFFER)
     error = await client.receive_type("error")
     assert (error["code"], error["ref"]) == ("peer_not_here", "signal")
+    await expert.close()
+    await client.close()
+
+
+async def test_a_signal_does_not_wait_for_the_database_thread(call: Call) -> None:
+    """Every database call of a process queues on one thread: a relayed signal that hopped onto
+    it (as Channels' dispatch does before every handler) waited behind other sockets'
+    heartbeats and joins. Here that thread is busy for 2 s while a signal goes through."""
+    expert, client = await _both_in(call)
+    busy = asyncio.create_task(sync_to_async(time.sleep, thread_sensitive=True)(2))
+    await asyncio.sleep(0.05)  # the sleep has the thread
+    started = time.monotonic()
+    await expert.send(type="signal", to=call.client.pk, data=OFFER)
+    relayed = await client.receive_type("signal", timeout=1.5)
+    assert time.monotonic() - started < 1
+    assert relayed == {"v": 1, "type": "signal", "from": call.expert.pk, "data": OFFER}
+    assert not busy.done()
+    await busy
     await expert.close()
     await client.close()
 

@@ -1,0 +1,82 @@
+"""The signaling channel layer on the real Redis: publishes do not wait for each other, and each
+sender's messages still arrive in the order it sent them."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from django.conf import settings
+from redis.asyncio import Redis
+
+from rooms.layers import RelayPubSubChannelLayer
+
+
+@pytest.fixture
+async def layer() -> AsyncIterator[RelayPubSubChannelLayer]:
+    # Pub/sub channels are server-wide: a prefix of this test's own.
+    made = RelayPubSubChannelLayer(hosts=[settings.REDIS_URL], prefix=f"t{uuid.uuid4().hex[:8]}")
+    yield made
+    await made.flush()
+
+
+async def test_a_publish_does_not_wait_for_one_still_in_flight(
+    layer: RelayPubSubChannelLayer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    channel = await layer.new_channel()
+    real_publish = Redis.publish
+    held = asyncio.Event()
+    release = asyncio.Event()
+
+    async def publish(self: Redis, name: str, message: bytes, **kwargs: Any) -> Any:
+        if not held.is_set():
+            # The first publish is slow to get its answer from Redis.
+            held.set()
+            await release.wait()
+        return await real_publish(self, name, message, **kwargs)
+
+    monkeypatch.setattr(Redis, "publish", publish)
+    slow = asyncio.create_task(layer.send(channel, {"type": "first"}))
+    try:
+        await held.wait()
+        await asyncio.wait_for(layer.send(channel, {"type": "second"}), timeout=2)
+        assert await asyncio.wait_for(layer.receive(channel), timeout=2) == {"type": "second"}
+        assert not slow.done()
+    finally:
+        release.set()
+        await slow
+    assert await asyncio.wait_for(layer.receive(channel), timeout=2) == {"type": "first"}
+
+
+async def test_each_senders_messages_arrive_in_the_order_it_sent_them(
+    layer: RelayPubSubChannelLayer,
+) -> None:
+    """As a socket's frames are: several senders at once, each awaiting its publish before the
+    next, as the consumer does; between senders any interleaving is fine."""
+    channel = await layer.new_channel()
+    senders, each = 8, 100
+
+    async def sender(name: int) -> None:
+        for seq in range(each):
+            await layer.send(channel, {"type": "m", "sender": name, "seq": seq})
+
+    await asyncio.gather(*(sender(name) for name in range(senders)))
+    arrived: dict[int, list[int]] = {name: [] for name in range(senders)}
+    for _ in range(senders * each):
+        message = await asyncio.wait_for(layer.receive(channel), timeout=5)
+        arrived[message["sender"]].append(message["seq"])
+    assert arrived == {name: list(range(each)) for name in range(senders)}
+
+
+async def test_more_publishes_at_once_than_the_pool_has_connections_all_go_through(
+    layer: RelayPubSubChannelLayer,
+) -> None:
+    """Two hundred rooms signaling at once: redis-py refuses a command beyond its pool's 100
+    connections instead of waiting for one, so the layer holds the rest back."""
+    channel = await layer.new_channel()
+    await asyncio.gather(*(layer.send(channel, {"type": "m", "seq": n}) for n in range(300)))
+    arrived = [await asyncio.wait_for(layer.receive(channel), timeout=5) for _ in range(300)]
+    assert sorted(message["seq"] for message in arrived) == list(range(300))

@@ -8,8 +8,9 @@ without WebSockets or Daphne around it:
 
 - ``channels.layers.InMemoryChannelLayer``, the baseline: no network, one process, so sender and
   receiver share one instance (it cannot span processes and is no option for production);
-- ``channels_redis.pubsub.RedisPubSubChannelLayer``, which the production setting picks
-  (``config/settings.py``), and
+- ``channels_redis.pubsub.RedisPubSubChannelLayer``, which the production layer
+  (``rooms.layers.RelayPubSubChannelLayer``, ``config/settings.py``) extends only by letting
+  concurrent publishes overlap, which one message at a time does not exercise, and
 - ``channels_redis.core.RedisChannelLayer``, the list-based alternative it was chosen over.
 
 For the Redis layers the sender and the receiver are separate layer instances with their own

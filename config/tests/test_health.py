@@ -51,7 +51,7 @@ def test_healthz_names_redis_components_down_when_redis_port_is_closed(
     dead = f"redis://127.0.0.1:{closed_port}/0"
     settings.CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "BACKEND": "rooms.layers.RelayPubSubChannelLayer",
             "CONFIG": {"hosts": [dead]},
         }
     }

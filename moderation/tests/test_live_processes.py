@@ -63,7 +63,7 @@ def call(daphnes: Daphnes, settings: Settings, transactional_db: None) -> LiveCa
     # The staff action publishes from this process: on the same Redis channels as the
     # Daphne processes.
     layer = settings.CHANNEL_LAYERS["default"]
-    assert layer["BACKEND"] == "channels_redis.pubsub.RedisPubSubChannelLayer"
+    assert layer["BACKEND"] == "rooms.layers.RelayPubSubChannelLayer"
     settings.CHANNEL_LAYERS = {
         "default": {**layer, "CONFIG": {**layer["CONFIG"], "prefix": daphnes.channel_prefix}}
     }

@@ -167,6 +167,8 @@ MAX_ERROR_MESSAGES = 5
 # Sockets beyond the bench's own that the process needs (database, Redis, log files, Python).
 SPARE_FILE_DESCRIPTORS = 1024
 
+# What a run can measure; `--parts` picks some (all by default).
+PARTS = ("relay", "storm", "idle")
 PLAIN = "plain websockets"
 DAPHNE = "daphne + redis"
 SEQ_DIGITS = 10
@@ -206,6 +208,7 @@ class Plan:
     hold_s: float  # per idle step
     max_sockets: int  # the last idle step
     storm_rooms: int
+    parts: frozenset[str]  # which of PARTS this run measures
 
 
 @dataclass(frozen=True)
@@ -1123,7 +1126,7 @@ def idle_problem(
 # --- Running --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass
 class Report:
     relay: list[RelayResult]
     storm: list[StormResult]
@@ -1138,51 +1141,82 @@ def rounds_at(level: int, plan: Plan) -> int:
 
 
 async def measure_all(workload: Workload, env: dict[str, str], plan: Plan, log_dir: Path) -> Report:
-    results: list[RelayResult] = []
-    storm: list[StormResult] = []
-    errors: list[str] = []
+    report = Report([], [], IdleReport(0, [], [], None), [], [])
     servers: list[Server] = []
+    daphne_c: Server | None = None
     try:
-        progress("starting the plain websockets relay and two Daphne processes")
-        plain = plain_relay_start(log_dir)
-        servers.append(plain)
-        daphne_a = daphne_start("daphne A", env, log_dir)
-        servers.append(daphne_a)
-        daphne_b = daphne_start("daphne B", env, log_dir)
-        servers.append(daphne_b)
-        # The baseline first, then the expert on Daphne A and the client on Daphne B.
-        contenders = (
-            (PLAIN, [plain], Endpoint(plain.port, True), Endpoint(plain.port, True)),
-            (
-                DAPHNE,
-                [daphne_a, daphne_b],
-                Endpoint(daphne_a.port, False),
-                Endpoint(daphne_b.port, False),
-            ),
-        )
-        for level in LEVELS:
-            rounds = rounds_at(level, plan)
-            baseline_p50: float | None = None
-            for name, measured, expert_at, client_at in contenders:
-                progress(f"measuring {name}: {level} rooms x {rounds} rounds")
-                result, problems = await relay_measure(
-                    name,
-                    measured,
-                    expert_at,
-                    client_at,
-                    workload.relay[level],
-                    rounds,
-                    workload.cookie_name,
-                )
-                errors += problems
-                if name == PLAIN:
-                    baseline_p50 = result.p50_ms
-                elif baseline_p50 and result.p50_ms is not None:
-                    result = replace(
-                        result, p50_ratio_to_baseline=round(result.p50_ms / baseline_p50, 2)
-                    )
-                results.append(result)
+        if plan.parts & {"relay", "storm"}:
+            await relay_and_storm_measure(workload, env, plan, log_dir, report, servers)
+        if "idle" in plan.parts:
+            progress("starting a fresh Daphne process for the idle sockets")
+            daphne_c = daphne_start("daphne C", env, log_dir)
+            servers.append(daphne_c)
+            report.idle = await idle_measure(daphne_c, workload, plan)
+            report.errors.extend(report.idle.errors)
+    finally:
+        for server in servers:
+            server_stop(server)
+    overload_at = report.idle.overload_log_offset
+    for server in servers:
+        if server is daphne_c and overload_at is not None:
+            report.errors.extend(log_problems(server, end=overload_at))
+            report.notes.extend(log_problems(server, start=overload_at))
+        else:
+            report.errors.extend(log_problems(server))
+    return report
 
+
+async def relay_and_storm_measure(
+    workload: Workload,
+    env: dict[str, str],
+    plan: Plan,
+    log_dir: Path,
+    report: Report,
+    servers: list[Server],
+) -> None:
+    """The relay levels and the join storm, on the plain relay and on two Daphne processes
+    (added to `servers` as they start, so the caller stops them and reads their logs)."""
+    progress("starting the plain websockets relay and two Daphne processes")
+    plain = plain_relay_start(log_dir)
+    servers.append(plain)
+    daphne_a = daphne_start("daphne A", env, log_dir)
+    servers.append(daphne_a)
+    daphne_b = daphne_start("daphne B", env, log_dir)
+    servers.append(daphne_b)
+    # The baseline first, then the expert on Daphne A and the client on Daphne B.
+    contenders = (
+        (PLAIN, [plain], Endpoint(plain.port, True), Endpoint(plain.port, True)),
+        (
+            DAPHNE,
+            [daphne_a, daphne_b],
+            Endpoint(daphne_a.port, False),
+            Endpoint(daphne_b.port, False),
+        ),
+    )
+    for level in LEVELS if "relay" in plan.parts else ():
+        rounds = rounds_at(level, plan)
+        baseline_p50: float | None = None
+        for name, measured, expert_at, client_at in contenders:
+            progress(f"measuring {name}: {level} rooms x {rounds} rounds")
+            result, problems = await relay_measure(
+                name,
+                measured,
+                expert_at,
+                client_at,
+                workload.relay[level],
+                rounds,
+                workload.cookie_name,
+            )
+            report.errors.extend(problems)
+            if name == PLAIN:
+                baseline_p50 = result.p50_ms
+            elif baseline_p50 and result.p50_ms is not None:
+                result = replace(
+                    result, p50_ratio_to_baseline=round(result.p50_ms / baseline_p50, 2)
+                )
+            report.relay.append(result)
+
+    if "storm" in plan.parts:
         # The same arrival times for the baseline and for Daphne.
         offsets = [random.uniform(0, STORM_SPREAD_S) for _ in range(2 * len(workload.storm))]
         baseline_p99: float | None = None
@@ -1193,33 +1227,16 @@ async def measure_all(workload: Workload, env: dict[str, str], plan: Plan, log_d
             stormed, problems = await storm_measure(
                 name, measured, expert_at, client_at, workload.storm, offsets, workload.cookie_name
             )
-            errors += problems
+            report.errors.extend(problems)
             if name == PLAIN:
                 baseline_p99 = stormed.p99_ms
             elif baseline_p99 and stormed.p99_ms is not None:
                 stormed = replace(
                     stormed, p99_ratio_to_baseline=round(stormed.p99_ms / baseline_p99, 1)
                 )
-            storm.append(stormed)
-        for server in (daphne_a, daphne_b, plain):
-            server_stop(server)
-
-        progress("starting a fresh Daphne process for the idle sockets")
-        daphne_c = daphne_start("daphne C", env, log_dir)
-        servers.append(daphne_c)
-        idle = await idle_measure(daphne_c, workload, plan)
-        errors += idle.errors
-    finally:
-        for server in servers:
-            server_stop(server)
-    notes: list[str] = []
-    for server in servers:
-        if server is daphne_c and idle.overload_log_offset is not None:
-            errors += log_problems(server, end=idle.overload_log_offset)
-            notes += log_problems(server, start=idle.overload_log_offset)
-        else:
-            errors += log_problems(server)
-    return Report(results, storm, idle, errors, notes)
+            report.storm.append(stormed)
+    for server in (daphne_a, daphne_b, plain):
+        server_stop(server)
 
 
 # --- Output ---------------------------------------------------------------------------------
@@ -1360,10 +1377,21 @@ def summary(
             figures["join_storm_admissions_per_s"] = stormed.admissions_per_s
             figures["join_storm_failures"] = stormed.failed
     healthy = [s for s in steps if s.healthy]
-    figures["idle_sockets_held"] = max_healthy(steps)
+    if steps:
+        figures["idle_sockets_held"] = max_healthy(steps)
     if healthy:
         figures["kib_per_socket"] = max(healthy, key=lambda s: s.sockets).kib_per_socket
     return {key: value for key, value in figures.items() if value is not None}
+
+
+def parts_read(text: str) -> frozenset[str]:
+    parts = frozenset(part.strip() for part in text.split(",") if part.strip())
+    unknown = sorted(parts - set(PARTS))
+    if unknown or not parts:
+        raise argparse.ArgumentTypeError(
+            f"{', '.join(unknown) or 'nothing'}: choose from {', '.join(PARTS)}"
+        )
+    return parts
 
 
 def message_count(text: str) -> int:
@@ -1378,6 +1406,42 @@ def socket_count(text: str) -> int:
     if not IDLE_STEPS[0] <= value <= MAX_SOCKETS_BOUND:
         raise argparse.ArgumentTypeError(f"must be between {IDLE_STEPS[0]} and {MAX_SOCKETS_BOUND}")
     return value
+
+
+def tables_print(report: Report, plan: Plan) -> None:
+    """The tables of the parts this run measured."""
+    if report.relay:
+        print(
+            "signaling relay, one message in flight per room, expert on Daphne A and client on "
+            "Daphne B (Redis pub/sub between them); baseline = plain websockets relay; "
+            "p50 ratio = p50 / baseline p50"
+        )
+        print(format_relay(report.relay))
+        print()
+    if report.storm:
+        print(
+            f"join storm: {2 * plan.storm_rooms} participants of {plan.storm_rooms} rooms (expert "
+            f"on Daphne A, client on Daphne B) start their handshakes at random within "
+            f"{STORM_SPREAD_S:.0f} s, none waiting for another; latency = handshake start to "
+            f"welcome, over {STORM_TIMEOUT_S:.0f} s = failed; p99 ratio = p99 / baseline p99"
+        )
+        print(format_storm(report.storm))
+        print()
+    steps = report.idle.steps
+    if steps:
+        print(
+            f"idle sockets on one Daphne process, heartbeat every {HEARTBEAT_S:.0f} s, "
+            f"{SETTLE_S:.0f} s to settle and {plan.hold_s:.0f} s measured per step; "
+            f"RSS before: {report.idle.rss_before_kib / 1024:.1f} MiB"
+        )
+        print(format_idle(steps))
+        stopped = next((s for s in steps if not s.healthy), None)
+        verdict = f"held healthily: {max_healthy(steps)} sockets"
+        if stopped is not None:
+            verdict += f"; stopped at {stopped.sockets}: {stopped.problem}"
+        else:
+            verdict += f" (the bound, --max-sockets {plan.max_sockets})"
+        print(verdict)
 
 
 def main() -> int:
@@ -1401,6 +1465,12 @@ def main() -> int:
         type=socket_count,
         help=f"the last idle step (default {DEFAULT_MAX_SOCKETS})",
     )
+    parser.add_argument(
+        "--parts",
+        type=parts_read,
+        default=frozenset(PARTS),
+        help=f"what to measure, comma-separated, of {', '.join(PARTS)} (default: all)",
+    )
     # How the bench runs its baseline relay in a process of its own.
     parser.add_argument("--serve-plain-relay", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -1414,7 +1484,8 @@ def main() -> int:
         min_rounds_per_room=QUICK_MIN_ROUNDS_PER_ROOM if args.quick else MIN_ROUNDS_PER_ROOM,
         hold_s=QUICK_HOLD_S if args.quick else HOLD_S,
         max_sockets=args.max_sockets or (QUICK_MAX_SOCKETS if args.quick else DEFAULT_MAX_SOCKETS),
-        storm_rooms=STORM_ROOMS,
+        storm_rooms=STORM_ROOMS if "storm" in args.parts else 0,
+        parts=args.parts,
     )
     # The clients, the servers, Redis and PostgreSQL share this machine: say how busy it was.
     cpus = os.cpu_count() or 1
@@ -1428,7 +1499,11 @@ def main() -> int:
             throwaway_database("signaling", progress) as bench_name,
             tempfile.TemporaryDirectory(prefix="parley-signaling-") as logs,
         ):
-            workload = workload_create(LEVELS, plan.storm_rooms, plan.max_sockets // 2)
+            workload = workload_create(
+                LEVELS if "relay" in plan.parts else (),
+                plan.storm_rooms,
+                plan.max_sockets // 2 if "idle" in plan.parts else 0,
+            )
             from django.db import connection
 
             connection.close()
@@ -1441,8 +1516,6 @@ def main() -> int:
     seconds = round(time.monotonic() - started, 1)
 
     steps = report.idle.steps
-    healthy = max_healthy(steps)
-    stopped = next((s for s in steps if not s.healthy), None)
     if args.json:
         output = {
             "summary": summary(report.relay, report.storm, steps),
@@ -1452,6 +1525,7 @@ def main() -> int:
             "warmup_messages": WARMUP_MESSAGES,
             "min_warmup_rounds": MIN_WARMUP_ROUNDS,
             "round_spacing_ms": ROUND_SPACING_S * 1000,
+            "parts": sorted(plan.parts),
             "levels": list(LEVELS),
             "relay": [asdict(r) for r in report.relay],
             "storm": {
@@ -1468,7 +1542,7 @@ def main() -> int:
                 "max_sockets": plan.max_sockets,
                 "rss_before_kib": report.idle.rss_before_kib,
                 "steps": [asdict(s) for s in steps],
-                "max_healthy_sockets": healthy,
+                "max_healthy_sockets": max_healthy(steps),
             },
             "seconds": seconds,
             "cpus": cpus,
@@ -1478,33 +1552,7 @@ def main() -> int:
         }
         print(json.dumps(output))
     else:
-        print(
-            "signaling relay, one message in flight per room, expert on Daphne A and client on "
-            "Daphne B (Redis pub/sub between them); baseline = plain websockets relay; "
-            "p50 ratio = p50 / baseline p50"
-        )
-        print(format_relay(report.relay))
-        print()
-        print(
-            f"join storm: {2 * plan.storm_rooms} participants of {plan.storm_rooms} rooms (expert "
-            f"on Daphne A, client on Daphne B) start their handshakes at random within "
-            f"{STORM_SPREAD_S:.0f} s, none waiting for another; latency = handshake start to "
-            f"welcome, over {STORM_TIMEOUT_S:.0f} s = failed; p99 ratio = p99 / baseline p99"
-        )
-        print(format_storm(report.storm))
-        print()
-        print(
-            f"idle sockets on one Daphne process, heartbeat every {HEARTBEAT_S:.0f} s, "
-            f"{SETTLE_S:.0f} s to settle and {plan.hold_s:.0f} s measured per step; "
-            f"RSS before: {report.idle.rss_before_kib / 1024:.1f} MiB"
-        )
-        print(format_idle(steps))
-        verdict = f"held healthily: {healthy} sockets"
-        if stopped is not None:
-            verdict += f"; stopped at {stopped.sockets}: {stopped.problem}"
-        else:
-            verdict += f" (the bound, --max-sockets {plan.max_sockets})"
-        print(verdict)
+        tables_print(report, plan)
         print(f"run time: {seconds:.0f} s on {cpus} CPUs (load average {load_at_start} at start)")
     for message in report.errors:
         print(f"signaling: {message}", file=sys.stderr)

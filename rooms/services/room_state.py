@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F, Q, Value
+from django.db.models import Exists, F, OuterRef, Q, Value
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
@@ -433,6 +433,9 @@ def _presence_intervals(history: History, user_id: int, now: datetime) -> list[m
 # How many due rooms one sweep closes itself; more due at once (sessions end on the hour) are
 # handed to the other workers in batches of this size, so every worker shares the storm.
 CLOSE_BATCH = 25
+# Rooms of each kind (past their end, no-show, empty) one sweep takes; more wait for the next
+# sweep, ten seconds later.
+DUE_PER_SWEEP = 5000
 
 
 def rooms_advance(
@@ -551,16 +554,8 @@ def _close_reason_due(room: Room, now: datetime) -> str | None:
     # dropped out have until start + the timeout to come back.
     if now < room.starts_at + empty_timeout:
         return None
-    empty_since = now - empty_timeout
-    stale_before = now - timedelta(seconds=settings.HEARTBEAT_STALE_SECONDS)
-    # Someone is in (a connection still beating), or left less than the timeout ago (a stale
-    # connection counts as left at its last heartbeat).
-    recent = (
-        Q(closed_at__isnull=True, last_heartbeat_at__gt=stale_before)
-        | Q(closed_at__gt=empty_since)
-        | Q(closed_at__isnull=True, last_heartbeat_at__gt=empty_since)
-    )
-    if not Presence.objects.filter(room=room).filter(recent).exists():
+    # Someone is in (a connection still beating), or left less than the timeout ago.
+    if not Presence.objects.filter(room=room).filter(_presence_recent(now)).exists():
         return CloseReason.EMPTY
     return None
 
@@ -568,16 +563,49 @@ def _close_reason_due(room: Room, now: datetime) -> str | None:
 def _rooms_due_to_close(now: datetime) -> list[int]:
     """Rooms whose close looks due, on reads made without locks: every open or live room past
     its paid end (always due, whatever the reason turns out to be), earliest first; then open
-    lobbies past the no-show wait and live rooms that may be empty, each checked."""
+    lobbies past the no-show wait that someone never came to, and live rooms empty for the
+    timeout. The reason is decided again under each room's lock when it closes.
+
+    Each kind is one query, whatever the number of rooms: the lobbies and live rooms that are
+    *not* due (calls going on, lobbies both sides came to) are filtered out in the database,
+    so no number of them can crowd out one that is due."""
     active = Room.objects.filter(state__in=(RoomState.OPEN, RoomState.LIVE))
     due = list(
         active.filter(ends_at__lte=now)
         .order_by("ends_at", "pk")
-        .values_list("pk", flat=True)[:5000]
+        .values_list("pk", flat=True)[:DUE_PER_SWEEP]
     )
     no_show_at = now - timedelta(minutes=settings.NO_SHOW_MINUTES)
-    candidates = list(
-        active.filter(state=RoomState.OPEN, starts_at__lte=no_show_at, ends_at__gt=now)[:500]
-    ) + list(active.filter(state=RoomState.LIVE, ends_at__gt=now)[:500])
-    due += [room.pk for room in candidates if _close_reason_due(room, now) is not None]
+    came = Presence.objects.filter(room=OuterRef("pk"))
+    a_holder_came = Seat.objects.filter(
+        room=OuterRef("pk"),
+        state=SeatState.CONFIRMED,
+        client__presences__room=OuterRef("pk"),
+    )
+    due += (
+        active.filter(state=RoomState.OPEN, starts_at__lte=no_show_at, ends_at__gt=now)
+        .filter(~Exists(came.filter(user=OuterRef("expert"))) | ~Exists(a_holder_came))
+        .order_by("starts_at", "pk")
+        .values_list("pk", flat=True)[:DUE_PER_SWEEP]
+    )
+    empty_since = now - timedelta(seconds=settings.EMPTY_TIMEOUT_SECONDS)
+    due += (
+        active.filter(state=RoomState.LIVE, ends_at__gt=now, starts_at__lte=empty_since)
+        .filter(~Exists(came.filter(_presence_recent(now))))
+        .order_by("starts_at", "pk")
+        .values_list("pk", flat=True)[:DUE_PER_SWEEP]
+    )
     return due
+
+
+def _presence_recent(now: datetime) -> Q:
+    """A presence that keeps its room from being empty at `now`: a connection still beating,
+    or one that left (a stale one counts as left at its last heartbeat) less than the empty
+    timeout ago."""
+    empty_since = now - timedelta(seconds=settings.EMPTY_TIMEOUT_SECONDS)
+    stale_before = now - timedelta(seconds=settings.HEARTBEAT_STALE_SECONDS)
+    return (
+        Q(closed_at__isnull=True, last_heartbeat_at__gt=stale_before)
+        | Q(closed_at__gt=empty_since)
+        | Q(closed_at__isnull=True, last_heartbeat_at__gt=empty_since)
+    )

@@ -69,6 +69,7 @@ def _crowd(state: str, *, met: bool) -> None:
         for room, client in zip(rooms, clients, strict=True)
     )
     presences = []
+    spans: list[tuple[int, dt.datetime, dt.datetime, dt.datetime | None]]
     for room, client in zip(rooms, clients, strict=True):
         if met:
             # Both in and beating right up to the sweep.

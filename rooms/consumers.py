@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -118,7 +118,9 @@ class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     async def connect(self) -> None:
         self.handshake_read = True
         self.peers = set()
-        self.timers: list[asyncio.Task[None]] = []
+        # Timers are loop callbacks until they fire (a sleeping task per timer would cost a
+        # socket a few KiB more: bench/signaling.py's idle sockets), then the task they start.
+        self.timers: list[asyncio.TimerHandle | asyncio.Task[None]] = []
         self.limit = RateLimit(settings.SIGNALING_MAX_MESSAGES_PER_SECOND)
         self.stats_sent: dict[int, float] = {}
         self.room_id = int(self.scope["url_route"]["kwargs"]["room_id"])
@@ -160,7 +162,7 @@ class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         self.ends_at = ends_at = datetime.fromisoformat(welcome["room"]["ends_at"])
         self.warnings_schedule(ends_at)
         # The socket is not served past the paid end, whether or not a worker closes the room.
-        self.timers.append(asyncio.create_task(self.paid_end(ends_at)))
+        self.timer_set((ends_at - timezone.now()).total_seconds() + 0.1, self.paid_end)
 
     @property
     def own_group(self) -> str:
@@ -345,10 +347,9 @@ class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         await self.tell({"type": "ended", "reason": event["reason"], "charge": charge})
         await self.close(code=CLOSE_ENDED)
 
-    async def paid_end(self, ends_at: datetime) -> None:
+    async def paid_end(self) -> None:
         """At the paid end, close the room (`time_limit`, as the sweep would) and this socket,
         even when no worker runs; the room's broadcast may tell the other sockets first."""
-        await asyncio.sleep(max(0.0, (ends_at - timezone.now()).total_seconds()) + 0.1)
         if self.admitted:
             await self.end_if_over()
 
@@ -421,14 +422,49 @@ class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         for minutes in WARNING_MINUTES:
             delay = (ends_at - timedelta(minutes=minutes) - now).total_seconds()
             if delay > 0:
-                self.timers.append(asyncio.create_task(self.warn(delay, minutes, ends_at)))
+                self.timer_set(delay, functools.partial(self.warn, minutes, ends_at))
 
-    async def warn(self, delay: float, minutes: int, ends_at: datetime) -> None:
-        await asyncio.sleep(delay)
+    async def warn(self, minutes: int, ends_at: datetime) -> None:
         if self.admitted:
             await self.tell(
                 {"type": "warning", "minutes_left": minutes, "ends_at": ends_at.isoformat()}
             )
+
+    def timer_set(self, delay: float, action: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run `action` in `delay` seconds (now if that is past), unless the socket goes first."""
+
+        def fire() -> None:
+            self.timers.append(asyncio.create_task(action()))
+
+        self.timers.append(asyncio.get_running_loop().call_later(max(0.0, delay), fire))
+
+
+class Inbox:
+    """Where `messages_dispatch`'s readers leave messages for its loop: a list and the loop's
+    one waiter. An asyncio.Queue would do the same with three deques and an Event, some 3 KiB
+    a socket, which is what counts with thousands of idle sockets in a process
+    (bench/signaling.py, KiB/socket)."""
+
+    __slots__ = ("items", "waiter")
+
+    def __init__(self) -> None:
+        self.items: list[dict[str, Any] | Exception] = []
+        self.waiter: asyncio.Future[None] | None = None
+
+    def put(self, item: dict[str, Any] | Exception) -> None:
+        self.items.append(item)
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def get(self) -> dict[str, Any] | Exception:
+        while not self.items:
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        # Rarely more than one or two waiting: a list's pop from the front is cheap here.
+        return self.items.pop(0)
 
 
 async def messages_dispatch(
@@ -441,16 +477,16 @@ async def messages_dispatch(
     What Channels' `await_many_dispatch` does, without its cost per message: that starts a new
     task for every message and waits on all sources with `asyncio.wait` each time, which was a
     measurable share of a relayed signal's CPU (bench/signaling.py). Here each source is read
-    by one task for the socket's life, into one queue the loop takes from."""
-    inbox: asyncio.Queue[dict[str, Any] | Exception] = asyncio.Queue()
+    by one task for the socket's life, into one inbox the loop takes from."""
+    inbox = Inbox()
 
     async def read(source: Callable[[], Awaitable[dict[str, Any]]]) -> None:
         try:
             while True:
-                inbox.put_nowait(await source())
+                inbox.put(await source())
         except Exception as error:
             # Raised where the loop is, as Channels' loop would: the consumer's __call__ sees it.
-            inbox.put_nowait(error)
+            inbox.put(error)
 
     readers = [asyncio.create_task(read(source)) for source in sources]
     try:

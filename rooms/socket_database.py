@@ -17,7 +17,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 
 from rooms import services
-from rooms.services.presence import HEARTBEAT_FLUSH_SECONDS
+from rooms.services.room_state import HEARTBEAT_FLUSH_SECONDS
 
 logger = logging.getLogger(__name__)
 

@@ -43,12 +43,12 @@ from rooms.services.presence import (
     presence_close,
     presence_grace_check,
     presence_open,
-    presence_stale_before,
     presences_heartbeat,
     presences_sweep_stale,
     room_admission_check,
 )
 from rooms.services.room_state import (
+    presence_stale_before,
     room_catch_up,
     room_close,
     room_close_if_due,

@@ -47,7 +47,12 @@ from rooms.models import (
 from rooms.protocol import CANDIDATE_TYPES, MEDIA_STATES
 from rooms.selectors import participant
 from rooms.services.records import room_event_write
-from rooms.services.room_state import room_catch_up, room_mark_live, room_open
+from rooms.services.room_state import (
+    presence_stale_before,
+    room_catch_up,
+    room_mark_live,
+    room_open,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -278,15 +283,6 @@ def presence_open(
     return Joined(presence, old[1] if old else None, resumed, went_live)
 
 
-# Heartbeats reach the database in batches (rooms/heartbeats.py): a beat waits at most one
-# flush interval for its UPDATE, and a flush that takes longer than another interval is a
-# database in trouble. The sweeper waits out both before it calls a connection stale, so a
-# socket that beats is never swept because its beat was still in its process's batch; the
-# presence still ends at its last heartbeat, as the beat's own time is what is stored.
-HEARTBEAT_FLUSH_SECONDS = 1.0
-HEARTBEAT_FLUSH_MARGIN_SECONDS = 2 * HEARTBEAT_FLUSH_SECONDS
-
-
 @dataclass(frozen=True)
 class Heartbeats:
     """What one batch of heartbeats found, by connection id."""
@@ -370,13 +366,6 @@ def _presences_heartbeat_one_by_one(beats: Mapping[str, datetime]) -> Heartbeats
         ):
             alive.add(connection_id)
     return Heartbeats(frozenset(alive), frozenset(beats) - frozenset(alive), frozenset())
-
-
-def presence_stale_before(now: datetime) -> datetime:
-    """Connections whose last stored heartbeat is older than this are stale: silent for
-    HEARTBEAT_STALE_SECONDS, plus the time a beat may wait in its process's batch."""
-    silent = settings.HEARTBEAT_STALE_SECONDS + HEARTBEAT_FLUSH_MARGIN_SECONDS
-    return now - timedelta(seconds=silent)
 
 
 def participant_remove(

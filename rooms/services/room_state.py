@@ -416,7 +416,7 @@ def seat_meter(
 
 
 def _presence_intervals(history: History, user_id: int, now: datetime) -> list[metering.Interval]:
-    stale = timedelta(seconds=settings.HEARTBEAT_STALE_SECONDS)
+    stale_before = presence_stale_before(now)
     intervals = []
     for presence in history.presences:
         if presence.user_id != user_id:
@@ -425,9 +425,25 @@ def _presence_intervals(history: History, user_id: int, now: datetime) -> list[m
         if end is None:
             # Still open: it lasts until now, unless its heartbeats stopped (then until the
             # last one, as the sweeper would have closed it).
-            end = now if now - presence.last_heartbeat_at <= stale else presence.last_heartbeat_at
+            end = now if presence.last_heartbeat_at >= stale_before else presence.last_heartbeat_at
         intervals.append(metering.to_micros(presence.opened_at, end))
     return intervals
+
+
+# Heartbeats reach the database in batches (rooms/socket_database.py): a beat waits at most one
+# flush interval for its UPDATE, and a flush that takes longer than another interval is a
+# database in trouble. The sweeper waits out both before it calls a connection stale, so a
+# socket that beats is never swept because its beat was still in its process's batch; the
+# presence still ends at its last heartbeat, as the beat's own time is what is stored.
+HEARTBEAT_FLUSH_SECONDS = 1.0
+HEARTBEAT_FLUSH_MARGIN_SECONDS = 2 * HEARTBEAT_FLUSH_SECONDS
+
+
+def presence_stale_before(now: datetime) -> datetime:
+    """Connections whose last stored heartbeat is older than this are stale: silent for
+    HEARTBEAT_STALE_SECONDS, plus the time a beat may wait in its process's batch."""
+    silent = settings.HEARTBEAT_STALE_SECONDS + HEARTBEAT_FLUSH_MARGIN_SECONDS
+    return now - timedelta(seconds=silent)
 
 
 # How many due rooms one sweep closes itself; more due at once (sessions end on the hour) are
@@ -603,7 +619,7 @@ def _presence_recent(now: datetime) -> Q:
     or one that left (a stale one counts as left at its last heartbeat) less than the empty
     timeout ago."""
     empty_since = now - timedelta(seconds=settings.EMPTY_TIMEOUT_SECONDS)
-    stale_before = now - timedelta(seconds=settings.HEARTBEAT_STALE_SECONDS)
+    stale_before = presence_stale_before(now)
     return (
         Q(closed_at__isnull=True, last_heartbeat_at__gt=stale_before)
         | Q(closed_at__gt=empty_since)

@@ -13,7 +13,16 @@ from django.test.utils import CaptureQueriesContext
 
 from accounts.models import User
 from rooms import services
-from rooms.models import Offering, Presence, Pricing, Room, RoomKind, RoomState, Seat, SeatState
+from rooms.models import (
+    Offering,
+    Presence,
+    Pricing,
+    Room,
+    RoomKind,
+    RoomState,
+    Seat,
+    SeatState,
+)
 from rooms.tests.factories import CALL_START, seat_booked
 
 pytestmark = pytest.mark.django_db

@@ -27,7 +27,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Exists, F, OuterRef, Q, Value
-from django.db.models.functions import Greatest
+from django.db.models.functions import Greatest, Least
 from django.utils import timezone
 
 from accounts.models import User
@@ -180,7 +180,7 @@ def _room_close(
         seats = _seats_to_settle(room, payments)
         # Every open presence and media link ends there; the room's whole history comes back
         # from the same statements, read once for all its seats.
-        history = _history_end(room, end)
+        history = _history_end(room, end, presence_stale_before(now or ran_at))
         settled = [_seat_settle(room, seat, end, actor, reason, history) for seat in seats]
         # closed_at is where the call ended for billing; ran_at is when the close happened.
         events = [
@@ -260,45 +260,64 @@ def _seats_to_settle(room: Room, payments: dict[int, Payment]) -> list[Seat]:
     return seats
 
 
-def _history_end(room: Room, end: datetime) -> History:
+def _history_end(room: Room, end: datetime, stale_before: datetime) -> History:
+    """End the room's open presences and media links at `end`, except a connection already
+    stale at the close (silent since before `stale_before`, as the sweeper would say): it
+    ended at its last heartbeat, as the sweeper would have closed it had it run (a process that
+    died, a sweep that is late or a worker that is down must not bill its silence)."""
     if connection.vendor != "postgresql":
-        # SQLite (a laptop without DATABASE_URL) has no UPDATE inside WITH: two statements.
-        Presence.objects.filter(room=room, closed_at__isnull=True).update(
+        # SQLite (a laptop without DATABASE_URL) has no UPDATE inside WITH: three statements.
+        open_presences = Presence.objects.filter(room=room, closed_at__isnull=True)
+        open_presences.filter(last_heartbeat_at__lt=stale_before).update(
+            closed_at=Greatest(Least(F("last_heartbeat_at"), Value(end)), F("opened_at")),
+            close_reason="stale",
+        )
+        open_presences.update(
             closed_at=Greatest(Value(end), F("opened_at")), close_reason="room_closed"
         )
         MediaLink.objects.filter(room=room, ended_at__isnull=True).update(
             ended_at=Greatest(Value(end), F("started_at"))
         )
         return History(list(Presence.objects.filter(room=room)), list(room.media_links.all()))
+    stale = "last_heartbeat_at < %s"
     return History(
         _rows_end(
             Presence,
             room,
-            end,
-            start="opened_at",
             stop="closed_at",
-            also=", close_reason = 'room_closed'",
+            assignments=(
+                f"closed_at = GREATEST(opened_at, CASE WHEN {stale} "
+                "THEN LEAST(last_heartbeat_at, %s) ELSE %s END), "
+                f"close_reason = CASE WHEN {stale} THEN 'stale' ELSE 'room_closed' END"
+            ),
+            params=[stale_before, end, end, stale_before],
         ),
-        _rows_end(MediaLink, room, end, start="started_at", stop="ended_at"),
+        _rows_end(
+            MediaLink,
+            room,
+            stop="ended_at",
+            assignments="ended_at = GREATEST(started_at, %s)",
+            params=[end],
+        ),
     )
 
 
 def _rows_end(
-    model: type[Ended], room: Room, end: datetime, *, start: str, stop: str, also: str = ""
+    model: type[Ended], room: Room, *, stop: str, assignments: str, params: list[Any]
 ) -> list[Ended]:
-    """End the room's open rows of `model` (presences, media links) at `end`, never before
-    their `start`, and return all its rows as they are now: one round trip, where an UPDATE
+    """End the room's open rows of `model` (presences, media links) with `assignments` (SQL
+    with `params`), and return all its rows as they are now: one round trip, where an UPDATE
     and a SELECT take two. The outer SELECT sees the table as it was before the UPDATE in the
     same statement, so rows ended earlier come from it and rows ended now from RETURNING,
-    each once. The column names are our own, never input."""
+    each once. The SQL is our own, never input."""
     table = model._meta.db_table
     return list(
         model._default_manager.raw(
-            f"WITH ended AS (UPDATE {table} SET {stop} = GREATEST(%s, {start}){also} "  # noqa: S608
+            f"WITH ended AS (UPDATE {table} SET {assignments} "  # noqa: S608
             f"WHERE room_id = %s AND {stop} IS NULL RETURNING *) "
             f"SELECT * FROM ended UNION ALL SELECT * FROM {table} "
             f"WHERE room_id = %s AND {stop} IS NOT NULL",
-            [end, room.pk, room.pk],
+            [*params, room.pk, room.pk],
         )
     )
 

@@ -211,6 +211,7 @@ class TestTimedTransitions:
         _present(room, seat.client, _at(0), None)
         _go_live(seat, _at(0))
         _media(seat, _at(0), None)
+        Presence.objects.filter(room=room).update(last_heartbeat_at=_at(2))  # both still in
         staff = StaffFactory.create()
         room = services.room_close(room.pk, reason="terminated_by_staff", actor=staff, now=_at(2))
         assert room.close_reason == "terminated_by_staff"

@@ -6,7 +6,9 @@ import hashlib
 import logging
 import re
 import secrets
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -305,11 +307,9 @@ def email_queue_rendered(
         },
     )
     if created:
-        from accounts.tasks import email_send_task
-
         # robust: the write has committed; a broker that is down must not turn it into an
         # error for the caller. The unsent-email sweep sends it later.
-        transaction.on_commit(lambda: email_send_task.delay(email.pk), robust=True)
+        transaction.on_commit(lambda: _emails_dispatch([email.pk]), robust=True)
     return email, created
 
 
@@ -405,12 +405,50 @@ def emails_queue_to_render(emails: list[EmailToRender]) -> list[int]:
         cursor.execute(sql, params)
         created = [int(pk) for (pk,) in cursor.fetchall()]
     if created:
-        from accounts.tasks import email_send_many_task
-
         # One message to the broker for all of them. robust: as in `email_queue_rendered`,
         # the sweep sends what a broker that is down misses.
-        transaction.on_commit(lambda: email_send_many_task.delay(created), robust=True)
+        transaction.on_commit(lambda: _emails_dispatch(created), robust=True)
     return created
+
+
+# Emails held by `emails_batched` in this thread, in the order their transactions committed.
+_held = threading.local()
+
+
+def _emails_dispatch(email_ids: list[int]) -> None:
+    held = getattr(_held, "emails", None)
+    if held is not None:
+        held.extend(email_ids)
+        return
+    from accounts.tasks import email_send_many_task, email_send_task
+
+    if len(email_ids) == 1:
+        email_send_task.delay(email_ids[0])
+    else:
+        email_send_many_task.delay(email_ids)
+
+
+@contextmanager
+def emails_batched() -> Iterator[None]:
+    """Emails queued (and committed) inside the block go to the workers in one message when it
+    ends, instead of one each: a worker capturing a batch of payments queues a receipt per
+    capture, each in its own transaction. Each email is still sent only after its transaction
+    committed, at most the block's length later, and the unsent-email sweep sends any the
+    message loses. Nested blocks send with the outermost."""
+    if getattr(_held, "emails", None) is not None:
+        yield
+        return
+    _held.emails = []
+    try:
+        yield
+    finally:
+        emails, _held.emails = _held.emails, None
+        if emails:
+            try:
+                _emails_dispatch(emails)
+            except Exception:
+                # As a single dispatch after commit (robust): the sweep sends them.
+                logger.exception("Handing %s emails to the workers failed.", len(emails))
 
 
 def _email_content(email: OutboundEmail) -> EmailContent:

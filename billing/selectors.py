@@ -257,6 +257,10 @@ class Receipt:
     paid_minor: int
 
 
+def receipt_number(payment: Payment) -> str:
+    return f"P-{payment.pk:06d}"
+
+
 def receipt_of(payment: Payment) -> Receipt | None:
     """The receipt of a payment that was charged; None while (or when) nothing was."""
     if payment.state != PaymentState.CAPTURED or payment.captured_minor == 0:
@@ -289,7 +293,7 @@ def receipt_of(payment: Payment) -> Receipt | None:
     seconds = inputs.get("billable_seconds")
     return Receipt(
         payment=payment,
-        number=f"P-{payment.pk:06d}",
+        number=receipt_number(payment),
         what=payment_subject(payment, payer),
         starts=local_moment(payment.starts_at, payer) if payment.starts_at else "",
         charged_at=local_moment(captured.created_at if captured else payment.updated_at, payer),

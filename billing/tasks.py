@@ -13,6 +13,12 @@ def command_execute_task(command_id: int) -> str:
 
 
 @shared_task
+def commands_execute_task(command_ids: list[int]) -> dict[str, int]:
+    """The commands of one batch of decisions (a sweep's closes), sent one after the other."""
+    return services.commands_execute(command_ids)
+
+
+@shared_task
 def commands_send_due() -> int:
     """Safety net: commands whose task was lost, or that wait for a retry (beat)."""
     ids = services.commands_due_ids()

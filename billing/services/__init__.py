@@ -13,7 +13,7 @@ Rules kept here (docs/RULES.md, Money):
   arrivals change nothing.
 """
 
-from billing.services.commands import command_execute, commands_due_ids
+from billing.services.commands import command_execute, commands_due_ids, commands_execute
 from billing.services.payments import (
     Checkout,
     holds_due_ids,
@@ -32,7 +32,7 @@ from billing.services.payouts import (
     payout_hold_lift,
     payouts_due_create,
 )
-from billing.services.records import HOLD_ENDING_COMMANDS, UNPAID_STATES
+from billing.services.records import HOLD_ENDING_COMMANDS, UNPAID_STATES, commands_batched
 from billing.services.settlements import (
     payment_refund,
     payment_release,
@@ -53,7 +53,9 @@ __all__ = [
     "WEBHOOK_HANDLERS",
     "Checkout",
     "command_execute",
+    "commands_batched",
     "commands_due_ids",
+    "commands_execute",
     "holds_due_ids",
     "payment_apply_intent",
     "payment_apply_setup",

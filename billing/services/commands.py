@@ -6,11 +6,13 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from accounts.services import emails_batched
 from billing import signals
 from billing.gateways import gateway_for
 from billing.gateways.base import (
@@ -25,7 +27,7 @@ from billing.models import (
     Payment,
     PaymentCommand,
 )
-from billing.services.payments import payment_apply_intent
+from billing.services.payments import payment_apply_intent_marking
 from billing.services.records import (
     payment_event_write,
 )
@@ -70,6 +72,27 @@ def command_execute(command_id: int) -> str:
         return CommandState.FAILED
     _command_succeed(command, outcome)
     return CommandState.SUCCEEDED
+
+
+def commands_execute(command_ids: list[int]) -> dict[str, int]:
+    """Send these commands one after the other (the commands of a sweep's batch of closes,
+    `commands_batched`), each as `command_execute` does; one that fails unexpectedly is
+    logged and left to the outbox sweep, the others go on. Their receipts go to the email
+    workers in one message. Returns how many ended in each state."""
+    done: dict[str, int] = {}
+    with emails_batched():
+        for command_id in command_ids:
+            try:
+                state = command_execute(command_id)
+            except SoftTimeLimitExceeded:
+                # The task's time is up: the command being sent keeps its lease, the rest
+                # wait for the outbox sweep (every 30 s).
+                raise
+            except Exception:
+                logger.exception("Payment command %s failed; the sweep sends it again.", command_id)
+                state = "error"
+            done[state] = done.get(state, 0) + 1
+    return done
 
 
 def _command_send(gateway: Any, command: PaymentCommand) -> Intent | str:
@@ -118,14 +141,19 @@ def _command_succeed(command: PaymentCommand, outcome: Intent | str) -> None:
         "leased_until": None,
         "last_error": "",
     }
+    marked = False
     if isinstance(outcome, Intent):
         # Applying the intent marks this command done in the same transaction.
-        payment_apply_intent(command.payment_id, outcome, source=f"command {command.pk}")
+        _payment, marked = payment_apply_intent_marking(
+            command.payment_id, outcome, source=f"command {command.pk}"
+        )
     if command.kind in (CommandKind.CAPTURE, CommandKind.CANCEL):
         # Their outcome is on the payment already (the intent applied above, or before by a
         # webhook, which left this command pending): nothing more to write than the
-        # command's own state, which one conditional UPDATE does without the payment's lock.
-        PaymentCommand.objects.filter(pk=command.pk, state=CommandState.PENDING).update(**done)
+        # command's own state, which one conditional UPDATE does without the payment's lock,
+        # unless applying the intent just did it.
+        if not marked:
+            PaymentCommand.objects.filter(pk=command.pk, state=CommandState.PENDING).update(**done)
         return
     with transaction.atomic():
         payment = Payment.objects.select_for_update().get(pk=command.payment_id)

@@ -286,6 +286,15 @@ def payment_apply_intent(payment_id: int, intent: Intent, *, source: str) -> Pay
 
     Safe to call any number of times with any snapshot, in any order.
     """
+    return payment_apply_intent_marking(payment_id, intent, source=source)[0]
+
+
+def payment_apply_intent_marking(
+    payment_id: int, intent: Intent, *, source: str
+) -> tuple[Payment, bool]:
+    """`payment_apply_intent`, also saying whether it marked the pending capture or cancel
+    command done (the command sender then has nothing more to write)."""
+    marked = False
     with transaction.atomic():
         # The payer and payee come along: a capture's receipt names both.
         payment = (
@@ -310,7 +319,7 @@ def payment_apply_intent(payment_id: int, intent: Intent, *, source: str) -> Pay
                 payment_event_write(
                     payment, "authorization_failed", None, None, source=source, error=intent.error
                 )
-            return payment
+            return payment, False
         if (
             target == PaymentState.AUTHORIZED
             and payment.state == PaymentState.CANCELED
@@ -338,9 +347,9 @@ def payment_apply_intent(payment_id: int, intent: Intent, *, source: str) -> Pay
                 and not payment.commands.filter(kind__in=HOLD_ENDING_COMMANDS).exists()
             ):
                 command_write(payment, CommandKind.CANCEL, 0, "released: authorized after the end")
-            return payment
+            return payment, False
         if target is None or not _moves_forward(payment.state, target):
-            return payment
+            return payment, False
         was_unpaid = payment.state in UNPAID_STATES
         if not payment.intent_id:
             payment.intent_id = intent.id
@@ -356,10 +365,10 @@ def payment_apply_intent(payment_id: int, intent: Intent, *, source: str) -> Pay
             payment.captured_minor = captured
             payment.released_minor = payment.authorized_minor - captured
             payment.charge_id = intent.charge or payment.charge_id
-            _commands_mark_done(payment, CommandKind.CAPTURE, intent.id)
+            marked = _commands_mark_done(payment, CommandKind.CAPTURE, intent.id)
         if target == PaymentState.CANCELED:
             payment.released_minor = payment.authorized_minor - payment.captured_minor
-            _commands_mark_done(payment, CommandKind.CANCEL, intent.id)
+            marked = _commands_mark_done(payment, CommandKind.CANCEL, intent.id)
         old = payment.state
         payment.state = target
         payment.save()
@@ -382,7 +391,7 @@ def payment_apply_intent(payment_id: int, intent: Intent, *, source: str) -> Pay
             # already wrote its cancel.
             if not payment.commands.filter(kind__in=HOLD_ENDING_COMMANDS).exists():
                 command_write(payment, CommandKind.CANCEL, 0, "released: authorized too late")
-    return payment
+    return payment, marked
 
 
 def payment_apply_setup(payment_id: int, setup: Setup, *, source: str) -> Payment:
@@ -418,13 +427,16 @@ def _capture_amount_decided(payment: Payment) -> int:
     return command.amount_minor if command else payment.authorized_minor
 
 
-def _commands_mark_done(payment: Payment, kind: str, provider_ref: str) -> None:
-    payment.commands.filter(kind=kind, state=CommandState.PENDING).update(
+def _commands_mark_done(payment: Payment, kind: str, provider_ref: str) -> bool:
+    """Mark the payment's pending commands of `kind` done; returns whether there was one."""
+    marked = payment.commands.filter(kind=kind, state=CommandState.PENDING).update(
         state=CommandState.SUCCEEDED,
         finished_at=timezone.now(),
         provider_ref=provider_ref,
         leased_until=None,
+        last_error="",
     )
+    return marked > 0
 
 
 def holds_due_ids(now: datetime | None = None) -> list[int]:

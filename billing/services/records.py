@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from django.db import transaction
@@ -14,6 +18,8 @@ from billing.models import (
     PaymentEvent,
     PaymentState,
 )
+
+logger = logging.getLogger(__name__)
 
 HOLD_ENDING_COMMANDS = (CommandKind.CAPTURE, CommandKind.CANCEL)
 
@@ -54,8 +60,6 @@ def command_write(
     """Put a command in the outbox, with its event; sent by a worker after commit.
     `written_with`: an unsaved event of the same decision (the settlement), written before the
     command's own in one INSERT."""
-    from billing.tasks import command_execute_task
-
     command = PaymentCommand.objects.create(
         payment=payment, kind=kind, amount_minor=amount_minor, reason=reason[:200]
     )
@@ -64,5 +68,53 @@ def command_write(
     )
     PaymentEvent.objects.bulk_create([e for e in (written_with, requested) if e is not None])
     # robust: a broker that is down must not undo the decision; the sweep sends it later.
-    transaction.on_commit(lambda: command_execute_task.delay(command.pk), robust=True)
+    transaction.on_commit(lambda: _command_dispatch(command.pk), robust=True)
     return command
+
+
+# Commands held by `commands_batched` in this thread, in the order their transactions committed.
+_held = threading.local()
+
+
+def _command_dispatch(command_id: int) -> None:
+    held = getattr(_held, "commands", None)
+    if held is not None:
+        held.append(command_id)
+        return
+    from billing.tasks import command_execute_task
+
+    command_execute_task.delay(command_id)
+
+
+@contextmanager
+def commands_batched() -> Iterator[None]:
+    """Commands written (and committed) inside the block go to the workers in one message when
+    it ends, run one after the other by one task (`commands_execute_task`), instead of a
+    message and a task each. A sweep closing a batch of rooms writes a capture per seat: a
+    task costs a worker more than a capture at the provider does. Each command is still
+    sent only after its transaction committed, at most the block's length later, and the
+    outbox sweep sends any the message loses. Nested blocks send with the outermost."""
+    if getattr(_held, "commands", None) is not None:
+        yield
+        return
+    _held.commands = []
+    try:
+        yield
+    finally:
+        commands, _held.commands = _held.commands, None
+        if commands:
+            _commands_dispatch(commands)
+
+
+def _commands_dispatch(command_ids: list[int]) -> None:
+    from billing.tasks import command_execute_task, commands_execute_task
+
+    try:
+        if len(command_ids) == 1:
+            command_execute_task.delay(command_ids[0])
+        else:
+            commands_execute_task.delay(command_ids)
+    except Exception:
+        # As a single dispatch after commit (robust): the decisions stand, and the outbox
+        # sweep (`commands_send_due`) sends them.
+        logger.exception("Handing %s payment commands to the workers failed.", len(command_ids))

@@ -13,6 +13,7 @@ import time_machine
 from django.test import Client
 from django.urls import reverse
 
+from accounts import services as account_services
 from accounts.models import OutboundEmail, User
 from accounts.tests.factories import StaffFactory, UserFactory
 from billing import selectors, services
@@ -160,6 +161,11 @@ def test_the_receipt_is_emailed_once_when_the_provider_confirms_the_capture() ->
     email = emails.get()
     assert email.to == seat.client.email
     assert "Architecture review with Erin Expert" in email.subject
+    # The capture wrote one row; the receipt is built and rendered when it is sent, outside
+    # the capture's transaction.
+    assert email.renderer == "billing.receipt" and email.body == ""
+    assert account_services.email_send(email.pk)
+    email.refresh_from_db()
     assert "Tuesday 1 December 2026, 15:00 (Europe/Berlin)" in email.body
     assert "150 s connected → 3 started minutes × 1.00 EUR = 3.00 EUR." in email.body
     assert "Charged:            3.00 EUR" in email.body

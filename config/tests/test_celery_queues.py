@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.conf import settings
+from kombu import Consumer
 
-from config.celery import QUEUES, app, worker_pool_refusal
+from config.celery import QUEUE_PRIORITIES, QUEUES, app, worker_pool_refusal
 
 ROOT = Path(__file__).resolve().parents[2]
 
 EXPECTED = {
     "billing.tasks.command_execute_task": "money",
+    "billing.tasks.commands_execute_task": "money",
     "billing.tasks.commands_send_due": "money",
     "billing.tasks.webhook_process_task": "money",
     "billing.tasks.webhooks_process_pending": "money",
@@ -102,3 +105,37 @@ def test_a_worker_with_more_threads_than_database_connections_refuses_to_start()
         app.WorkController(pool_cls="threads", concurrency=pool_max + 1, hostname="check@test")
     worker = app.WorkController(pool_cls="threads", concurrency=pool_max, hostname="check@test")
     assert getattr(worker, "concurrency", None) == pool_max
+
+
+# send_task always goes to the broker, which is what this test wants.
+@pytest.mark.filterwarnings("ignore::celery.exceptions.AlwaysEagerIgnored")
+def test_a_worker_on_every_queue_takes_rooms_work_before_money_and_money_before_email() -> None:
+    """A storm of closes writes a capture per seat and each capture a receipt: on workers that
+    serve all three queues the closes must not wait behind them (QUEUE_PRIORITIES). Through the
+    real broker: the worker's consumer asks for every queue at once and gets the rooms task
+    first, though it was sent last."""
+    sent = [
+        "accounts.tasks.email_send_task",
+        "billing.tasks.command_execute_task",
+        "rooms.tasks.rooms_advance",
+    ]
+    received: list[str] = []
+    queues = [app.amqp.queues[name] for name in QUEUES]
+    with app.connection_for_write() as conn:
+        assert conn.transport.driver_type == "redis", "this test needs the Redis broker"
+        for queue in queues:
+            queue.bind(conn.default_channel).purge()
+        for name in sent:
+            app.send_task(name, args=[0] if "rooms" not in name else [], connection=conn)
+
+        def take(body: object, message: Any) -> None:
+            received.append(message.headers["task"])
+            message.ack()
+
+        with Consumer(conn, queues=queues, callbacks=[take], accept=["json"]):
+            while len(received) < len(sent):
+                conn.drain_events(timeout=5)
+    assert received == list(reversed(sent))
+    assert [QUEUE_PRIORITIES[q] for q in ("rooms", "money", "email")] == sorted(
+        QUEUE_PRIORITIES.values()
+    )

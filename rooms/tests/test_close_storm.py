@@ -1,5 +1,6 @@
 """The close storm (issue 18): many rooms due at the same moment, closed by two real Celery
-workers; and what one close costs in queries."""
+workers; what one close and one capture cost in queries; a sweep's batch of closes handing its
+captures to the workers in one message, and a batch of captures its receipts."""
 
 from __future__ import annotations
 
@@ -7,13 +8,20 @@ import datetime as dt
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from billing.models import PaymentCommand, Settlement
+from accounts import services as accounts_services
+from accounts import tasks as accounts_tasks
+from accounts.models import OutboundEmail
+from billing import services as billing
+from billing import tasks as billing_tasks
+from billing.models import CommandState, PaymentCommand, PaymentEvent, Settlement
+from billing.services import commands as billing_commands
 from config.celery import app as celery_app
 from rooms import services
 from rooms.models import Room, RoomState
@@ -120,3 +128,110 @@ def test_a_sweep_skips_a_room_another_sweep_is_closing_instead_of_waiting_for_it
     # The claim ends with the other sweep's transaction; the room is closed by the next sweep.
     assert services.rooms_close_due([held, other]) == {"closed": 1, "failed": 0}
     assert Room.objects.get(pk=held).state == RoomState.CLOSED
+
+
+def _closed(count: int) -> list[int]:
+    """`count` storm rooms closed by a sweep's batch; the ids of their capture commands."""
+    storm = storm_rooms_create(count, due_at=timezone.now(), progress=_quiet)
+    assert services.rooms_close_due(storm.room_ids)["closed"] == count
+    return list(
+        PaymentCommand.objects.filter(payment_id__in=storm.payment_ids)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+
+
+@pytest.mark.django_db
+def test_a_capture_takes_a_fixed_number_of_queries_and_renders_the_receipt_only_when_sent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    first, command_id = _closed(2)
+    billing.command_execute(first)  # caches warm
+    rendered: list[str] = []
+    render = getattr(accounts_services, "render_to_string")  # noqa: B009 - not exported
+
+    def counted(template: str, *args: Any, **kwargs: Any) -> str:
+        rendered.append(template)
+        return str(render(template, *args, **kwargs))
+
+    monkeypatch.setattr(accounts_services, "render_to_string", counted)
+    with CaptureQueriesContext(connection) as queries:
+        assert billing.command_execute(command_id) == CommandState.SUCCEEDED
+    # The lease and the command with its payment; the provider's own (the local provider's
+    # key lock, intent, earlier answer, update and log: Stripe's HTTP call in production);
+    # then the payment locked with both people, the command marked done, the payment, its
+    # event and the receipt's row. (22 before issue 18: the receipt was built and rendered
+    # here, under the payment's lock, and the command marked done twice.)
+    statements = [q["sql"] for q in queries.captured_queries if "SAVEPOINT" not in q["sql"]]
+    assert len(statements) == 12, "\n".join(statements)
+    assert rendered == []
+    command = PaymentCommand.objects.select_related("payment").get(pk=command_id)
+    assert command.payment.state == "captured"
+    assert (command.state, command.last_error, command.leased_until) == ("succeeded", "", None)
+    email = OutboundEmail.objects.get(key=f"payment-{command.payment_id}-receipt")
+    assert email.body == ""
+    assert accounts_services.email_send(email.pk)
+    assert rendered == ["billing/email/receipt.txt", "billing/email/receipt.html"]
+    email.refresh_from_db()
+    assert f"Receipt P-{command.payment_id:06d}" in email.subject
+    assert "Charged:" in email.body
+    # Sent again (a redelivered task): nothing more happens.
+    assert billing.command_execute(command_id) == CommandState.SUCCEEDED
+    assert PaymentEvent.objects.filter(payment_id=command.payment_id, kind="captured").count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_of_closes_hands_its_captures_to_the_workers_in_one_message(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    storm = storm_rooms_create(3, due_at=timezone.now(), progress=_quiet)
+    many: list[list[int]] = []
+    one: list[int] = []
+    monkeypatch.setattr(billing_tasks.commands_execute_task, "delay", many.append)
+    monkeypatch.setattr(billing_tasks.command_execute_task, "delay", one.append)
+    # Each close commits on its own; their commands leave together when the batch is done.
+    assert services.rooms_close_due(storm.room_ids) == {"closed": 3, "failed": 0}
+    commands = PaymentCommand.objects.filter(payment_id__in=storm.payment_ids)
+    assert many == [sorted(commands.values_list("pk", flat=True))]
+    assert one == []
+    # A close outside a sweep's batch (the expert's end) still sends its own at once.
+    storm = storm_rooms_create(1, due_at=timezone.now(), progress=_quiet, label="single")
+    services.room_close(storm.room_ids[0], reason="ended_by_expert")
+    assert one == list(
+        PaymentCommand.objects.filter(payment_id__in=storm.payment_ids).values_list("pk", flat=True)
+    )
+    assert len(many) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_of_captures_sends_each_once_goes_on_past_a_failure_and_queues_one_email_message(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The closes' commands wait in the outbox (no worker here); this test sends them.
+    monkeypatch.setattr(billing_tasks.commands_execute_task, "delay", lambda ids: None)
+    command_ids = _closed(3)
+    emails: list[list[int]] = []
+    monkeypatch.setattr(accounts_tasks.email_send_many_task, "delay", emails.append)
+    execute = billing_commands.command_execute
+
+    def failing_once(command_id: int) -> str:
+        if command_id == command_ids[1] and not failed:
+            failed.append(command_id)
+            raise OperationalError("the connection dropped")
+        return execute(command_id)
+
+    failed: list[int] = []
+    monkeypatch.setattr(billing_commands, "command_execute", failing_once)
+    done = billing.commands_execute(command_ids)
+    assert done == {"succeeded": 2, "error": 1}
+    receipts = OutboundEmail.objects.filter(key__endswith="-receipt")
+    assert emails == [sorted(receipts.values_list("pk", flat=True))]
+    # The one that failed is left pending for the outbox sweep; the batch delivered again
+    # sends it and nothing twice.
+    assert billing.commands_execute(command_ids) == {"succeeded": 3}
+    commands = PaymentCommand.objects.filter(pk__in=command_ids)
+    assert set(commands.values_list("state", flat=True)) == {CommandState.SUCCEEDED}
+    payments = commands.values_list("payment_id", flat=True)
+    captured = PaymentEvent.objects.filter(payment_id__in=payments, kind="captured")
+    assert captured.count() == 3
+    assert receipts.count() == 3

@@ -49,13 +49,18 @@ def booking_reserve(client: User, offering: Offering, slot_start: datetime) -> S
     Checks come first and say exactly what is wrong; the database has the last word on
     overlap (exclusion constraint), so two clients racing for one slot get one room.
     """
-    calendar = _booking_check_people(client, offering.expert, around=slot_start)
-    _booking_check_offering(offering, group=False)
-    now = timezone.now()
-    slot = slot_check_policy(offering, slot_start, now, calendar=calendar)
     try:
         with transaction.atomic():
-            _unpaid_limit_check(client, offering.expert, now)
+            # The people are read with the client's booking lock taken in the same round trip
+            # (first in the transaction, as in every booking); the checks refuse before any
+            # write, and the unpaid count comes after the lock.
+            calendar = _booking_check_people(
+                client, offering.expert, around=slot_start, lock_client=True
+            )
+            _booking_check_offering(offering, group=False)
+            now = timezone.now()
+            slot = slot_check_policy(offering, slot_start, now, calendar=calendar)
+            _unpaid_limit_check(client, offering.expert, now, locked=True)
             room = _room_build(offering, slot, RoomKind.PRIVATE)
             # The payment needs no room id: opened before the calendar lock, it keeps the lock's
             # time to the overlap check and the rows that need the room.
@@ -301,9 +306,11 @@ def _client_booking_lock(client: User) -> None:
     if connection.vendor != "postgresql":
         return
     with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT pg_advisory_xact_lock(%s, %s)", [_CLIENT_BOOKING_LOCK_CLASS, client.pk]
-        )
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", _client_booking_lock_keys(client))
+
+
+def _client_booking_lock_keys(client: User) -> tuple[int, int]:
+    return (_CLIENT_BOOKING_LOCK_CLASS, client.pk)
 
 
 def _unpaid_limit_check(client: User, expert: User, now: datetime, *, locked: bool = False) -> None:
@@ -487,16 +494,21 @@ def _hold_until(now: datetime) -> datetime:
 
 
 def _booking_check_people(
-    client: User, expert: User, *, around: datetime | None = None
+    client: User, expert: User, *, around: datetime | None = None, lock_client: bool = False
 ) -> selectors.ExpertCalendar:
     """Refuse a booking its people cannot make. Returns the expert's calendar, read with them,
-    with the overrides of the days around `around` (today if None)."""
+    with the overrides of the days around `around` (today if None). `lock_client`: take the
+    client's booking lock (`_client_booking_lock`) in the same round trip."""
     if client.pk == expert.pk:
         raise BookingRefused("You cannot book your own session.")
     # A day either side of the UTC date holds the expert's local day in any zone.
     day = (around or timezone.now()).astimezone(UTC).date()
     parties = selectors.booking_parties(
-        client, expert, day - timedelta(days=1), day + timedelta(days=1)
+        client,
+        expert,
+        day - timedelta(days=1),
+        day + timedelta(days=1),
+        lock=_client_booking_lock_keys(client) if lock_client else None,
     )
     if not parties.client_verified:
         raise BookingRefused("Verify your email address before booking; check your inbox.")

@@ -17,7 +17,7 @@ from django.conf import settings
 from django.contrib.sessions.models import Session
 from django.core.exceptions import ObjectDoesNotExist, ValidationError
 from django.core.mail import BadHeaderError, EmailMultiAlternatives
-from django.db import IntegrityError, connection, transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, connections, transaction
 from django.db.models import F, Q
 from django.template import TemplateDoesNotExist
 from django.template.loader import render_to_string
@@ -396,8 +396,10 @@ def emails_queue_to_render(emails: list[EmailToRender]) -> list[int]:
         f" ON CONFLICT ({quote('key')}) DO NOTHING"
         f" RETURNING {quote(OutboundEmail._meta.pk.column)}"
     )
+    # The connection itself: each lookup through the `connection` proxy costs a thread-local.
+    database = connections[DEFAULT_DB_ALIAS]
     params = [
-        field.get_db_prep_save(field.pre_save(row, add=True), connection)
+        field.get_db_prep_save(field.pre_save(row, add=True), database)
         for row in rows
         for field in fields
     ]

@@ -111,6 +111,29 @@ def candidate_slots(
     return slots
 
 
+def slot_at(
+    starts_at: datetime,
+    *,
+    zone: ZoneInfo,
+    weekly: Sequence[WeeklyInterval],
+    overrides: Sequence[DateOverride],
+    length: timedelta,
+) -> Slot | None:
+    """The slot `candidate_slots` lists starting at `starts_at` on its local day, or None,
+    without listing the day (a booking checks one start; listing a whole day cost it more
+    than its overlap check). Only one wall-clock time can become `starts_at`: its own in the
+    zone, at its first occurrence (`local_to_utc` reads fold 0), on its grid."""
+    local = starts_at.astimezone(zone)
+    day, wall = local.date(), local.replace(tzinfo=None)
+    for start, end in working_intervals(day, weekly, overrides):
+        offset = wall - datetime.combine(day, start)
+        if offset < timedelta(0) or offset % length or wall + length > datetime.combine(day, end):
+            continue
+        if local_to_utc(day, wall.time(), zone) == starts_at:
+            return Slot(starts_at, starts_at + length)
+    return None
+
+
 def overlaps(start: datetime, end: datetime, busy: Iterable[tuple[datetime, datetime]]) -> bool:
     return any(start < busy_end and busy_start < end for busy_start, busy_end in busy)
 

@@ -86,14 +86,19 @@ class BookingParties:
     calendar: ExpertCalendar
 
 
-def booking_parties(client: User, expert: User, first: date, last: date) -> BookingParties:
+def booking_parties(
+    client: User, expert: User, first: date, last: date, *, lock: tuple[int, int] | None = None
+) -> BookingParties:
     """`expert_is_approved`, `users_blocked_between`, the client's verified address and the
     expert's calendar (`expert_zone`, `weekly_intervals`, `date_overrides` of first..last) in
-    one round trip: a booking reads them all before it writes anything.
+    one round trip: a booking reads them all before it writes anything. `lock`: the keys of a
+    transaction-scoped advisory lock the caller's transaction takes in that round trip (the
+    read itself need not see what the lock's holders commit).
 
     Written in SQL: the same reads through the ORM (three EXISTS, a subquery, two lists) cost
     more Python time to build than the booking's writes, on a path that runs once per
-    booking attempt. SQLite (`make run`) takes those reads one by one."""
+    booking attempt. SQLite (`make run`) takes those reads one by one, and needs no lock
+    (IMMEDIATE transactions: one writer at a time)."""
     if connection.vendor != "postgresql":
         zone = expert_zone(expert)
         return BookingParties(
@@ -112,6 +117,8 @@ def booking_parties(client: User, expert: User, first: date, last: date) -> Book
         "rule": AvailabilityRule._meta.db_table,
         "override": AvailabilityOverride._meta.db_table,
     }
+    names = {name: connection.ops.quote_name(table) for name, table in tables.items()}
+    lock_sql = ", pg_advisory_xact_lock(%(lock_class)s, %(lock_key)s)" if lock else ""
     sql = """
         SELECT u.is_active,
             EXISTS (SELECT 1 FROM {address} a WHERE a.user_id = %(client)s AND a.verified),
@@ -125,8 +132,9 @@ def booking_parties(client: User, expert: User, first: date, last: date) -> Book
             (SELECT json_agg(json_build_array(o.date, o.kind, o.start_time, o.end_time))
              FROM {override} o
              WHERE o.expert_id = u.id AND o.date BETWEEN %(first)s AND %(last)s)
+            {lock}
         FROM {user} u WHERE u.id = %(expert)s
-    """.format(**{name: connection.ops.quote_name(table) for name, table in tables.items()})  # noqa: S608 - names from the models; values are parameters
+    """.format(lock=lock_sql, **names)  # noqa: S608 - names from the models; values are parameters
     parameters: dict[str, Any] = {
         "client": client.pk,
         "expert": expert.pk,
@@ -134,12 +142,14 @@ def booking_parties(client: User, expert: User, first: date, last: date) -> Book
         "first": first,
         "last": last,
     }
+    if lock:
+        parameters["lock_class"], parameters["lock_key"] = lock
     with connection.cursor() as cursor:
         cursor.execute(sql, parameters)
         row = cursor.fetchone()
     if row is None:
         raise User.DoesNotExist(f"No user {expert.pk}.")
-    is_active, client_verified, approved, blocked, profile_zone, rules, overrides = row
+    is_active, client_verified, approved, blocked, profile_zone, rules, overrides = row[:7]
     return BookingParties(
         client_verified=bool(client_verified),
         expert_approved=bool(approved and is_active),

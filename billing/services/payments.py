@@ -11,12 +11,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from accounts.choices import CURRENCIES
 from accounts.models import User
 from accounts.services import email_queue
+from accounts.sql import insert_select, saved
 from billing import signals
 from billing.errors import BillingError, PaymentRefused
 from billing.gateways import gateway_for
@@ -42,6 +43,7 @@ from billing.services.records import (
     HOLD_ENDING_COMMANDS,
     UNPAID_STATES,
     command_write,
+    payment_event_new,
     payment_event_write,
 )
 
@@ -75,7 +77,7 @@ def payment_open(
         raise PaymentRefused("The amount to pay must be more than zero.")
     if currency not in CURRENCIES:
         raise PaymentRefused(f"{currency!r} is not a currency Parley accepts.")
-    payment = Payment.objects.create(
+    payment = Payment(
         payer=payer,
         payee=payee,
         provider=settings.PAYMENT_PROVIDER,
@@ -85,9 +87,28 @@ def payment_open(
         amount_minor=amount_minor,
         hold_at=hold_at,
     )
-    payment_event_write(
+    opened = payment_event_new(
         payment, "opened", payer, amount_minor, hold_at=hold_at.isoformat() if hold_at else None
     )
+    if connection.vendor != "postgresql":
+        payment.save(force_insert=True)
+        opened.payment = payment
+        opened.save()
+        return payment
+    # Every booking opens one inside its transaction: the payment and its event go in one
+    # statement (one round trip instead of two, and no ORM save to build).
+    payment_sql, payment_params = insert_select(payment)
+    event_sql, event_params = insert_select(
+        opened, computed={"payment_id": ("payment.id", ())}, source="payment"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"WITH payment AS ({payment_sql} RETURNING id), event AS ({event_sql})"  # noqa: S608 - built from the models; values are parameters
+            " SELECT id FROM payment",
+            [*payment_params, *event_params],
+        )
+        [(payment_id,)] = cursor.fetchall()
+    saved(payment, payment_id)
     return payment
 
 

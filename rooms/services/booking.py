@@ -15,14 +15,17 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from accounts.models import User
+from accounts.sql import columns, insert_select, load, saved
 from billing import services as billing
 from billing.models import Payment
 from rooms import emails, selectors
-from rooms.availability import Slot, candidate_slots
+from rooms.availability import Slot, slot_at
 from rooms.errors import BookingRefused, InvalidTransition, RoomsError, SlotTaken
 from rooms.models import (
+    SEAT_TRANSITIONS,
     Offering,
     Room,
+    RoomEvent,
     RoomKind,
     RoomState,
     Seat,
@@ -30,6 +33,7 @@ from rooms.models import (
 )
 from rooms.services.records import (
     expert_calendar_lock,
+    room_event_new,
     room_event_write,
     room_transition,
     seat_transition,
@@ -45,24 +49,25 @@ def booking_reserve(client: User, offering: Offering, slot_start: datetime) -> S
     Checks come first and say exactly what is wrong; the database has the last word on
     overlap (exclusion constraint), so two clients racing for one slot get one room.
     """
-    calendar = _booking_check_people(client, offering.expert, around=slot_start)
-    _booking_check_offering(offering, group=False)
-    now = timezone.now()
-    slot = slot_check_policy(offering, slot_start, now, calendar=calendar)
     try:
         with transaction.atomic():
-            _unpaid_limit_check(client, offering.expert, now)
+            # The people are read with the client's booking lock taken in the same round trip
+            # (first in the transaction, as in every booking); the checks refuse before any
+            # write, and the unpaid count comes after the lock.
+            calendar = _booking_check_people(
+                client, offering.expert, around=slot_start, lock_client=True
+            )
+            _booking_check_offering(offering, group=False)
+            now = timezone.now()
+            slot = slot_check_policy(offering, slot_start, now, calendar=calendar)
+            _unpaid_limit_check(client, offering.expert, now, locked=True)
             room = _room_build(offering, slot, RoomKind.PRIVATE)
             # The payment needs no room id: opened before the calendar lock, it keeps the lock's
             # time to the overlap check and the rows that need the room.
             payment = _payment_open(room, client, now)
-            _room_insert(room, now)
-            seat = Seat.objects.create(
-                room=room, client=client, reserved_until=_hold_until(now), payment=payment
-            )
-            room_event_write(
-                room, "booked", client, seat=seat.pk, starts_at=slot.starts_at.isoformat()
-            )
+            seat = Seat(room=room, client=client, reserved_until=_hold_until(now), payment=payment)
+            booked = room_event_new(room, "booked", client, starts_at=slot.starts_at.isoformat())
+            _room_insert(room, now, seat=seat, seat_event=booked)
     except SlotTaken:
         raise SlotTaken(slot_alternatives(offering, slot_start)) from None
     return seat
@@ -123,32 +128,120 @@ def _room_build(offering: Offering, slot: Slot, kind: str) -> Room:
     )
 
 
-def _room_insert(room: Room, now: datetime) -> None:
-    """Save the built `room`, or raise SlotTaken when the expert's calendar has no room for
-    it (buffers included). Inside the caller's transaction, which SlotTaken must end."""
+def _room_insert(
+    room: Room, now: datetime, *, seat: Seat | None = None, seat_event: RoomEvent | None = None
+) -> None:
+    """Save the built `room`, with its first `seat` and that seat's `seat_event` if given
+    (the event's data get the seat's id), or raise SlotTaken when the expert's calendar has no
+    room for it (buffers included). Inside the caller's transaction, which SlotTaken must end."""
     expert, start, end = room.expert, room.blocked_from, room.blocked_until
     expert_calendar_lock(expert, start, end)
-    # Most slots asked for overlap no room at all (what the no-overlap constraint sees): one
-    # read settles them. Only an overlap needs the finer look: a stale reservation there is
-    # released (else the constraint would refuse the new room), and a room that closed early
-    # may have freed the time.
-    overlapping = Room.objects.filter(
-        expert=expert, blocked_from__lt=end, blocked_until__gt=start
-    ).exclude(state=RoomState.CANCELED)
-    if overlapping.exists():
+    # Most slots asked for overlap no room at all (what the no-overlap constraint sees): the
+    # insert itself checks that and settles them. Only an overlap needs the finer look: a
+    # stale reservation there is released (else the constraint would refuse the new room),
+    # and a room that closed early may have freed the time.
+    if not _rows_insert(room, seat, seat_event, only_if_free=True):
         rooms_release_stale(expert, start, end, now)
         if selectors.rooms_blocking(expert, start, end).exists():
             raise SlotTaken()
+        _rows_insert(room, seat, seat_event, only_if_free=False)
+    room_timers_schedule(room)
+
+
+def _rows_insert(
+    room: Room, seat: Seat | None, seat_event: RoomEvent | None, *, only_if_free: bool
+) -> bool:
+    """Insert the room, then its seat and the seat's event if given. `only_if_free`: insert
+    nothing, and return False, when a room not canceled overlaps the room's blocked range.
+    SlotTaken when the no-overlap constraint refuses the room."""
     try:
         # No savepoint (two round trips): a refused insert dooms the caller's transaction,
         # which SlotTaken then leaves, and Django refuses any query before that.
         with transaction.atomic(savepoint=False):
+            if connection.vendor == "postgresql":
+                return _rows_insert_statement(room, seat, seat_event, only_if_free=only_if_free)
+            if only_if_free and _rooms_overlapping(room).exists():
+                return False
             room.save(force_insert=True)
+            if seat is not None:
+                seat.room = room
+                seat.save(force_insert=True)
+                if seat_event is not None:
+                    seat_event.data["seat"] = seat.pk
+                    seat_event.save()
+            return True
     except IntegrityError as error:
         if NO_OVERLAP_CONSTRAINT not in str(error):
             raise
         raise SlotTaken() from None
-    room_timers_schedule(room)
+
+
+def _rooms_overlapping(room: Room) -> QuerySet[Room]:
+    """The expert's rooms not canceled whose blocked range overlaps `room`'s."""
+    return Room.objects.filter(
+        expert=room.expert_id,
+        blocked_from__lt=room.blocked_until,
+        blocked_until__gt=room.blocked_from,
+    ).exclude(state=RoomState.CANCELED)
+
+
+def _rows_insert_statement(
+    room: Room, seat: Seat | None, seat_event: RoomEvent | None, *, only_if_free: bool
+) -> bool:
+    """`_rows_insert` on PostgreSQL in one statement: the overlap read, the room, the seat and
+    its event in one round trip, so the calendar's hour lock is held for that and the commit.
+    (Through the ORM they were four round trips and most of a booking's Python time.)"""
+    room_sql, params = insert_select(room)
+    if only_if_free:
+        # `_rooms_overlapping`; its snapshot is taken after the calendar lock was granted
+        # (the lock was the previous statement), so it sees every room booked before.
+        room_sql += (
+            f" WHERE NOT EXISTS (SELECT 1 FROM {_quote(Room._meta.db_table)} r"  # noqa: S608 - names from the model; values are parameters
+            " WHERE r.expert_id = %s AND r.blocked_from < %s AND r.blocked_until > %s"
+            " AND r.state <> %s)"
+        )
+        params += [room.expert_id, room.blocked_until, room.blocked_from, RoomState.CANCELED]
+    parts = [f"room AS ({room_sql} RETURNING id)"]
+    result = "SELECT id, NULL FROM room"
+    if seat is not None:
+        seat_sql, seat_params = insert_select(
+            seat, computed={"room_id": ("room.id", ())}, source="room"
+        )
+        parts.append(f"seat AS ({seat_sql} RETURNING id, room_id)")
+        params += seat_params
+        result = "SELECT room_id, id FROM seat"
+        if seat_event is not None:
+            data = RoomEvent._meta.get_field("data")
+            event_sql, event_params = insert_select(
+                seat_event,
+                computed={
+                    "room_id": ("seat.room_id", ()),
+                    "data": (
+                        "%s || jsonb_build_object('seat', seat.id)",
+                        [data.get_db_prep_save(seat_event.data, connection)],
+                    ),
+                },
+                source="seat",
+            )
+            parts.append(f"event AS ({event_sql})")
+            params += event_params
+    with connection.cursor() as cursor:
+        cursor.execute(f"WITH {', '.join(parts)} {result}", params)
+        rows = cursor.fetchall()
+    if not rows:
+        return False
+    [(room_id, seat_id)] = rows
+    saved(room, room_id)
+    if seat is not None:
+        seat.room = room
+        saved(seat, seat_id)
+        if seat_event is not None:
+            seat_event.data["seat"] = seat_id
+    return True
+
+
+def _quote(name: str) -> str:
+    return connection.ops.quote_name(name)
 
 
 def group_seat_reserve(client: User, room_id: int) -> Seat:
@@ -213,9 +306,11 @@ def _client_booking_lock(client: User) -> None:
     if connection.vendor != "postgresql":
         return
     with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT pg_advisory_xact_lock(%s, %s)", [_CLIENT_BOOKING_LOCK_CLASS, client.pk]
-        )
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", _client_booking_lock_keys(client))
+
+
+def _client_booking_lock_keys(client: User) -> tuple[int, int]:
+    return (_CLIENT_BOOKING_LOCK_CLASS, client.pk)
 
 
 def _unpaid_limit_check(client: User, expert: User, now: datetime, *, locked: bool = False) -> None:
@@ -297,6 +392,13 @@ def seat_confirm(seat_id: int, *, actor: User | None = None) -> Seat:
     """
     now = timezone.now()
     with transaction.atomic():
+        if connection.vendor == "postgresql":
+            confirmed = _seat_confirm_statement(seat_id, actor, now)
+            if confirmed is not None:
+                emails.booking_confirmed(confirmed)
+                return confirmed
+            # Not a reservation in its time: below says why (or confirms a seat that became
+            # one again meanwhile).
         # The room and both people come along: the event and the emails need them.
         seat = (
             Seat.objects.select_for_update(of=("self",))
@@ -315,6 +417,54 @@ def seat_confirm(seat_id: int, *, actor: User | None = None) -> Seat:
         seat_transition(seat, SeatState.CONFIRMED, confirmed_at=now)
         room_event_write(seat.room, "seat_confirmed", actor or seat.client, seat=seat.pk)
         emails.booking_confirmed(seat)
+    return seat
+
+
+def _seat_confirm_statement(seat_id: int, actor: User | None, now: datetime) -> Seat | None:
+    """PostgreSQL: `seat_confirm`'s writes and read in one statement, each as the ORM path
+    makes it: the guarded transition (`seat_transition` to confirmed, from the allowed sources,
+    only while the reservation is in its time; the UPDATE locks the seat's row), its
+    `seat_confirmed` event, and the seat with its room and both people for the emails. None
+    when no seat changed. This runs inside the payment's authorization: one round trip where
+    the ORM took four, and none of their Python."""
+    sources = [
+        state for state, targets in SEAT_TRANSITIONS.items() if SeatState.CONFIRMED in targets
+    ]
+    event = RoomEvent(kind="seat_confirmed", actor=actor)
+    event_sql, event_params = insert_select(
+        event,
+        computed={
+            "room_id": ("seat.room_id", ()),
+            "data": ("jsonb_build_object('seat', seat.id)", ()),
+            **({} if actor is not None else {"actor_id": ("seat.client_id", ())}),
+        },
+        source="seat",
+    )
+    seat_table, room_table, user_table = (
+        _quote(model._meta.db_table) for model in (Seat, Room, User)
+    )
+    sql = (
+        f"WITH seat AS (UPDATE {seat_table} SET state = %s, confirmed_at = %s"  # noqa: S608 - names from the models; values are parameters
+        f" WHERE id = %s AND state IN ({', '.join(['%s'] * len(sources))})"
+        " AND reserved_until > %s RETURNING *),"
+        f" event AS ({event_sql})"
+        f" SELECT {columns(Seat, 'seat')}, {columns(Room, 'room')},"
+        f" {columns(User, 'expert')}, {columns(User, 'client')}"
+        f" FROM seat JOIN {room_table} room ON room.id = seat.room_id"
+        f" JOIN {user_table} expert ON expert.id = room.expert_id"
+        f" JOIN {user_table} client ON client.id = seat.client_id"
+    )
+    params = [SeatState.CONFIRMED, now, seat_id, *sources, now, *event_params]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    seat, at = load(Seat, row)
+    room, at = load(Room, row, at)
+    room.expert, at = load(User, row, at)
+    seat.client, at = load(User, row, at)
+    seat.room = room
     return seat
 
 
@@ -344,16 +494,21 @@ def _hold_until(now: datetime) -> datetime:
 
 
 def _booking_check_people(
-    client: User, expert: User, *, around: datetime | None = None
+    client: User, expert: User, *, around: datetime | None = None, lock_client: bool = False
 ) -> selectors.ExpertCalendar:
     """Refuse a booking its people cannot make. Returns the expert's calendar, read with them,
-    with the overrides of the days around `around` (today if None)."""
+    with the overrides of the days around `around` (today if None). `lock_client`: take the
+    client's booking lock (`_client_booking_lock`) in the same round trip."""
     if client.pk == expert.pk:
         raise BookingRefused("You cannot book your own session.")
     # A day either side of the UTC date holds the expert's local day in any zone.
     day = (around or timezone.now()).astimezone(UTC).date()
     parties = selectors.booking_parties(
-        client, expert, day - timedelta(days=1), day + timedelta(days=1)
+        client,
+        expert,
+        day - timedelta(days=1),
+        day + timedelta(days=1),
+        lock=_client_booking_lock_keys(client) if lock_client else None,
     )
     if not parties.client_verified:
         raise BookingRefused("Verify your email address before booking; check your inbox.")
@@ -407,15 +562,7 @@ def slot_check_policy(
     else:
         weekly = calendar.weekly
         overrides = [override for override in calendar.overrides if override.day == local_day]
-    offered = candidate_slots(
-        zone=zone,
-        first_day=local_day,
-        last_day=local_day,
-        weekly=weekly,
-        overrides=overrides,
-        length=policy.length,
-    )
-    slot = next((slot for slot in offered if slot.starts_at == slot_start), None)
+    slot = slot_at(slot_start, zone=zone, weekly=weekly, overrides=overrides, length=policy.length)
     if slot is None:
         raise BookingRefused(
             "That time is outside the expert's availability. Pick one of the listed times."

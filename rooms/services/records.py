@@ -1,7 +1,9 @@
 """The guarded transitions and the event log every rooms service shares.
 
 Room and seat states change only through `room_transition` and `seat_transition` (a
-conditional UPDATE from the allowed sources, then an event).
+conditional UPDATE from the allowed sources, then an event), and on PostgreSQL through
+`booking._seat_confirm_statement`, which writes the same guarded UPDATE and its event in one
+statement on a booking's hot path.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from rooms.availability import (
     find_slot,
     local_to_utc,
     overlaps,
+    slot_at,
     working_intervals,
 )
 
@@ -708,6 +709,53 @@ def test_every_bookable_slot_passes_the_booking_paths_grid_check_and_a_minute_of
             local = off_grid.astimezone(scenario.zone)
             assert local.date() in SPRING_FORWARD[scenario.zone.key], (slot, off_grid)
             assert is_a_rule_start(off_grid, scenario), (slot, off_grid)
+
+
+@BOUNDED
+@given(dst_cases(), st.data())
+def test_slot_at_finds_exactly_the_slot_the_days_listing_holds(
+    case: DstCase, data: st.DataObject
+) -> None:
+    """The booking path looks one start up with `slot_at` instead of listing its local day:
+    both agree on every listed start, a minute and an hour either side of it, and any
+    five-minute mark of the days around a DST change (a skipped or repeated hour's included)."""
+
+    def by_listing(instant: datetime) -> Slot | None:
+        day = instant.astimezone(case.zone).date()
+        listed = candidate_slots(
+            zone=case.zone,
+            first_day=day,
+            last_day=day,
+            weekly=case.weekly,
+            overrides=case.overrides,
+            length=case.length,
+        )
+        return next((slot for slot in listed if slot.starts_at == instant), None)
+
+    listed = candidate_slots(
+        zone=case.zone,
+        first_day=case.first_day,
+        last_day=case.last_day,
+        weekly=case.weekly,
+        overrides=case.overrides,
+        length=case.length,
+    )
+    event("slots offered" if listed else "no slot offered")
+    # An hour off: the same wall-clock time's other occurrence, on a fall-back night.
+    shifts = (0, -1, 1, -60, 60)
+    instants = [slot.starts_at + minutes(shift) for slot in listed for shift in shifts]
+    midnight = local_midnight_utc(case.first_day, case.zone)
+    marks = data.draw(st.lists(st.integers(0, 3 * 24 * 12), max_size=20))
+    instants += [midnight + minutes(5 * mark) for mark in marks]
+    for instant in instants:
+        found = slot_at(
+            instant,
+            zone=case.zone,
+            weekly=case.weekly,
+            overrides=case.overrides,
+            length=case.length,
+        )
+        assert found == by_listing(instant), instant
 
 
 def test_across_a_spring_forward_gap_two_slots_can_start_one_real_minute_apart() -> None:

@@ -32,13 +32,14 @@ UTC = dt.UTC
 SLOT = dt.datetime(2026, 12, 2, 10, 0, tzinfo=UTC)
 
 # The queries of a booking, in the test's transaction (the service's atomic blocks are
-# savepoints here). booking_reserve: the people with the expert's calendar (one read); then
-# SAVEPOINT, the client's booking lock, the unpaid count, the payment and its event, the
-# calendar's hour locks, the overlap read, the room, the seat, the room's event, RELEASE.
-# seat_confirm: SAVEPOINT, the seat locked (with its room and both people), the transition,
-# the event, both emails in one insert, RELEASE. (Before issue 18: 21 and 17 outside a test.)
-RESERVE_QUERIES = 12
-CONFIRM_QUERIES = 6
+# savepoints here). booking_reserve: SAVEPOINT, the people with the expert's calendar and
+# the client's booking lock (one read), the unpaid count, the payment with its event (one
+# statement), the calendar's hour locks, the room with its seat and the seat's event unless
+# a room overlaps (one statement), RELEASE. seat_confirm: SAVEPOINT, the guarded transition
+# with its event and the seat read back with its room and both people (one statement), both
+# emails in one insert, RELEASE. (Before issue 18: 21 and 17 outside a test; then 12 and 6.)
+RESERVE_QUERIES = 7
+CONFIRM_QUERIES = 4
 
 
 @pytest.fixture(autouse=True)

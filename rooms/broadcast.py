@@ -77,12 +77,11 @@ def batched() -> Iterator[None]:
 @contextmanager
 def held() -> Iterator[list[tuple[str, dict[str, Any]]]]:
     """Messages due (after their commits) inside the block are handed to the caller, who sends
-    them from its own event loop with `held_send` when it is ready: a socket's join tells its
-    own `welcome` first and the peers right after, instead of reading the welcome behind the
-    peers' sends (each a hop from the database thread to the event loop and a Redis round
-    trip). Each message still goes only once its transaction has committed. If the block
-    raises, what it holds is sent at once, as `batched` would. Inside another block, that
-    block sends them."""
+    them from an event loop with `held_send`: a socket's join reads its `welcome` while the
+    peers' news goes out, instead of after each send (a hop from the database thread to the
+    event loop and a Redis round trip). Each message still goes only once its transaction has
+    committed. If the block raises, what it holds is sent at once, as `batched` would. Inside
+    another block, that block sends them."""
     if getattr(_held, "messages", None) is not None:
         yield []
         return

@@ -9,6 +9,7 @@ room, its rate limit) is rebuilt from `welcome` and the broadcasts on every conn
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import json
@@ -179,7 +180,7 @@ class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             await self.refuse("unavailable", UNAVAILABLE)
             return
         try:
-            welcome, news = await database_call(self.join)()
+            welcome, news = await database_call(self.join)(asyncio.get_running_loop())
         except Room.DoesNotExist:
             await self.refuse("room_not_found", "There is no such session.")
             return
@@ -197,7 +198,7 @@ class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         try:
             await self.tell(welcome)
         finally:
-            await broadcast.held_send(news)
+            await asyncio.wrap_future(news)
         self.ends_at = ends_at = datetime.fromisoformat(welcome["room"]["ends_at"])
         self.warnings_schedule(ends_at)
         # The socket is not served past the paid end, whether or not a worker closes the room.
@@ -207,19 +208,23 @@ class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     def own_group(self) -> str:
         return broadcast.participant_group(self.room_id, self.user.pk)
 
-    def join(self) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]:
-        """The presence and this socket's `welcome`, with the news of the join for the others
-        (peer_joined, the room going live, the replaced connection's notice), sent by `admit`
-        right after the welcome: the welcome is read without waiting behind those sends, and
-        the peers' first offers reach a socket that already knows who they are."""
+    def join(
+        self, loop: asyncio.AbstractEventLoop
+    ) -> tuple[dict[str, Any], concurrent.futures.Future[None]]:
+        """The presence, then this socket's `welcome`. The news of the join for the others
+        (peer_joined, the room going live, the replaced connection's notice) goes out from the
+        event loop as soon as the join has committed, while this thread reads the welcome,
+        instead of the welcome's read waiting behind each send; `admit` awaits it after the
+        welcome. This socket's own copy of that news, and the peers' first offers, queue
+        behind the welcome (a consumer handles one message at a time)."""
         with broadcast.held() as news:
             joined = services.presence_open(
                 self.room_id, self.user, connection_id=self.channel_name, process=PROCESS
             )
-            welcome = selectors.room_welcome(
-                self.room_id, self.user, resumed=joined.resumed, now=timezone.now()
-            )
-        return welcome, news
+        sent = asyncio.run_coroutine_threadsafe(broadcast.held_send(news), loop)
+        return selectors.room_welcome(
+            self.room_id, self.user, resumed=joined.resumed, now=timezone.now()
+        ), sent
 
     async def refuse(self, code: str, message: str) -> None:
         await self.error(code, message)

@@ -9,6 +9,7 @@ import datetime as dt
 import re
 import time
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -199,6 +200,42 @@ def test_on_the_preflight_the_socket_waits_and_the_peer_sees_nobody_until_join(
     assert Presence.objects.filter(
         room_id=booked.room_id, user_id=booked.client.id, closed_at=None
     ).exists()
+
+
+_VIDEO_SIZES = """() => {
+  const link = [...window.parley.links.values()][0];
+  const sender = link.pc.getSenders().find((s) => s.track && s.track.kind === 'video');
+  const video = document.querySelector('#peers .peer video');
+  return {
+    sendScale: sender ? sender.getParameters().encodings[0].scaleResolutionDownBy ?? 1 : null,
+    startingSmall: link.startingSmall,
+    received: video ? [video.videoWidth, video.videoHeight] : null,
+  };
+}"""
+
+
+def test_video_starts_small_for_the_first_frame_then_goes_to_full_resolution(
+    contexts: Contexts, booked: Booked, second_browser: Browser
+) -> None:
+    """The first picture comes at the size the start of a call can carry (Chromium's
+    bandwidth estimate starts near 300 kbit/s: a 720p sender's first frames are dropped), and
+    the camera's full resolution follows once the estimate allows it (docs/CALL_PAGE.md)."""
+    expert, client, clicked = _call_started(contexts, booked, second_browser)
+    seen: dict[str, list[Any]] = {"expert": [], "client": []}
+
+    def full_both_ways() -> bool:
+        for side in (expert, client):
+            seen[side.role].append(side.page.evaluate(_VIDEO_SIZES))
+        return all(
+            seen[role][-1]["sendScale"] == 1 and seen[role][-1]["received"][0] >= 640
+            for role in seen
+        )
+
+    full = wait_until(expert.page, full_both_ways, timeout=15, every=0.5)
+    assert full, f"not at full resolution within 15 s of the first frames: {seen}"
+    print(f"from the first frames on, every 0.5 s: {seen}")
+    # Small when the first frames came (the ramp waits for two stats samples, 1 s apart).
+    assert all(seen[role][0]["sendScale"] == 4 for role in seen), seen
 
 
 def test_in_the_call_each_sees_themselves_and_the_controls_without_scrolling(

@@ -142,8 +142,7 @@ class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             # not a handshake and a session lookup; the person is in the room from the `join`.
             self.awaiting_join = True
             wait = settings.SIGNALING_JOIN_WAIT_SECONDS
-            self.join_wait = asyncio.create_task(self.join_wait_end(wait))
-            self.timers.append(self.join_wait)
+            self.timer_set(wait, functools.partial(self.join_wait_end, wait))
             await self.tell({"type": "ready", "join_within_seconds": wait})
             return
         await self.admit()
@@ -154,7 +153,6 @@ class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
 
     async def join_wait_end(self, seconds: float) -> None:
         """A socket that never joins is closed: it held a connection and nothing else."""
-        await asyncio.sleep(seconds)
         if self.awaiting_join:
             self.awaiting_join = False
             await self.refuse(
@@ -304,9 +302,9 @@ class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                 "connected); join is sent once, on a socket opened with ?join=later.",
                 "join",
             )
-        # Before any await: the wait's timer must not close a socket whose join is under way.
+        # Before any await: the wait's timer must not close a socket whose join is under way
+        # (when it fires it finds nothing waiting).
         self.awaiting_join = False
-        self.join_wait.cancel()
         await self.admit()
 
     async def on_heartbeat(self, message: Message) -> None:

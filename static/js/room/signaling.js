@@ -75,6 +75,8 @@ export class Signaling {
     // The person clicked Join: the socket is to be in the room (before, only a standby).
     this.wanted = false;
     this.standbyTimer = null;
+    // A standby was refused for good (a lapsed login): none again; the click shows why.
+    this.standbyRefused = false;
     this.joinTimer = null;
     this.attempt = 0;
     this.stopped = false;
@@ -91,7 +93,9 @@ export class Signaling {
 
   /** Before the click: a socket that is authenticated and waits, in nothing, for `join`. */
   prepare() {
-    if (this.wanted || this.stopped || this.socket || this.standbyTimer) return;
+    if (this.wanted || this.stopped || this.socket || this.standbyTimer || this.standbyRefused) {
+      return;
+    }
     this.open({ later: true });
   }
 
@@ -234,7 +238,10 @@ export class Signaling {
     if (!this.wanted) {
       // The standby went: a new one, at once if the server only ended its wait. After a
       // refusal that stands (a lapsed login) none: the click dials and shows it.
-      if (code in FINAL_CLOSES) return;
+      if (code in FINAL_CLOSES) {
+        this.standbyRefused = true;
+        return;
+      }
       const delay = code === JOIN_TIMEOUT ? 0 : STANDBY_REDIAL_MS;
       this.standbyTimer = setTimeout(() => {
         this.standbyTimer = null;

@@ -477,6 +477,9 @@ SIGNALING_MAX_MESSAGE_BYTES = env_int("SIGNALING_MAX_MESSAGE_BYTES", 65_536)
 SIGNALING_MAX_MESSAGES_PER_SECOND = env_int("SIGNALING_MAX_MESSAGES_PER_SECOND", 50)
 # Admissions per participant per room in 10 s: each one makes every peer restart ICE.
 SIGNALING_JOINS_MAX = env_int("SIGNALING_JOINS_MAX", 6)
+# A socket opened before Join (`?join=later`) is closed if its `join` has not come by then: it
+# holds nothing in the room, but it holds a connection (docs/SIGNALING.md, Connecting).
+SIGNALING_JOIN_WAIT_SECONDS = env_int("SIGNALING_JOIN_WAIT_SECONDS", 120)
 STATS_MIN_INTERVAL_SECONDS = env_int("STATS_MIN_INTERVAL_SECONDS", 5)
 # TURN credentials last until the room's end plus this, and never longer than the maximum.
 TURN_VALID_AFTER_END_MINUTES = env_int("TURN_VALID_AFTER_END_MINUTES", 10)

@@ -74,6 +74,43 @@ def batched() -> Iterator[None]:
             _send(messages)
 
 
+@contextmanager
+def held() -> Iterator[list[tuple[str, dict[str, Any]]]]:
+    """Messages due (after their commits) inside the block are handed to the caller, who sends
+    them from an event loop with `held_send`: a socket's join reads its `welcome` while the
+    peers' news goes out, instead of after each send (a hop from the database thread to the
+    event loop and a Redis round trip). Each message still goes only once its transaction has
+    committed. If the block raises, what it holds is sent at once, as `batched` would. Inside
+    another block, that block sends them."""
+    if getattr(_held, "messages", None) is not None:
+        yield []
+        return
+    messages: list[tuple[str, dict[str, Any]]] = []
+    _held.messages = messages
+    try:
+        yield messages
+    except BaseException:
+        _held.messages = None
+        if messages:
+            _send(messages)
+        raise
+    finally:
+        _held.messages = None
+
+
+async def held_send(messages: list[tuple[str, dict[str, Any]]]) -> None:
+    """Send what `held` handed over, in order, from async code."""
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    for group, message in messages:
+        try:
+            await layer.group_send(group, message)
+        except Exception:
+            # As a single send after commit (robust): logged, and never undoes what committed.
+            logger.exception("Sending %s to %s failed.", message.get("type"), group)
+
+
 def _group_send(group: str, message: dict[str, Any]) -> None:
     held = getattr(_held, "messages", None)
     if held is not None:

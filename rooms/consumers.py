@@ -9,6 +9,7 @@ room, its rate limit) is rebuilt from `welcome` and the broadcasts on every conn
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import json
@@ -18,6 +19,7 @@ import socket
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import parse_qs
 
 from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
@@ -52,6 +54,7 @@ REFUSAL_CLOSE_CODES = {
     "not_participant": 4403,
     "room_not_found": 4404,
     "forbidden_origin": 4406,
+    "join_timeout": 4408,
     "room_full": 4409,
     "room_ended": 4410,
     "blocked": 4423,
@@ -70,6 +73,11 @@ WARNING_MINUTES = (5, 1)
 class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     room_id: int
     admitted: bool = False
+    # Opened with `?join=later` and waiting for the page's `join`: authenticated, and nothing
+    # more. No presence, no group: nobody in the room can tell it exists.
+    awaiting_join: bool = False
+    # In the room's and the participant's groups (from the join on).
+    grouped: bool = False
     # The handshake was read (connect ran): from then on a refusal is a message and a code.
     handshake_read: bool = False
     # `ended` was sent (by the room's broadcast or this socket's own paid-end timer).
@@ -129,8 +137,35 @@ class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         if self.user is None or not self.user.is_authenticated:
             await self.refuse("login_required", "Log in to join this session.")
             return
+        if self.joins_later():
+            # The page opened this socket during its preflight so that Join costs one message,
+            # not a handshake and a session lookup; the person is in the room from the `join`.
+            self.awaiting_join = True
+            wait = settings.SIGNALING_JOIN_WAIT_SECONDS
+            self.timer_set(wait, functools.partial(self.join_wait_end, wait))
+            await self.tell({"type": "ready", "join_within_seconds": wait})
+            return
+        await self.admit()
+
+    def joins_later(self) -> bool:
+        query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+        return query.get("join") == ["later"]
+
+    async def join_wait_end(self, seconds: float) -> None:
+        """A socket that never joins is closed: it held a connection and nothing else."""
+        if self.awaiting_join:
+            self.awaiting_join = False
+            await self.refuse(
+                "join_timeout",
+                f"No join within {seconds:g} s of connecting; connect again when you join.",
+            )
+
+    async def admit(self) -> None:
+        """Admission (docs/SIGNALING.md): the groups, then the presence, then `welcome`; or a
+        refusal with its code. At connect, or at the `join` of a socket opened before it."""
         # In the groups before the presence exists, so nothing addressed to this participant
         # after its join commits can miss it.
+        self.grouped = True
         try:
             await self.channel_layer.group_add(
                 broadcast.room_group(self.room_id), self.channel_name
@@ -143,7 +178,7 @@ class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             await self.refuse("unavailable", UNAVAILABLE)
             return
         try:
-            welcome = await database_call(self.join)()
+            welcome, news = await database_call(self.join)(asyncio.get_running_loop())
         except Room.DoesNotExist:
             await self.refuse("room_not_found", "There is no such session.")
             return
@@ -158,7 +193,10 @@ class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             return
         self.admitted = True
         self.peers = {peer["id"] for peer in welcome["peers"]}
-        await self.tell(welcome)
+        try:
+            await self.tell(welcome)
+        finally:
+            await asyncio.wrap_future(news)
         self.ends_at = ends_at = datetime.fromisoformat(welcome["room"]["ends_at"])
         self.warnings_schedule(ends_at)
         # The socket is not served past the paid end, whether or not a worker closes the room.
@@ -168,13 +206,23 @@ class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     def own_group(self) -> str:
         return broadcast.participant_group(self.room_id, self.user.pk)
 
-    def join(self) -> dict[str, Any]:
-        joined = services.presence_open(
-            self.room_id, self.user, connection_id=self.channel_name, process=PROCESS
-        )
+    def join(
+        self, loop: asyncio.AbstractEventLoop
+    ) -> tuple[dict[str, Any], concurrent.futures.Future[None]]:
+        """The presence, then this socket's `welcome`. The news of the join for the others
+        (peer_joined, the room going live, the replaced connection's notice) goes out from the
+        event loop as soon as the join has committed, while this thread reads the welcome,
+        instead of the welcome's read waiting behind each send; `admit` awaits it after the
+        welcome. This socket's own copy of that news, and the peers' first offers, queue
+        behind the welcome (a consumer handles one message at a time)."""
+        with broadcast.held() as news:
+            joined = services.presence_open(
+                self.room_id, self.user, connection_id=self.channel_name, process=PROCESS
+            )
+        sent = asyncio.run_coroutine_threadsafe(broadcast.held_send(news), loop)
         return selectors.room_welcome(
             self.room_id, self.user, resumed=joined.resumed, now=timezone.now()
-        )
+        ), sent
 
     async def refuse(self, code: str, message: str) -> None:
         await self.error(code, message)
@@ -201,8 +249,9 @@ class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         )
 
     async def leave_groups(self) -> None:
-        if getattr(self, "user", None) is None or not self.user.is_authenticated:
+        if not self.grouped:
             return
+        self.grouped = False
         try:
             await self.channel_layer.group_discard(
                 broadcast.room_group(self.room_id), self.channel_name
@@ -215,7 +264,7 @@ class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     # --- from the participant ----------------------------------------------------------------
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        if not self.admitted:
+        if not (self.admitted or self.awaiting_join):
             return
         if not self.limit.allow():
             limit = settings.SIGNALING_MAX_MESSAGES_PER_SECOND
@@ -225,6 +274,12 @@ class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             message = message_read(
                 text_data, bytes_data, max_bytes=settings.SIGNALING_MAX_MESSAGE_BYTES
             )
+            if self.awaiting_join and message.type != "join":
+                raise ProtocolError(
+                    "not_joined",
+                    "This socket is not in the call yet: send join first.",
+                    message.type,
+                )
             await HANDLERS[message.type](self, message)
         except ProtocolError as error:
             await self.error(error.code, error.message, error.ref)
@@ -238,6 +293,19 @@ class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             # than dying with 1011.
             logger.exception("A message in room %s failed", self.room_id)
             await self.error("server_error", "Something went wrong on our side; try again.")
+
+    async def on_join(self, message: Message) -> None:
+        if not self.awaiting_join:
+            raise ProtocolError(
+                "already_joined",
+                "This socket is already in the call (it joined, or was admitted when it "
+                "connected); join is sent once, on a socket opened with ?join=later.",
+                "join",
+            )
+        # Before any await: the wait's timer must not close a socket whose join is under way
+        # (when it fires it finds nothing waiting).
+        self.awaiting_join = False
+        await self.admit()
 
     async def on_heartbeat(self, message: Message) -> None:
         now = timezone.now()
@@ -509,6 +577,7 @@ async def messages_dispatch(
 HOPLESS = frozenset({"websocket.receive", "peer.signal", "room.event"})
 
 HANDLERS = {
+    "join": RoomConsumer.on_join,
     "heartbeat": RoomConsumer.on_heartbeat,
     "signal": RoomConsumer.on_signal,
     "media_state": RoomConsumer.on_media_state,

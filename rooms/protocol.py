@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 VERSION = 1
-CLIENT_TYPES = ("heartbeat", "signal", "media_state", "stats", "end", "leave")
+CLIENT_TYPES = ("join", "heartbeat", "signal", "media_state", "stats", "end", "leave")
 MEDIA_STATES = ("connected", "disconnected")
 CANDIDATE_TYPES = ("host", "srflx", "prflx", "relay")
 DESCRIPTION_TYPES = ("offer", "answer", "pranswer", "rollback")
@@ -184,6 +184,7 @@ def _bad(ref: str, message: str) -> ProtocolError:
 
 
 _CHECKS = {
+    "join": _nothing,
     "heartbeat": _nothing,
     "signal": _signal,
     "media_state": _media_state,

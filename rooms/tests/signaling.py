@@ -68,11 +68,19 @@ def session_cookie(user: User) -> tuple[bytes, bytes]:
 class Socket:
     """One participant's signaling socket."""
 
-    def __init__(self, room_id: int, cookie: tuple[bytes, bytes] | None, origin: Any = ORIGIN):
+    def __init__(
+        self,
+        room_id: int,
+        cookie: tuple[bytes, bytes] | None,
+        origin: Any = ORIGIN,
+        *,
+        join_later: bool = False,
+    ):
+        """`join_later`: opened as the room page opens it on the preflight, admitted to
+        nothing until it sends `join`."""
         headers = [h for h in (origin, cookie) if h is not None]
-        self.communicator = WebsocketCommunicator(
-            application, f"/ws/rooms/{room_id}/", headers=headers
-        )
+        path = f"/ws/rooms/{room_id}/" + ("?join=later" if join_later else "")
+        self.communicator = WebsocketCommunicator(application, path, headers=headers)
 
     async def open(self) -> dict[str, Any]:
         connected, _ = await self.communicator.connect()

@@ -31,6 +31,7 @@ ERROR_CODES = {
     "unknown_type",
     "bad_message",
     "peer_not_here",
+    "already_joined",  # a `join` on a socket admitted at connect
 }
 FRAMES_PER_SOCKET = 100
 SOCKETS = 100

@@ -9,10 +9,11 @@ import datetime as dt
 import re
 import time
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from playwright.sync_api import Browser, expect
+from playwright.sync_api import Browser, WebSocket, expect
 
 from rooms.tests.browser.support import (
     Booked,
@@ -143,6 +144,98 @@ def test_expert_and_client_see_each_other_within_3_seconds_of_joining(
     )
     print(message)
     assert max(seconds.values()) <= FIRST_FRAME_SECONDS, message
+
+
+def test_on_the_preflight_the_socket_waits_and_the_peer_sees_nobody_until_join(
+    contexts: Contexts, booked: Booked, second_browser: Browser
+) -> None:
+    """Joining fast (docs/CALL_PAGE.md): the client's page opens its socket on the preflight,
+    and the click sends `join` over it. Until then the expert, already in the call, sees
+    nobody and the server has no presence of the client; then both see each other."""
+    from rooms.models import Presence
+
+    expert, client = room_pages(contexts, booked, second_browser)
+    expert.open()
+    expert.devices_on()
+    expert.join()
+    expect(expert.page.locator("#room")).to_have_attribute("data-phase", "call")
+
+    sockets: list[WebSocket] = []
+    frames: list[str] = []
+
+    def sent(payload: bytes | str) -> None:
+        frames.append(f"sent {payload!s}")
+
+    def received(payload: bytes | str) -> None:
+        frames.append(f"received {payload!s}")
+
+    def opened(socket: WebSocket) -> None:
+        sockets.append(socket)
+        socket.on("framesent", sent)
+        socket.on("framereceived", received)
+
+    client.page.on("websocket", opened)
+    client.open()
+    client.devices_on()
+    ready = wait_until(client.page, lambda: any('"ready"' in frame for frame in frames), 10)
+    assert ready, f"no socket ready on the client's preflight: {[s.url for s in sockets]} {frames}"
+    assert [urlsplit(s.url).query for s in sockets] == ["join=later"], [s.url for s in sockets]
+    client.page.wait_for_timeout(1000)
+    assert expert.page.locator("#peers .peer").count() == 0
+    expect(expert.page.locator("#room-status")).to_have_text("Waiting for your client to join.")
+    assert not Presence.objects.filter(room_id=booked.room_id, user_id=booked.client.id).exists()
+
+    client.record()
+    expert.record()
+    client.join()
+    flowing = wait_until(
+        expert.page,
+        lambda: all(first_frames_at(side.samples()) is not None for side in (expert, client)),
+        timeout=15,
+    )
+    assert flowing, f"no video both ways after the join: {expert.describe()}; {client.describe()}"
+    # The click used the socket that was waiting: one join on it, no second handshake.
+    assert len(sockets) == 1, [s.url for s in sockets]
+    assert sum('"type": "join"' in frame or '"type":"join"' in frame for frame in frames) == 1
+    assert Presence.objects.filter(
+        room_id=booked.room_id, user_id=booked.client.id, closed_at=None
+    ).exists()
+
+
+_VIDEO_SIZES = """() => {
+  const link = [...window.parley.links.values()][0];
+  const sender = link.pc.getSenders().find((s) => s.track && s.track.kind === 'video');
+  const video = document.querySelector('#peers .peer video');
+  return {
+    sendScale: sender ? sender.getParameters().encodings[0].scaleResolutionDownBy ?? 1 : null,
+    startingSmall: link.startingSmall,
+    received: video ? [video.videoWidth, video.videoHeight] : null,
+  };
+}"""
+
+
+def test_video_starts_small_for_the_first_frame_then_goes_to_full_resolution(
+    contexts: Contexts, booked: Booked, second_browser: Browser
+) -> None:
+    """The first picture comes at the size the start of a call can carry (Chromium's
+    bandwidth estimate starts near 300 kbit/s: a 720p sender's first frames are dropped), and
+    the camera's full resolution follows once the estimate allows it (docs/CALL_PAGE.md)."""
+    expert, client, clicked = _call_started(contexts, booked, second_browser)
+    seen: dict[str, list[Any]] = {"expert": [], "client": []}
+
+    def full_both_ways() -> bool:
+        for side in (expert, client):
+            seen[side.role].append(side.page.evaluate(_VIDEO_SIZES))
+        return all(
+            seen[role][-1]["sendScale"] == 1 and seen[role][-1]["received"][0] >= 640
+            for role in seen
+        )
+
+    full = wait_until(expert.page, full_both_ways, timeout=15, every=0.5)
+    assert full, f"not at full resolution within 15 s of the first frames: {seen}"
+    print(f"from the first frames on, every 0.5 s: {seen}")
+    # Small when the first frames came (the ramp waits for two stats samples, 1 s apart).
+    assert all(seen[role][0]["sendScale"] == 4 for role in seen), seen
 
 
 def test_in_the_call_each_sees_themselves_and_the_controls_without_scrolling(

@@ -65,6 +65,22 @@ function serverNow() {
   return signaling ? signaling.serverNow() : new Date(Date.now() + clockSkew);
 }
 
+function signalingCreate() {
+  return new Signaling({ path: config.socketPath, onMessage, onState, clockOffsetMs: clockSkew });
+}
+
+/** While Join is on offer, keep a socket ready for it (signaling.js, Joining fast): it is in
+ * nothing until the click, which then sends one message. */
+function standby(on) {
+  if (on) {
+    signaling ??= signalingCreate();
+    signaling.prepare();
+  } else if (signaling && !signaling.wanted) {
+    signaling.stop();
+    signaling = null;
+  }
+}
+
 // --- lobby ----------------------------------------------------------------------------------
 
 function lobbyUpdate() {
@@ -73,12 +89,16 @@ function lobbyUpdate() {
   const opensAt = new Date(room.lobbyOpensAt);
   const countdown = $("#countdown");
   if (room.state === "canceled") {
+    standby(false);
     say("This session was canceled.");
     show($("#preflight"), false);
     show(countdown, false);
     return stopStatePolling();
   }
-  if (room.state === "closed") return showSummary();
+  if (room.state === "closed") {
+    standby(false);
+    return showSummary();
+  }
   if (now < opensAt) {
     const startsIn = (new Date(room.startsAt) - now) / 1000;
     say("Too early: the room opens ten minutes before the start.");
@@ -107,6 +127,7 @@ function lobbyUpdate() {
 function joinButtons(enabled, hint) {
   for (const id of ["#join", "#join-audio-only", "#join-no-devices"]) $(id).disabled = !enabled;
   $("#join-hint").textContent = hint;
+  standby(enabled);
 }
 
 async function pollState() {
@@ -204,6 +225,11 @@ async function join(requested) {
   mode = requested;
   stopStatePolling();
   devices.stopMeter();
+  setPhase("joining");
+  say("Joining…");
+  // The join goes first; the page's own work below overlaps its round trip.
+  signaling ??= signalingCreate();
+  signaling.connect();
   show($("#preflight"), false);
   show($("#countdown"), false); // the call's own clock says when the booked time starts
   show($("#call"));
@@ -215,10 +241,6 @@ async function join(requested) {
   controlsUpdate();
   await devices.fillPicker($("#camera-switch"), "video");
   await devices.fillPicker($("#mic-switch"), "audio");
-  setPhase("joining");
-  say("Joining…");
-  signaling = new Signaling({ path: config.socketPath, onMessage, onState });
-  signaling.connect();
 }
 
 function onState(state, detail = {}) {

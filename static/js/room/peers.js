@@ -19,6 +19,14 @@ const UNREACHABLE_AFTER_MS = 20000;
 // A weak network limits video to this and keeps audio whole.
 const WEAK_VIDEO = { maxBitrate: 200_000, scaleResolutionDownBy: 2, maxFramerate: 15 };
 const FULL_VIDEO = { maxBitrate: 1_500_000, scaleResolutionDownBy: 1, maxFramerate: 30 };
+// The first picture. Chromium's bandwidth estimate starts near 300 kbit/s, too little for the
+// camera's 720p: the encoder drops a 720p sender's first frames and steps down, so the first
+// frame that goes out is 320x180 anyway, some 150 ms later (bench/join.py: the first remote
+// frame 150 ms sooner when video starts small). Video starts at about this width and goes to
+// full resolution once the estimate allows it, or once the call has settled (SETTLE_MS), when
+// the weak-network rule takes over.
+const START_VIDEO_WIDTH = 320;
+const FULL_VIDEO_FROM_KBPS = 700;
 
 function fingerprint(sdp) {
   return /^a=fingerprint:(.+)$/m.exec(sdp)?.[1]?.trim() || "";
@@ -62,6 +70,7 @@ export class PeerLink {
     this.pendingReports = []; // media reports waiting for an open socket
     this.closed = false;
     this.stalled = false;
+    this.startingSmall = false; // video is still at its start resolution
 
     this.pc = new RTCPeerConnection({ iceServers, bundlePolicy: "max-bundle" });
     this.pc.onnegotiationneeded = () => this.negotiate();
@@ -90,19 +99,42 @@ export class PeerLink {
       const transceiver = this.pc
         .getTransceivers()
         .find((t) => t.receiver.track.kind === kind && !t.sender.track && !t.stopped);
+      const startScale = kind === "video" && track ? this.startScale(track) : 1;
       if (transceiver) {
         // Created by the peer's offer: reuse it, so each kind has one line.
         if (track) {
           transceiver.sender.replaceTrack(track);
           transceiver.direction = "sendrecv";
+          if (startScale > 1) this.startSmall(transceiver.sender, startScale);
         }
       } else if (track) {
-        this.pc.addTransceiver(track, { direction: "sendrecv", streams: [this.stream] });
+        const sendEncodings = startScale > 1 ? [{ scaleResolutionDownBy: startScale }] : undefined;
+        this.pc.addTransceiver(track, { direction: "sendrecv", streams: [this.stream], sendEncodings });
+        this.startingSmall = startScale > 1;
       } else {
         this.pc.addTransceiver(kind, { direction: "recvonly" });
       }
     }
     this.prioritizeAudio();
+  }
+
+  /** How much to scale the camera down at the start (1: it is small enough already). */
+  startScale(track) {
+    const width = track.getSettings?.().width || 0;
+    return Math.max(1, width / START_VIDEO_WIDTH);
+  }
+
+  /** On a transceiver the peer's offer created (it has its encoding by now). */
+  async startSmall(sender, scale) {
+    const parameters = sender.getParameters();
+    if (!parameters.encodings?.length) return;
+    parameters.encodings[0].scaleResolutionDownBy = scale;
+    try {
+      await sender.setParameters(parameters);
+      this.startingSmall = true;
+    } catch (error) {
+      console.warn("parley: could not start video small", error);
+    }
   }
 
   async negotiate() {
@@ -351,12 +383,22 @@ export class PeerLink {
 
   /** On a weak network video gives way (bitrate, resolution, frame rate); audio never does. */
   async adaptVideo() {
+    const { availableOutKbps } = this.metrics;
+    const weakNow = this.quality === "poor" || (availableOutKbps !== null && availableOutKbps < 250);
+    const settled = Date.now() - (this.connectedAt || Date.now()) >= SETTLE_MS;
+    if (this.startingSmall && this.pc.connectionState === "connected") {
+      // Full resolution as soon as the estimate carries it; after the settling time, what the
+      // network carries then.
+      if ((availableOutKbps ?? 0) >= FULL_VIDEO_FROM_KBPS || settled) {
+        this.startingSmall = false;
+        await this.limitVideo(settled && weakNow);
+      }
+      return;
+    }
     // Bandwidth estimation starts low and ramps up over the first seconds of every call: only
     // a sustained shortage (three samples in a row, once the call has settled) is a weak
     // network. Changing the encoder on a guess would cost a keyframe for nothing.
-    if (Date.now() - (this.connectedAt || Date.now()) < SETTLE_MS) return;
-    const { availableOutKbps } = this.metrics;
-    const weakNow = this.quality === "poor" || (availableOutKbps !== null && availableOutKbps < 250);
+    if (!settled) return;
     this.weakSamples = weakNow ? (this.weakSamples || 0) + 1 : 0;
     this.goodSamples = weakNow ? 0 : this.goodSamples + 1;
     if (this.weakSamples >= 3 && !this.weak) await this.limitVideo(true);

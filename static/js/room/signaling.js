@@ -7,6 +7,12 @@
 // heartbeat must be acknowledged within ACK_TIMEOUT_MS, or the socket is given up and a new
 // one is opened. Frames the dead socket still holds may reach the server later; the new socket
 // replaces it there, and media reports carry their own time (`since`).
+//
+// Joining fast: while the person is on the preflight, `prepare` opens a socket with
+// `?join=later`. The server authenticates it and keeps it out of the room (no presence, no
+// peer sees it) until the click sends `join`, so the click costs one small message instead
+// of a handshake and a session lookup. A socket opened after the click (no standby ready, a
+// reconnect) is admitted at connect, as before.
 
 const PROTOCOL_VERSION = 1;
 const ACK_TIMEOUT_MS = 2500;
@@ -30,6 +36,15 @@ const FINAL_CLOSES = {
   4424: "removed",
 };
 const TOO_EARLY = 4425;
+// The server's wait for `join` ended (SIGNALING_JOIN_WAIT_SECONDS): the standby is replaced.
+const JOIN_TIMEOUT = 4408;
+// A standby that failed any other way (the network, signaling briefly down) is tried again
+// this much later; the click does not wait for it, it dials at once.
+const STANDBY_REDIAL_MS = 10000;
+// A standby may have died silently while the person was on the preflight (a laptop's sleep, a
+// network change): a `join` it carried that gets neither `welcome` nor a refusal in this long
+// is given up for a fresh socket. Generous, because an admission under load takes seconds.
+const JOIN_ANSWER_MS = 5000;
 // Refusals worth trying again later, not at the backoff: the server allows at most 6 joins
 // per participant and room in 10 s (too_many_joins); signaling itself is briefly down
 // (unavailable: Redis). The call's media goes on peer to peer meanwhile.
@@ -46,13 +61,23 @@ export class Signaling {
    * @param {(message: object) => void} options.onMessage   every server message but acks
    * @param {(state: string, detail?: object) => void} options.onState
    *   "connecting" | "open" | "reconnecting" | "closed" (detail.reason: a FINAL_CLOSES value
-   *   or "too_early", with the server's error message when it sent one)
+   *   or "too_early", with the server's error message when it sent one). Neither is called
+   *   for a standby socket before the click.
+   * @param {number} [options.clockOffsetMs]  server clock minus ours, until a heartbeat says
    */
-  constructor({ path, onMessage, onState }) {
+  constructor({ path, onMessage, onState, clockOffsetMs = 0 }) {
     this.url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}${path}`;
     this.onMessage = onMessage;
     this.onState = onState;
     this.socket = null;
+    // Whether this.socket was opened with ?join=later and has not sent `join` yet.
+    this.socketWaits = false;
+    // The person clicked Join: the socket is to be in the room (before, only a standby).
+    this.wanted = false;
+    this.standbyTimer = null;
+    // A standby was refused for good (a lapsed login): none again; the click shows why.
+    this.standbyRefused = false;
+    this.joinTimer = null;
     this.attempt = 0;
     this.stopped = false;
     this.heartbeatTimer = null;
@@ -60,22 +85,54 @@ export class Signaling {
     this.retryTimer = null;
     this.lastError = null;
     // Server clock minus local clock, in ms, from the heartbeat round trips.
-    this.clockOffsetMs = 0;
+    this.clockOffsetMs = clockOffsetMs;
     // When this page was last admitted (welcome), newest last.
     this.joins = [];
     this.notBefore = 0;
   }
 
+  /** Before the click: a socket that is authenticated and waits, in nothing, for `join`. */
+  prepare() {
+    if (this.wanted || this.stopped || this.socket || this.standbyTimer || this.standbyRefused) {
+      return;
+    }
+    this.open({ later: true });
+  }
+
+  /** Join (and every reconnect): over the standby if there is one, else a socket admitted at
+   * connect. */
   connect() {
+    this.wanted = true;
     this.stopped = false;
     clearTimeout(this.retryTimer);
     this.retryTimer = null;
+    clearTimeout(this.standbyTimer);
+    this.standbyTimer = null;
     this.onState(this.attempt ? "reconnecting" : "connecting");
-    const socket = new WebSocket(this.url);
+    const socket = this.socket;
+    if (socket && this.socketWaits && socket.readyState <= WebSocket.OPEN) {
+      // Still opening: its `open` sends the join.
+      if (socket.readyState === WebSocket.OPEN) this.sendJoin();
+      return;
+    }
+    this.open({ later: false });
+  }
+
+  open({ later }) {
+    const socket = new WebSocket(later ? `${this.url}?join=later` : this.url);
     this.socket = socket;
+    this.socketWaits = later;
     this.lastError = null;
+    socket.onopen = () => socket === this.socket && this.wanted && this.socketWaits && this.sendJoin();
     socket.onmessage = (event) => socket === this.socket && this.receive(event.data);
     socket.onclose = (event) => socket === this.socket && this.closed(event.code);
+  }
+
+  sendJoin() {
+    this.socketWaits = false;
+    if (!this.send({ type: "join" })) return;
+    clearTimeout(this.joinTimer);
+    this.joinTimer = setTimeout(() => this.giveUp(), JOIN_ANSWER_MS);
   }
 
   /** Server time now, as a Date (local clock corrected by the measured offset). */
@@ -99,6 +156,8 @@ export class Signaling {
     this.stopped = true;
     this.stopHeartbeats();
     clearTimeout(this.retryTimer);
+    clearTimeout(this.standbyTimer);
+    this.standbyTimer = null;
     const socket = this.socket;
     this.socket = null;
     if (socket && socket.readyState <= WebSocket.OPEN) socket.close(1000);
@@ -111,6 +170,9 @@ export class Signaling {
     } catch {
       return; // the server only sends JSON; anything else is not ours to act on
     }
+    // A standby's `ready`, or why it closes: nothing for the page before the click (a refusal
+    // that still holds comes again when the click dials).
+    if (!this.wanted || message.type === "ready") return;
     if (message.type === "welcome") {
       this.attempt = 0;
       this.joins = [...this.joins, Date.now()].slice(-JOINS_PER_WINDOW);
@@ -144,6 +206,8 @@ export class Signaling {
   stopHeartbeats() {
     clearInterval(this.heartbeatTimer);
     clearTimeout(this.ackTimer);
+    clearTimeout(this.joinTimer);
+    this.joinTimer = null;
     this.heartbeatTimer = null;
     this.ackTimer = null;
   }
@@ -171,6 +235,25 @@ export class Signaling {
     this.socket = null;
     this.stopHeartbeats();
     if (this.stopped) return;
+    if (!this.wanted) {
+      // The standby went: a new one, at once if the server only ended its wait. After a
+      // refusal that stands (a lapsed login) none: the click dials and shows it.
+      if (code in FINAL_CLOSES) {
+        this.standbyRefused = true;
+        return;
+      }
+      const delay = code === JOIN_TIMEOUT ? 0 : STANDBY_REDIAL_MS;
+      this.standbyTimer = setTimeout(() => {
+        this.standbyTimer = null;
+        this.prepare();
+      }, delay);
+      return;
+    }
+    if (code === JOIN_TIMEOUT) {
+      // The join crossed the end of the server's wait: dial again, admitted at connect.
+      this.connect();
+      return;
+    }
     if (code === TOO_EARLY) {
       this.onState("closed", { reason: "too_early", error: this.lastError });
       return;

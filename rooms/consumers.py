@@ -112,6 +112,12 @@ class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             await messages_dispatch(sources, self.dispatch)
         except StopConsumer:
             pass
+        finally:
+            # The loop may end without `disconnect` (Daphne cancels an application slow to
+            # end after its client went, and all of them at shutdown; a source may fail): a
+            # timer left on the event loop would keep the consumer until the paid end, then
+            # serve a socket that is gone.
+            self.timers_cancel()
 
     @staticmethod
     async def unavailable_handshake(receive: Any, send: Any) -> None:
@@ -230,8 +236,7 @@ class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         await self.close(code=REFUSAL_CLOSE_CODES[code])
 
     async def disconnect(self, code: int) -> None:
-        for timer in getattr(self, "timers", []):
-            timer.cancel()
+        self.timers_cancel()
         await self.leave_groups()
         if self.admitted:
             self.admitted = False
@@ -497,6 +502,10 @@ class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             await self.tell(
                 {"type": "warning", "minutes_left": minutes, "ends_at": ends_at.isoformat()}
             )
+
+    def timers_cancel(self) -> None:
+        for timer in getattr(self, "timers", []):
+            timer.cancel()
 
     def timer_set(self, delay: float, action: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Run `action` in `delay` seconds (now if that is past), unless the socket goes first."""

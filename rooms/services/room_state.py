@@ -179,8 +179,10 @@ def _room_close(
         end = min(now or ran_at, room.ends_at)
         seats = _seats_to_settle(room, payments)
         # Every open presence and media link ends there; the room's whole history comes back
-        # from the same statements, read once for all its seats.
-        history = _history_end(room, end, presence_stale_before(now or ran_at))
+        # from the same statements, read once for all its seats. Stale means stale at the end:
+        # a late close finds every socket silent since the paid end (beats past it are not
+        # stored), and those that beat up to it were in the call until it.
+        history = _history_end(room, end, presence_stale_before(end))
         settled = [_seat_settle(room, seat, end, actor, reason, history) for seat in seats]
         # closed_at is where the call ended for billing; ran_at is when the close happened.
         events = [

@@ -509,8 +509,20 @@ class Sample(NamedTuple):
 _RECORDER = """
 ([peerId, every]) => {
   if (window.__parleyTest) return;
-  const record = {samples: [], error: null};
+  const record = {samples: [], statuses: [], error: null};
   window.__parleyTest = record;
+  // Every status the peer's tile takes, however briefly: sampling could miss a blink.
+  const statusSeen = () => {
+    const tile = document.querySelector(`#peers .peer[data-peer-id="${peerId}"]`);
+    const status = tile ? tile.dataset.status ?? null : null;
+    const last = record.statuses[record.statuses.length - 1];
+    if (status !== null && (!last || last[1] !== status)) {
+      record.statuses.push([Date.now() / 1000, status]);
+    }
+  };
+  new MutationObserver(statusSeen).observe(document.body, {
+    subtree: true, childList: true, attributes: true, attributeFilter: ['data-status'],
+  });
   const within = (promise, ms) => Promise.race(
     [promise, new Promise((_, reject) => setTimeout(() => reject(new Error('no answer')), ms))]);
   const sample = async () => {
@@ -586,6 +598,13 @@ class RoomPage:
         if raw is None:
             raise AssertionError(f"The {self.role} page lost its recorder: it was reloaded.")
         return [Sample(*row) for row in raw]
+
+    def statuses(self) -> list[tuple[float, str]]:
+        """Every status the peer's tile took since `record`, with when (wall-clock seconds)."""
+        raw = self.page.evaluate("() => window.__parleyTest ? window.__parleyTest.statuses : null")
+        if raw is None:
+            raise AssertionError(f"The {self.role} page lost its recorder: it was reloaded.")
+        return [(at, status) for at, status in raw]
 
     def recorder_error(self) -> str | None:
         error: str | None = self.page.evaluate(

@@ -146,6 +146,25 @@ def test_expert_and_client_see_each_other_within_3_seconds_of_joining(
     assert max(seconds.values()) <= FIRST_FRAME_SECONDS, message
 
 
+def test_the_start_of_a_call_never_shows_the_peer_as_reconnecting(
+    contexts: Contexts, booked: Booked, second_browser: Browser
+) -> None:
+    """ICE reports the connection up a moment before the first media packet arrives: that is
+    the call starting, not an outage, so neither tile blinks "reconnecting" on the way to
+    "connected"."""
+    expert, client, _ = _call_started(contexts, booked, second_browser)
+    settled = wait_until(
+        expert.page,
+        lambda: all(
+            side.statuses() and side.statuses()[-1][1] == "connected" for side in (expert, client)
+        ),
+        timeout=10,
+    )
+    seen = {side.role: [status for _, status in side.statuses()] for side in (expert, client)}
+    assert settled, f"a tile never reached connected: {seen}"
+    assert all("reconnecting" not in statuses for statuses in seen.values()), seen
+
+
 def test_on_the_preflight_the_socket_waits_and_the_peer_sees_nobody_until_join(
     contexts: Contexts, booked: Booked, second_browser: Browser
 ) -> None:

@@ -215,6 +215,12 @@ export class PeerLink {
       this.restarts = 0;
       this.setStatus("connected");
       this.reportMedia("connected");
+    } else if (state === "connected" && this.connectedAt == null && !this.lastPacketAt) {
+      // ICE is up and the first packets are on their way: the call starting, not an outage
+      // (the stats poll calls this again when they arrive). Nothing to report: media was never
+      // up. If none ever come, the link turns unreachable as an outage would.
+      this.lostSince ??= Date.now();
+      this.setStatus(this.unreachable() ? "unreachable" : "connecting");
     } else if (state === "connected" || state === "disconnected" || state === "failed") {
       this.lostSince ??= Date.now();
       this.reportMedia("disconnected");

@@ -13,6 +13,7 @@ violation fails the test at its end, with the rule, its help, the elements and t
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import signal
 from collections.abc import Generator, Iterator
@@ -197,3 +198,31 @@ def pytest_runtest_makereport(
             report.sections.append(("pages", opened.report()))
         report.sections.append(("services", _deployment.logs()))
     return report
+
+
+class _Failures(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture(autouse=True)
+def _broadcasts_from_the_tests_reach_the_pages() -> Iterator[None]:
+    """A service a test calls itself (off_the_page_loop) sends its broadcasts like any other;
+    one that failed to (in Playwright's thread, async_to_sync refuses to) would leave the pages
+    without the news the test then looks for, and pass or fail for the wrong reason. A
+    broadcast goes after its commit (robust): Django logs one that raised. Watched on the
+    loggers themselves: the project's logging does not hand Django's records to the root."""
+    failures = _Failures()
+    loggers = [logging.getLogger(name) for name in ("rooms.broadcast", "django.db.backends.base")]
+    for logger in loggers:
+        logger.addHandler(failures)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeHandler(failures)
+    assert not failures.messages, f"broadcasts from the test process failed: {failures.messages}"

@@ -16,10 +16,11 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, ParamSpec, TypeVar
 
 from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, Response
 from playwright.sync_api import Error as PlaywrightError
@@ -489,6 +490,27 @@ _SNAPSHOT = """() => {
     peers: [...document.querySelectorAll('#peers .peer')].map((t) => ({...t.dataset})),
   });
 }"""
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def off_the_page_loop(function: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+    """Run a service in a thread of its own and return what it returns. The services send
+    their broadcasts with async_to_sync, which refuses the thread where Playwright's event
+    loop runs (the broadcast would be logged as failed and never reach the pages)."""
+
+    def call() -> R:
+        from django.db import connection
+
+        try:
+            return function(*args, **kwargs)
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(max_workers=1) as worker:
+        return worker.submit(call).result()
 
 
 # --- the room page --------------------------------------------------------------------------

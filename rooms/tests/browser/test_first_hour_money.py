@@ -19,6 +19,7 @@ from rooms.tests.browser.support import (
     Contexts,
     Person,
     booked_session,
+    off_the_page_loop,
     settlement_wait,
 )
 
@@ -121,7 +122,7 @@ def _fill_card(page: Page, number: str) -> None:
 
 def test_the_after_call_summary_says_the_bill_in_money(contexts: Contexts) -> None:
     booked = booked_session()
-    _call_of(booked, seconds=73)
+    off_the_page_loop(_call_of, booked, seconds=73)
     settlement_wait(booked.payment_id)
 
     page = contexts("client", booked.client).new_page()
@@ -137,7 +138,7 @@ def test_the_receipt_shows_the_facts_of_the_charge_and_prints_only_itself(
     contexts: Contexts,
 ) -> None:
     booked = booked_session()
-    _call_of(booked, seconds=73)
+    off_the_page_loop(_call_of, booked, seconds=73)
     _captured(booked.payment_id)
 
     page = contexts("client", booked.client).new_page()
@@ -176,7 +177,7 @@ def test_earnings_after_a_refund_show_the_reduced_share_the_month_total_and_the_
     from billing import services as billing
 
     booked = booked_session()
-    _call_of(booked, seconds=73)
+    off_the_page_loop(_call_of, booked, seconds=73)
     _captured(booked.payment_id)
     billing.payment_refund(
         booked.payment_id, amount_minor=100, currency="EUR", reason="Video froze", actor=None
@@ -230,7 +231,7 @@ def test_a_card_sent_after_the_reservation_expired_is_told_so_with_another_time_
     page.goto(f"/pay/{seat.payment_id}/")
     _fill_card(page, TEST_CARD)
     # The client is slow: the reservation lapses while the page is open.
-    services.reservations_expire(now=timezone.now() + timedelta(minutes=30))
+    off_the_page_loop(services.reservations_expire, now=timezone.now() + timedelta(minutes=30))
     page.locator('main form:has(input[name="number"]) button[type="submit"]').click()
     expect(page.locator("main")).to_contain_text("no longer waiting for payment")
     expect(page.locator("main")).to_contain_text("nothing was charged")

@@ -14,7 +14,6 @@ import datetime as dt
 import re
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -28,6 +27,7 @@ from rooms.tests.browser.support import (
     Person,
     booked_session,
     log_in_with_form,
+    off_the_page_loop,
 )
 from rooms.tests.e2e_services import Deployment
 
@@ -37,22 +37,6 @@ CALL_SECONDS = 65
 
 
 # --- a call that ended early ------------------------------------------------------------------
-
-
-def _call_ended_early(booked: Booked) -> int:
-    # In a thread of its own: the services send their broadcasts with async_to_sync, which
-    # refuses the thread where Playwright's event loop runs.
-    with ThreadPoolExecutor(max_workers=1) as worker:
-        return worker.submit(_call_ended_early_in_thread, booked).result()
-
-
-def _call_ended_early_in_thread(booked: Booked) -> int:
-    from django.db import connection
-
-    try:
-        return _call_recorded_and_ended(booked)
-    finally:
-        connection.close()
 
 
 def _call_recorded_and_ended(booked: Booked) -> int:
@@ -94,7 +78,7 @@ def test_a_call_ended_early_is_under_past_at_once_with_its_bill_rating_and_dispu
     contexts: Contexts,
 ) -> None:
     booked = booked_session()
-    charged = _call_ended_early(booked)
+    charged = off_the_page_loop(_call_recorded_and_ended, booked)
     room_url = f"{BASE_URL}/r/{booked.room_id}/"
 
     client = contexts("client", booked.client).new_page()

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from django.conf import settings
-from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from rooms.layers import RelayPubSubChannelLayer
 
@@ -27,18 +27,18 @@ async def test_a_publish_does_not_wait_for_one_still_in_flight(
     layer: RelayPubSubChannelLayer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     channel = await layer.new_channel()
-    real_publish = Redis.publish
+    real_execute = Pipeline.execute
     held = asyncio.Event()
     release = asyncio.Event()
 
-    async def publish(self: Redis, name: str, message: bytes, **kwargs: Any) -> Any:
+    async def execute(self: Pipeline, raise_on_error: bool = True) -> Any:
         if not held.is_set():
-            # The first publish is slow to get its answer from Redis.
+            # The first batch is slow to get its answer from Redis.
             held.set()
             await release.wait()
-        return await real_publish(self, name, message, **kwargs)
+        return await real_execute(self, raise_on_error)
 
-    monkeypatch.setattr(Redis, "publish", publish)
+    monkeypatch.setattr(Pipeline, "execute", execute)
     slow = asyncio.create_task(layer.send(channel, {"type": "first"}))
     try:
         await held.wait()
@@ -49,6 +49,47 @@ async def test_a_publish_does_not_wait_for_one_still_in_flight(
         release.set()
         await slow
     assert await asyncio.wait_for(layer.receive(channel), timeout=2) == {"type": "first"}
+
+
+async def test_publishes_of_one_loop_turn_go_to_redis_in_one_pipeline(
+    layer: RelayPubSubChannelLayer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    channel = await layer.new_channel()
+    real_execute = Pipeline.execute
+    batches: list[int] = []
+
+    async def execute(self: Pipeline, raise_on_error: bool = True) -> Any:
+        batches.append(len(self.command_stack))
+        return await real_execute(self, raise_on_error)
+
+    monkeypatch.setattr(Pipeline, "execute", execute)
+    await asyncio.gather(*(layer.send(channel, {"type": "m", "seq": n}) for n in range(20)))
+    arrived = [await asyncio.wait_for(layer.receive(channel), timeout=2) for _ in range(20)]
+    assert sorted(message["seq"] for message in arrived) == list(range(20))
+    assert batches == [20]
+
+
+async def test_a_failed_batch_fails_each_of_its_publishes_and_the_next_goes_through(
+    layer: RelayPubSubChannelLayer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis went away mid-batch: every sender in it hears so (the consumer answers
+    `unavailable`), and the layer works again once Redis answers."""
+    channel = await layer.new_channel()
+    real_execute = Pipeline.execute
+    failures = [ConnectionError("Connection reset by peer")]
+
+    async def execute(self: Pipeline, raise_on_error: bool = True) -> Any:
+        if failures:
+            raise failures.pop()
+        return await real_execute(self, raise_on_error)
+
+    monkeypatch.setattr(Pipeline, "execute", execute)
+    sent = await asyncio.gather(
+        *(layer.send(channel, {"type": "m", "seq": n}) for n in range(3)), return_exceptions=True
+    )
+    assert all(isinstance(result, ConnectionError) for result in sent), sent
+    await layer.send(channel, {"type": "m", "seq": 3})
+    assert await asyncio.wait_for(layer.receive(channel), timeout=2) == {"type": "m", "seq": 3}
 
 
 async def test_each_senders_messages_arrive_in_the_order_it_sent_them(

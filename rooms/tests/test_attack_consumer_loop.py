@@ -104,6 +104,13 @@ class Driven:
             if message["type"] == kind or kind in message.get("text", ""):
                 return message
 
+    async def timers_set(self, count: int) -> None:
+        """Wait until the consumer has set `count` timers: it sets them once the join's news
+        is out, a moment after the welcome was sent."""
+        async with asyncio.timeout(5):
+            while len(self.timers_pending()) < count:
+                await asyncio.sleep(0.01)
+
     def timers_pending(self) -> list[Any]:
         return [timer for timer in self.consumer.timers if not timer.cancelled()]
 
@@ -132,7 +139,7 @@ async def test_a_socket_whose_loop_is_killed_leaves_no_timer_behind(call: Call) 
     driven = Driven(call)
     driven.inbound.put_nowait({"type": "websocket.connect"})
     await driven.sent("welcome")
-    assert len(driven.timers_pending()) == 3  # two warnings and the paid end
+    await driven.timers_set(3)  # two warnings and the paid end
     driven.task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await driven.task
@@ -144,6 +151,7 @@ async def test_a_socket_whose_source_fails_leaves_no_timer_behind(call: Call) ->
     driven = Driven(call)
     driven.inbound.put_nowait({"type": "websocket.connect"})
     await driven.sent("welcome")
+    await driven.timers_set(3)
     driven.inbound.put_nowait(RuntimeError("the server's receive failed"))
     with pytest.raises(RuntimeError):
         await asyncio.wait_for(driven.task, 10)

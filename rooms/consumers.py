@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import functools
 import json
 import logging
@@ -575,10 +574,13 @@ async def messages_dispatch(
     finally:
         for reader in readers:
             reader.cancel()
-        for reader in readers:
-            # Cancelling the channel layer's receive unsubscribes its channel; let it finish.
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+        # Cancelling the channel layer's receive unsubscribes its channel. That finishes even
+        # if this task is cancelled while it waits (Daphne kills an application slow to close,
+        # and every one at shutdown): cancelled a second time, the unsubscribe would stop
+        # half-way and leave the channel subscribed on the process's Redis connection.
+        await asyncio.gather(
+            *(asyncio.shield(reader) for reader in readers), return_exceptions=True
+        )
 
 
 # What `dispatch` hands straight to its handler: the participant's frames, relayed signals and

@@ -83,3 +83,33 @@ async def test_an_error_in_a_handler_ends_the_loop_and_stops_both_sources() -> N
     with pytest.raises(ValueError, match="nonsense"):
         await asyncio.wait_for(messages_dispatch([frames, layer], dispatch), 5)
     assert frames.cancelled and layer.cancelled
+
+
+async def test_a_loop_cancelled_while_its_sources_clean_up_lets_them_finish() -> None:
+    """The channel layer's receive unsubscribes its channel when cancelled. Daphne may cancel
+    the socket's task again while that runs (an application slow to close, a shutdown); the
+    unsubscribe must still finish, or the channel stays subscribed for the process's life."""
+    unsubscribed = asyncio.Event()
+    cleaning = asyncio.Event()
+
+    async def layer() -> dict[str, Any]:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cleaning.set()
+            await asyncio.sleep(0.05)  # the UNSUBSCRIBE's round trip
+            unsubscribed.set()
+            raise
+        raise AssertionError
+
+    async def dispatch(message: dict[str, Any]) -> None:
+        raise StopConsumer
+
+    frames = Source()
+    frames.queue.put_nowait({"type": "websocket.disconnect"})
+    loop = asyncio.create_task(messages_dispatch([frames, layer], dispatch))
+    await asyncio.wait_for(cleaning.wait(), 5)
+    loop.cancel()  # the second cancel, while the unsubscribe is under way
+    with pytest.raises(asyncio.CancelledError):
+        await loop
+    await asyncio.wait_for(unsubscribed.wait(), 5)

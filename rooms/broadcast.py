@@ -99,7 +99,7 @@ def held() -> Iterator[list[tuple[str, dict[str, Any]]]]:
 
 
 async def held_send(messages: list[tuple[str, dict[str, Any]]]) -> None:
-    """Send what `held` handed over, in order, from async code."""
+    """Send what `held` handed over (or `batched` gathered), in order, from async code."""
     layer = get_channel_layer()
     if layer is None:
         return
@@ -107,7 +107,8 @@ async def held_send(messages: list[tuple[str, dict[str, Any]]]) -> None:
         try:
             await layer.group_send(group, message)
         except Exception:
-            # As a single send after commit (robust): logged, and never undoes what committed.
+            # As a single send after commit (robust): logged, and never undoes what
+            # committed; the sockets recover the state from the database.
             logger.exception("Sending %s to %s failed.", message.get("type"), group)
 
 
@@ -122,17 +123,4 @@ def _group_send(group: str, message: dict[str, Any]) -> None:
 
 
 def _send(messages: list[tuple[str, dict[str, Any]]]) -> None:
-    layer = get_channel_layer()
-    if layer is None:
-        return
-
-    async def send_all() -> None:
-        for group, message in messages:
-            try:
-                await layer.group_send(group, message)
-            except Exception:
-                # As a single send after commit (robust): logged, and never undoes what
-                # committed; the sockets recover the state from the database.
-                logger.exception("Sending %s to %s failed.", message.get("type"), group)
-
-    async_to_sync(send_all)()
+    async_to_sync(held_send)(messages)

@@ -264,7 +264,7 @@ def _seats_to_settle(room: Room, payments: dict[int, Payment]) -> list[Seat]:
 
 def _history_end(room: Room, end: datetime, stale_before: datetime) -> History:
     """End the room's open presences and media links at `end`, except a connection already
-    stale at the close (silent since before `stale_before`, as the sweeper would say): it
+    stale by then (silent since before `stale_before`, as the sweeper would say): it
     ended at its last heartbeat, as the sweeper would have closed it had it run (a process that
     died, a sweep that is late or a worker that is down must not bill its silence)."""
     if connection.vendor != "postgresql":
@@ -280,7 +280,7 @@ def _history_end(room: Room, end: datetime, stale_before: datetime) -> History:
         MediaLink.objects.filter(room=room, ended_at__isnull=True).update(
             ended_at=Greatest(Value(end), F("started_at"))
         )
-        return History(list(Presence.objects.filter(room=room)), list(room.media_links.all()))
+        return History.of(room)
     stale = "last_heartbeat_at < %s"
     return History(
         _rows_end(
@@ -330,6 +330,10 @@ class History:
 
     presences: list[Presence]
     media_links: list[MediaLink]
+
+    @classmethod
+    def of(cls, room: Room) -> History:
+        return cls(list(Presence.objects.filter(room=room)), list(room.media_links.all()))
 
 
 def _seat_settle(
@@ -385,7 +389,7 @@ def seat_meter(
     the booked time, which are priced per minute), with the inputs. `history`: the room's
     presences and media links when the caller has read them already (the close)."""
     if history is None:
-        history = History(list(Presence.objects.filter(room=room)), list(room.media_links.all()))
+        history = History.of(room)
     expert = _presence_intervals(history, room.expert_id, now)
     client = _presence_intervals(history, seat.client_id, now)
     media = [

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import re
 import shutil
@@ -22,7 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, ParamSpec, TypeVar
 
-from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, Response
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    ConsoleMessage,
+    Page,
+    Response,
+    WebSocketRoute,
+)
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
@@ -735,6 +743,54 @@ def wait_until(page: Page, ready: Callable[[], bool], timeout: float, every: flo
 
 _OUTAGE_TABLE = "parley_outage"
 NFT = shutil.which("nft") or "/usr/sbin/nft"
+
+
+class SocketCut:
+    """A page's room sockets, each passed through Playwright (route_web_socket) so that the one
+    open can be cut: from `cut` on it carries nothing either way and never closes, as a network
+    that dies silently leaves a socket; the page finds out only when a heartbeat goes
+    unanswered, and the sockets it opens after that pass as before. Installed before the page
+    opens its first socket."""
+
+    def __init__(self, page: Page) -> None:
+        self.routes: list[WebSocketRoute] = []
+        self.cut_route: WebSocketRoute | None = None
+        self.swallowed: list[dict[str, Any]] = []
+        # Set on a heartbeat_ack's way to the page: cut the socket when it arrives.
+        self.cut_after_ack = False
+        page.route_web_socket(re.compile(r"/ws/rooms/"), self._route)
+
+    def _route(self, page_side: WebSocketRoute) -> None:
+        server = page_side.connect_to_server()
+        self.routes.append(page_side)
+
+        def from_page(message: str | bytes) -> None:
+            if self.cut_route is page_side:
+                self.swallowed.append(json.loads(message))
+            else:
+                server.send(message)
+
+        def from_server(message: str | bytes) -> None:
+            if self.cut_route is page_side:
+                return
+            page_side.send(message)
+            if self.cut_after_ack and '"heartbeat_ack"' in str(message):
+                # A heartbeat was just answered: the page sends its next one in 5 s and gives
+                # the socket up 2.5 s later, the most time a cut socket can hold anything.
+                self.cut_after_ack = False
+                self.cut_route = page_side
+
+        page_side.on_message(from_page)
+        server.on_message(from_server)
+
+    def cut_at_next_ack(self) -> None:
+        self.cut_after_ack = True
+
+    def is_cut(self) -> bool:
+        return self.cut_route is not None
+
+    def swallowed_types(self) -> list[str]:
+        return [str(message.get("type")) for message in self.swallowed]
 
 
 @contextmanager

@@ -13,13 +13,14 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from playwright.sync_api import Browser, WebSocket, expect
+from playwright.sync_api import Browser, Page, WebSocket, expect
 
 from rooms.tests.browser.support import (
     Booked,
     Contexts,
     RoomPage,
     Sample,
+    SocketCut,
     booked_session,
     both_receiving_seconds,
     changes,
@@ -332,25 +333,92 @@ def test_a_client_offline_for_8_seconds_resumes_in_place_and_the_gap_is_not_bill
         "a page was reloaded or navigated to resume"
     )
 
+    resumed_text = ", ".join(
+        f"{role} {at - both_since:.1f}" for role, at in resumed_at.items() if at is not None
+    )
+    _billed_as_received(
+        expert, client, booked, both_since,
+        f"#join clicked: expert {clicked['expert'] - both_since:.1f}, client "
+        f"{clicked['client'] - both_since:.1f}; outage {outage_start - both_since:.1f}–"
+        f"{outage_end - both_since:.1f}; reconnecting shown: client "
+        f"{client_saw - both_since:.1f}, expert {expert_saw - both_since:.1f}; video back: "
+        f"{resumed_text}",
+    )  # fmt: skip
+
+
+def test_a_media_report_written_into_a_dead_socket_goes_again_on_the_next_one(
+    contexts: Contexts, booked: Booked, second_browser: Browser
+) -> None:
+    """The client's socket dies without closing just as the media drops, so the page's report
+    that its media went down goes into a socket that will never deliver it. The page must send
+    it again on the socket that replaces it, or the client's media link runs on through the
+    outage and the outage is billed (Chromium's offline mode drops the frames it held now and
+    then, which is how the test above first found it)."""
+    cuts: list[SocketCut] = []
+    expert, client, _ = _call_started(
+        contexts, booked, second_browser, before_open=lambda side: cuts.append(SocketCut(side))
+    )
+    cut = cuts[0]
+    both_since = max(_first_frames(expert), _first_frames(client))
+    expert.page.wait_for_timeout(STEADY_SECONDS * 1000)
+
+    cut.cut_at_next_ack()
+    assert wait_until(client.page, cut.is_cut, timeout=8), (
+        f"no heartbeat_ack reached the client's page in 8 s: {client.describe()}"
+    )
+    with udp_dropped():
+        outage_start = time.time()
+        reported = wait_until(
+            client.page,
+            lambda: any(
+                m.get("type") == "media_state" and m.get("state") == "disconnected"
+                for m in cut.swallowed
+            ),
+            timeout=6,
+        )
+        assert reported, (
+            "the client's page did not report its media down into the dead socket within 6 s "
+            f"of the outage (it swallowed {cut.swallowed_types()}): {client.describe()}"
+        )
+        expert.page.wait_for_timeout(max(0.0, outage_start + OUTAGE_SECONDS - time.time()) * 1000)
+    outage_end = time.time()
+
+    pages = (expert, client)
+    wait_until(
+        expert.page,
+        lambda: all(_frames_after(side, outage_end) is not None for side in pages),
+        timeout=20,
+    )
+    assert len(cut.routes) >= 2, (
+        f"the client's page never gave the dead socket up for a new one: {client.describe()}"
+    )
+    assert all(_frames_after(side, outage_end) is not None for side in pages), (
+        f"video did not resume within 20 s of the outage: {expert.describe()}; {client.describe()}"
+    )
+    expert.page.wait_for_timeout(STEADY_SECONDS * 1000)
+    _billed_as_received(
+        expert, client, booked, both_since,
+        f"socket cut and UDP dropped {outage_start - both_since:.1f}–"
+        f"{outage_end - both_since:.1f}; the dead socket swallowed {cut.swallowed_types()}; "
+        f"sockets opened: {len(cut.routes)}",
+    )  # fmt: skip
+
+
+def _billed_as_received(
+    expert: RoomPage, client: RoomPage, booked: Booked, both_since: float, story: str
+) -> None:
+    """The expert ends the call; the settlement bills what both pages received, to within
+    BILLING_TOLERANCE_SECONDS. `story`: what the test did, in seconds after `both_since`."""
     ended_at = _end_for_all(expert)
     for side in (expert, client):
         expect(side.page.locator("#room")).to_have_attribute("data-phase", "ended")
     settlement = settlement_wait(booked.payment_id)
     billed = settlement.inputs["billable_seconds"]
     truth = both_receiving_seconds(expert, client, until=ended_at)
-    resumed_text = ", ".join(
-        f"{role} {at - both_since:.1f}" for role, at in resumed_at.items() if at is not None
-    )
     message = (
-        f"billed {billed} s; both pages received video for {truth:.1f} s (first frames on "
-        f"both → end, minus the {OUTAGE_SECONDS:.0f} s outage: "
-        f"{ended_at - both_since - OUTAGE_SECONDS:.1f} s).\n"
-        f"Seconds after both pages first had video: #join clicked: expert "
-        f"{clicked['expert'] - both_since:.1f}, client {clicked['client'] - both_since:.1f}; "
-        f"outage {outage_start - both_since:.1f}–"
-        f"{outage_end - both_since:.1f}; reconnecting shown: client "
-        f"{client_saw - both_since:.1f}, expert {expert_saw - both_since:.1f}; video back: "
-        f"{resumed_text}; ended {ended_at - both_since:.1f}.\n"
+        f"billed {billed} s; both pages received video for {truth:.1f} s.\n"
+        f"Seconds after both pages first had video: {story}; ended "
+        f"{ended_at - both_since:.1f}.\n"
         f"Video received by the expert: "
         f"{relative(receiving_intervals(expert.samples(), ended_at), both_since)}; "
         f"by the client: {relative(receiving_intervals(client.samples(), ended_at), both_since)}"
@@ -390,12 +458,17 @@ def test_when_the_expert_ends_the_call_both_pages_show_what_was_settled(
 
 
 def _call_started(
-    contexts: Contexts, booked: Booked, second_browser: Browser
+    contexts: Contexts,
+    booked: Booked,
+    second_browser: Browser,
+    before_open: Callable[[Page], object] | None = None,
 ) -> tuple[RoomPage, RoomPage, dict[str, float]]:
     """Expert and client open the link, turn their devices on, see the preview play and join
     (the expert a moment before the client); returns once both receive the other's video,
-    with when each clicked #join."""
+    with when each clicked #join. `before_open` is given the client's tab before it opens."""
     expert, client = room_pages(contexts, booked, second_browser)
+    if before_open is not None:
+        before_open(client.page)
     for side in (expert, client):
         side.open()
         side.devices_on()

@@ -366,7 +366,6 @@ function welcome(message) {
   for (const peer of message.peers) {
     if (peer.status === "reconnecting") reconnectingPeers.add(peer.id);
     const link = linkFor(peer);
-    link.flushReports();
     if (message.resumed) link.resync();
   }
   clockTimer ??= setInterval(tick, 1000);

@@ -67,7 +67,6 @@ export class PeerLink {
     this.previous = null; // the last stats sample, for rates
     this.lastStatsReport = 0;
     this.mediaReported = null; // "connected" | "disconnected": what the server was last told
-    this.pendingReports = []; // media reports waiting for an open socket
     this.closed = false;
     this.stalled = false;
     this.startingSmall = false; // video is still at its start resolution
@@ -290,17 +289,10 @@ export class PeerLink {
       // socket's buffer for a while, and the outage began before it was written.
       message.since = new Date(this.lastPacketAt + this.signaling.clockOffsetMs).toISOString();
     }
-    this.pendingReports.push(message);
     this.mediaReported = state;
-    this.flushReports();
-  }
-
-  /** Reports that found no open socket go out as soon as there is one again. */
-  flushReports() {
-    while (this.pendingReports.length) {
-      if (!this.signaling.send(this.pendingReports[0])) return;
-      this.pendingReports.shift();
-    }
+    // Kept until the server confirms it: a report written into a socket that turns out dead
+    // goes again on the next one, or the link it ends would be billed through the outage.
+    this.signaling.deliver(message);
   }
 
   async sample() {

@@ -5,8 +5,13 @@
 // A socket can die without closing: a network that drops packets (or a browser holding them,
 // as Chromium's offline mode does) leaves it "open" while nothing gets through. So every
 // heartbeat must be acknowledged within ACK_TIMEOUT_MS, or the socket is given up and a new
-// one is opened. Frames the dead socket still holds may reach the server later; the new socket
-// replaces it there, and media reports carry their own time (`since`).
+// one is opened. Frames the dead socket still holds may reach the server later or never; the
+// new socket replaces it there, and media reports carry their own time (`since`).
+//
+// Messages that must arrive (the media reports metering reads) go through `deliver`: they are
+// kept until a heartbeat sent after them is acknowledged (the server handles a socket's
+// frames in order, so its ack says it has handled them), and sent again on the next socket
+// otherwise. A repeated report is harmless: the server ignores a state it already has.
 //
 // Joining fast: while the person is on the preflight, `prepare` opens a socket with
 // `?join=later`. The server authenticates it and keeps it out of the room (no presence, no
@@ -89,6 +94,11 @@ export class Signaling {
     // When this page was last admitted (welcome), newest last.
     this.joins = [];
     this.notBefore = 0;
+    // What `deliver` was given and the server has not confirmed, oldest first: { message,
+    // sent } with the sent ones a prefix (sent on the current socket, after its welcome).
+    this.outbox = [];
+    // How many of the outbox's first entries the heartbeat awaiting its ack confirms.
+    this.confirming = 0;
   }
 
   /** Before the click: a socket that is authenticated and waits, in nothing, for `join`. */
@@ -146,6 +156,22 @@ export class Signaling {
     return true;
   }
 
+  /** Send `message` after the welcome, and again on the next socket until a heartbeat ack says
+   * the server handled it. */
+  deliver(message) {
+    this.outbox.push({ message, sent: false });
+    this.outboxFlush();
+  }
+
+  outboxFlush() {
+    if (!this.welcomed()) return;
+    for (const entry of this.outbox) {
+      if (entry.sent) continue;
+      if (!this.send(entry.message)) return;
+      entry.sent = true;
+    }
+  }
+
   /** Leave on purpose: the server tells the peers at once instead of waiting out the grace. */
   leave() {
     this.send({ type: "leave" });
@@ -179,10 +205,13 @@ export class Signaling {
       this.startHeartbeats(message.heartbeat_seconds);
       this.clockOffsetMs = Date.parse(message.server_time) - Date.now();
       this.onState("open");
+      this.outboxFlush();
     } else if (message.type === "heartbeat_ack") {
       const now = Date.now();
       clearTimeout(this.ackTimer);
       this.ackTimer = null;
+      this.outbox.splice(0, this.confirming);
+      this.confirming = 0;
       if (this.heartbeatSentAt) {
         const midpoint = (this.heartbeatSentAt + now) / 2;
         this.clockOffsetMs = Date.parse(message.server_time) - midpoint;
@@ -203,7 +232,11 @@ export class Signaling {
     this.heartbeatTimer = setInterval(() => this.heartbeat(), (seconds || 5) * 1000);
   }
 
+  /** This socket is over (or starts over at its welcome): whatever it carried unconfirmed goes
+   * again on the next one. */
   stopHeartbeats() {
+    for (const entry of this.outbox) entry.sent = false;
+    this.confirming = 0;
     clearInterval(this.heartbeatTimer);
     clearTimeout(this.ackTimer);
     clearTimeout(this.joinTimer);
@@ -216,6 +249,7 @@ export class Signaling {
     if (this.ackTimer) return; // the previous one is still within its deadline
     this.heartbeatSentAt = Date.now();
     if (!this.send({ type: "heartbeat" })) return;
+    this.confirming = this.outbox.filter((entry) => entry.sent).length;
     this.ackTimer = setTimeout(() => this.giveUp(), ACK_TIMEOUT_MS);
   }
 

@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs
 
+from autobahn.exception import Disconnected
 from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -484,7 +485,13 @@ class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     # --- to the participant ------------------------------------------------------------------
 
     async def tell(self, message: dict[str, Any]) -> None:
-        await self.send(text_data=json.dumps({"v": VERSION, **message}))
+        try:
+            await self.send(text_data=json.dumps({"v": VERSION, **message}))
+        except Disconnected:
+            # The closing handshake began (the participant's close, or ours): Daphne refuses
+            # to send on it. Frames read before it are still handled; their answers have
+            # nowhere to go, and the disconnect that follows ends the socket as usual.
+            logger.debug("Socket in room %s closing; %s not sent", self.room_id, message["type"])
 
     async def error(self, code: str, message: str, ref: str | None = None) -> None:
         await self.tell({"type": "error", "code": code, "message": message, "ref": ref})

@@ -5,10 +5,12 @@ on the event loop once the socket is gone, however it went."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from autobahn.exception import Disconnected
 from channels.db import database_sync_to_async
 
 from rooms.consumers import RoomConsumer, messages_dispatch
@@ -83,6 +85,8 @@ class Driven:
         self.consumer = RoomConsumer()
         self.inbound: asyncio.Queue[dict[str, Any] | Exception] = asyncio.Queue()
         self.outbound: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        # The participant began the closing handshake: Daphne's send raises, as autobahn does.
+        self.closing = False
         scope = {
             "type": "websocket",
             "path": f"/ws/rooms/{call.room.pk}/",
@@ -90,7 +94,12 @@ class Driven:
             "url_route": {"args": (), "kwargs": {"room_id": str(call.room.pk)}},
             "user": call.client,
         }
-        self.task = asyncio.create_task(self.consumer(scope, self.receive, self.outbound.put))
+        self.task = asyncio.create_task(self.consumer(scope, self.receive, self.send))
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if self.closing and message["type"] == "websocket.send":
+            raise Disconnected("Attempt to send on a closed protocol")
+        await self.outbound.put(message)
 
     async def receive(self) -> dict[str, Any]:
         message = await self.inbound.get()
@@ -155,4 +164,25 @@ async def test_a_socket_whose_source_fails_leaves_no_timer_behind(call: Call) ->
     driven.inbound.put_nowait(RuntimeError("the server's receive failed"))
     with pytest.raises(RuntimeError):
         await asyncio.wait_for(driven.task, 10)
+    assert driven.timers_pending() == []
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_frames_answered_after_the_participant_began_to_close_do_not_crash_the_socket(
+    call: Call,
+) -> None:
+    # Frames the participant sent just before its close are still handled; their answers
+    # (an ack, an error) meet a socket whose closing handshake began, where Daphne's send
+    # raises. Before, the answer's failure became a `server_error` answer, whose own failure
+    # ended the socket's task with a traceback in the log.
+    driven = Driven(call)
+    driven.inbound.put_nowait({"type": "websocket.connect"})
+    await driven.sent("welcome")
+    driven.closing = True
+    for text in (json.dumps({"v": 1, "type": "heartbeat"}), "not json"):
+        driven.inbound.put_nowait({"type": "websocket.receive", "text": text})
+    driven.inbound.put_nowait({"type": "websocket.disconnect", "code": 1000})
+    await asyncio.wait_for(driven.task, 10)
+    presence = await database_sync_to_async(_presence)(call)
+    assert presence.closed_at is not None
     assert driven.timers_pending() == []

@@ -36,6 +36,7 @@ from accounts.models import (
     User,
 )
 from accounts.sealing import SealBroken, seal, unseal
+from accounts.sql import cursor_prepared
 
 logger = logging.getLogger(__name__)
 
@@ -403,7 +404,7 @@ def emails_queue_to_render(emails: list[EmailToRender]) -> list[int]:
         for row in rows
         for field in fields
     ]
-    with connection.cursor() as cursor:
+    with cursor_prepared() as cursor:
         cursor.execute(sql, params)
         created = [int(pk) for (pk,) in cursor.fetchall()]
     if created:

@@ -112,6 +112,10 @@ if DATABASE_URL:
         options = DATABASES["default"].setdefault("OPTIONS", {})
         # A database that does not answer must fail a request (and /healthz) quickly.
         options.setdefault("connect_timeout", 5)
+        # Django's cursors never prepare (they bind on the client); this lets the hot paths'
+        # own statements be prepared (accounts.sql.cursor_prepared): without a threshold
+        # psycopg prepares nothing, even when asked to.
+        options.setdefault("prepare_threshold", 5)
         # "Closing" returns the connection to a pool instead: opening a PostgreSQL connection
         # costs more than a heartbeat's UPDATE, and a Daphne process makes one database call
         # per socket every 5 s (bench/signaling.py). Sized per process; the server's

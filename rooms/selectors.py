@@ -29,6 +29,7 @@ from django.utils import timezone
 
 from accounts.models import Block, ExpertProfile, ExpertStatus, User
 from accounts.selectors import users_blocked_between
+from accounts.sql import cursor_prepared
 from billing.models import Payment, PaymentState, Settlement
 from billing.pricing import cancellation_fee
 from billing.selectors import dispute_window_ends
@@ -144,7 +145,7 @@ def booking_parties(
     }
     if lock:
         parameters["lock_class"], parameters["lock_key"] = lock
-    with connection.cursor() as cursor:
+    with cursor_prepared() as cursor:
         cursor.execute(sql, parameters)
         row = cursor.fetchone()
     if row is None:
@@ -211,7 +212,7 @@ def unpaid_reservations(client: User, expert: User, now: datetime) -> UnpaidRese
         "pending": PaymentState.PENDING.value,
         "now": now,
     }
-    with connection.cursor() as cursor:
+    with cursor_prepared() as cursor:
         cursor.execute(sql, parameters)
         row = cursor.fetchone()
     overall, with_expert = row if row else (0, 0)

@@ -17,7 +17,7 @@ from django.utils import timezone
 from accounts.choices import CURRENCIES
 from accounts.models import User
 from accounts.services import email_queue
-from accounts.sql import insert_select, saved
+from accounts.sql import cursor_prepared, insert_select, saved
 from billing import signals
 from billing.errors import BillingError, PaymentRefused
 from billing.gateways import gateway_for
@@ -101,7 +101,7 @@ def payment_open(
     event_sql, event_params = insert_select(
         opened, computed={"payment_id": ("payment.id", ())}, source="payment"
     )
-    with connection.cursor() as cursor:
+    with cursor_prepared() as cursor:
         cursor.execute(
             f"WITH payment AS ({payment_sql} RETURNING id), event AS ({event_sql})"  # noqa: S608 - built from the models; values are parameters
             " SELECT id FROM payment",

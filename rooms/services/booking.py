@@ -15,7 +15,7 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from accounts.models import User
-from accounts.sql import columns, insert_select, load, saved
+from accounts.sql import columns, cursor_prepared, insert_select, load, saved
 from billing import services as billing
 from billing.models import Payment
 from rooms import emails, selectors
@@ -225,7 +225,7 @@ def _rows_insert_statement(
             )
             parts.append(f"event AS ({event_sql})")
             params += event_params
-    with connection.cursor() as cursor:
+    with cursor_prepared() as cursor:
         cursor.execute(f"WITH {', '.join(parts)} {result}", params)
         rows = cursor.fetchall()
     if not rows:
@@ -455,7 +455,7 @@ def _seat_confirm_statement(seat_id: int, actor: User | None, now: datetime) -> 
         f" JOIN {user_table} client ON client.id = seat.client_id"
     )
     params = [SeatState.CONFIRMED, now, seat_id, *sources, now, *event_params]
-    with connection.cursor() as cursor:
+    with cursor_prepared() as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
     if row is None:

@@ -16,6 +16,7 @@ from django.db import connection
 from django.db.models import Q
 
 from accounts.models import User
+from accounts.sql import cursor_prepared
 from rooms.errors import InvalidTransition
 from rooms.models import (
     ROOM_TRANSITIONS,
@@ -121,6 +122,6 @@ def expert_calendar_lock(expert: User, start: datetime, end: datetime) -> None:
     first = int(start.timestamp() // _CALENDAR_HOUR.total_seconds())
     last = int((end - _EPSILON).timestamp() // _CALENDAR_HOUR.total_seconds())
     keys = [(expert.pk << _CALENDAR_HOUR_BITS) | hour for hour in range(first, last + 1)]
-    with connection.cursor() as cursor:
+    with cursor_prepared() as cursor:
         # One round trip: a function scan yields the array's elements in order.
         cursor.execute("SELECT pg_advisory_xact_lock(key) FROM unnest(%s::bigint[]) AS key", [keys])

@@ -61,6 +61,46 @@ def test_a_booking_costs_a_known_number_of_queries(
     assert seat.state == SeatState.CONFIRMED
 
 
+def test_a_bookings_statements_are_prepared_once_per_connection(offering: Offering) -> None:
+    """Every statement a booking sends is a prepared statement, parsed and planned once per
+    connection: planning those long WITH statements was most of their cost on the server's
+    side (docs/ARCHITECTURE.md, Prepared statements). A second booking prepares nothing new."""
+    client = UserFactory.create()
+    seat = services.booking_reserve(client, offering, SLOT - dt.timedelta(hours=1))
+    services.seat_confirm(seat.pk)
+    before = _prepared_statements()
+    sent: list[str] = []
+
+    def record(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        sent.append(sql)
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(record):
+        seat = services.booking_reserve(client, offering, SLOT)
+        services.seat_confirm(seat.pk)
+    # In the test's transaction the service's atomic blocks are savepoints: those are not ours.
+    ours = [sql for sql in sent if not sql.startswith(("SAVEPOINT", "RELEASE SAVEPOINT"))]
+    assert len(ours) == RESERVE_QUERIES + CONFIRM_QUERIES - 4
+    prepared = _prepared_statements()
+    assert prepared == before, "a second booking prepared statements the first did not"
+    for sql in ours:
+        assert any(_same(sql, statement) for statement in prepared), f"not prepared: {sql[:120]}"
+
+
+def _prepared_statements() -> set[str]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        return {statement for (statement,) in cursor.fetchall()}
+
+
+def _same(ours: str, prepared: str) -> bool:
+    """A statement as we wrote it (%s, %(name)s) against PostgreSQL's text of it ($1, $2…)."""
+    import re
+
+    placeholder = re.compile(r"%\((\w+)\)s|%s|\$\d+")
+    return placeholder.sub("?", ours).strip() == placeholder.sub("?", prepared).strip()
+
+
 def test_a_booking_next_to_a_stale_reservation_releases_it_and_books(
     offering: Offering,
 ) -> None:

@@ -29,6 +29,7 @@ from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from accounts.models import Block, User
+from accounts.sql import cursor_prepared
 from rooms import broadcast
 from rooms.errors import RoomsError
 from rooms.models import (
@@ -307,7 +308,7 @@ def presences_heartbeat(beats: Mapping[str, datetime]) -> Heartbeats:
     if connection.vendor != "postgresql":
         return _presences_heartbeat_one_by_one(beats)
     ids = sorted(beats)
-    with connection.cursor() as cursor:
+    with cursor_prepared() as cursor:
         cursor.execute(_heartbeats_sql(), [ids, [beats[i] for i in ids]])
         found = dict(cursor.fetchall())
     by = {state: frozenset(i for i in ids if found.get(i) == state) for state in ("alive", "busy")}

@@ -31,6 +31,7 @@ from django.db.models.functions import Greatest, Least
 from django.utils import timezone
 
 from accounts.models import User
+from accounts.sql import cursor_prepared
 from billing import services as billing
 from billing.models import Payment, PaymentState
 from rooms import broadcast, metering, signals
@@ -233,7 +234,7 @@ def _sweep_claim(room_id: int) -> bool:
     SQLite needs nothing: it runs one writer at a time."""
     if connection.vendor != "postgresql":
         return True
-    with connection.cursor() as cursor:
+    with cursor_prepared() as cursor:
         cursor.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", [_SWEEP_CLAIM_CLASS, room_id])
         return bool(cursor.fetchone()[0])
 

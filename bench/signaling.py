@@ -55,6 +55,10 @@ consumer's, so this measures its database path as much as Daphne. What the serve
 first unhealthy step began is shown as a note, not an error: the bench overloaded it on purpose.
 
     .venv/bin/python bench/signaling.py [--json] [--quick] [--messages N] [--max-sockets N]
+        [--parts relay,storm,idle] [--server daphne|uvicorn]
+
+``--server uvicorn`` runs the same app on Uvicorn (uvloop, httptools, the sans-I/O websockets
+protocol) instead of Daphne, for comparing the two; its rows are named ``uvicorn + redis``.
 
 With the defaults (1,000 messages at 1 room, 10,000 at 200 rooms, the storm, idle steps up to
 10,000 or the first unhealthy one) a run takes some 10 to 20 minutes on a 2-core machine, much of
@@ -171,6 +175,10 @@ SPARE_FILE_DESCRIPTORS = 1024
 PARTS = ("relay", "storm", "idle")
 PLAIN = "plain websockets"
 DAPHNE = "daphne + redis"
+# The ASGI servers the product can be measured on (--server): Daphne is what it runs; Uvicorn
+# (uvloop, httptools, the sans-I/O websockets protocol) is the alternative the issue asked to
+# compare. The row's name says which one a run measured.
+SERVERS = {"daphne": DAPHNE, "uvicorn": "uvicorn + redis"}
 SEQ_DIGITS = 10
 HEARTBEAT_TEXT = json.dumps({"v": 1, "type": "heartbeat"})
 
@@ -209,6 +217,11 @@ class Plan:
     max_sockets: int  # the last idle step
     storm_rooms: int
     parts: frozenset[str]  # which of PARTS this run measures
+    server: str = "daphne"  # a key of SERVERS
+
+    @property
+    def contender(self) -> str:
+        return SERVERS[self.server]
 
 
 @dataclass(frozen=True)
@@ -484,9 +497,19 @@ def server_stop(server: Server) -> None:
             server.process.wait()
 
 
-def daphne_start(name: str, env: dict[str, str], log_dir: Path) -> Server:
-    daphne = str(Path(sys.executable).with_name("daphne"))
-    command = [daphne, "-b", "127.0.0.1", "-p", "{port}", "config.asgi:application"]
+def daphne_start(name: str, env: dict[str, str], log_dir: Path, server: str = "daphne") -> Server:
+    """One process of the product's ASGI app on `server` (a key of SERVERS)."""
+    if server == "uvicorn":
+        command = [
+            str(Path(sys.executable).with_name("uvicorn")),
+            "--host", "127.0.0.1", "--port", "{port}",
+            "--loop", "uvloop", "--http", "httptools", "--ws", "websockets-sansio",
+            "--log-level", "warning", "--no-access-log",
+            "config.asgi:application",
+        ]  # fmt: skip
+    else:
+        daphne = str(Path(sys.executable).with_name("daphne"))
+        command = [daphne, "-b", "127.0.0.1", "-p", "{port}", "config.asgi:application"]
     return server_start(name, command, env, log_dir)
 
 
@@ -1149,7 +1172,7 @@ async def measure_all(workload: Workload, env: dict[str, str], plan: Plan, log_d
             await relay_and_storm_measure(workload, env, plan, log_dir, report, servers)
         if "idle" in plan.parts:
             progress("starting a fresh Daphne process for the idle sockets")
-            daphne_c = daphne_start("daphne C", env, log_dir)
+            daphne_c = daphne_start("daphne C", env, log_dir, plan.server)
             servers.append(daphne_c)
             report.idle = await idle_measure(daphne_c, workload, plan)
             report.errors.extend(report.idle.errors)
@@ -1179,15 +1202,15 @@ async def relay_and_storm_measure(
     progress("starting the plain websockets relay and two Daphne processes")
     plain = plain_relay_start(log_dir)
     servers.append(plain)
-    daphne_a = daphne_start("daphne A", env, log_dir)
+    daphne_a = daphne_start("daphne A", env, log_dir, plan.server)
     servers.append(daphne_a)
-    daphne_b = daphne_start("daphne B", env, log_dir)
+    daphne_b = daphne_start("daphne B", env, log_dir, plan.server)
     servers.append(daphne_b)
     # The baseline first, then the expert on Daphne A and the client on Daphne B.
     contenders = (
         (PLAIN, [plain], Endpoint(plain.port, True), Endpoint(plain.port, True)),
         (
-            DAPHNE,
+            plan.contender,
             [daphne_a, daphne_b],
             Endpoint(daphne_a.port, False),
             Endpoint(daphne_b.port, False),
@@ -1366,13 +1389,13 @@ def summary(
     (numbers only)."""
     figures: dict[str, float | None] = {}
     for r in relay:
-        if r.server == DAPHNE and r.rooms in (1, 200):
+        if r.server != PLAIN and r.rooms in (1, 200):
             suffix = "1_room" if r.rooms == 1 else "200_rooms"
             figures[f"relay_p50_ratio_{suffix}"] = r.p50_ratio_to_baseline
             if r.rooms == 200:
                 figures["relay_msgs_per_s_200_rooms"] = r.msgs_per_s
     for stormed in storm:
-        if stormed.server == DAPHNE:
+        if stormed.server != PLAIN:
             figures["join_storm_p99_ms"] = stormed.p99_ms
             figures["join_storm_admissions_per_s"] = stormed.admissions_per_s
             figures["join_storm_failures"] = stormed.failed
@@ -1471,6 +1494,12 @@ def main() -> int:
         default=frozenset(PARTS),
         help=f"what to measure, comma-separated, of {', '.join(PARTS)} (default: all)",
     )
+    parser.add_argument(
+        "--server",
+        choices=sorted(SERVERS),
+        default="daphne",
+        help="the ASGI server the product runs on (default daphne, what it runs in production)",
+    )
     # How the bench runs its baseline relay in a process of its own.
     parser.add_argument("--serve-plain-relay", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -1486,6 +1515,7 @@ def main() -> int:
         max_sockets=args.max_sockets or (QUICK_MAX_SOCKETS if args.quick else DEFAULT_MAX_SOCKETS),
         storm_rooms=STORM_ROOMS if "storm" in args.parts else 0,
         parts=args.parts,
+        server=args.server,
     )
     # The clients, the servers, Redis and PostgreSQL share this machine: say how busy it was.
     cpus = os.cpu_count() or 1
@@ -1520,6 +1550,7 @@ def main() -> int:
         output = {
             "summary": summary(report.relay, report.storm, steps),
             "bench": "signaling",
+            "server": plan.server,
             "messages": plan.messages,
             "min_rounds_per_room": plan.min_rounds_per_room,
             "warmup_messages": WARMUP_MESSAGES,

@@ -118,9 +118,29 @@ def _group_send(group: str, message: dict[str, Any]) -> None:
         held.append((group, message))
         return
     layer = get_channel_layer()
-    if layer is not None:
+    if layer is None:
+        return
+    if _blocking(layer):
+        layer.group_send_blocking([(group, message)])
+    else:
         async_to_sync(layer.group_send)(group, message)
 
 
 def _send(messages: list[tuple[str, dict[str, Any]]]) -> None:
-    async_to_sync(held_send)(messages)
+    layer = get_channel_layer()
+    if layer is None or not _blocking(layer):
+        async_to_sync(held_send)(messages)
+        return
+    try:
+        layer.group_send_blocking(messages)
+    except Exception:
+        # As held_send: logged, and never undoes what committed.
+        logger.exception("Sending %d message(s) of a batch failed.", len(messages))
+
+
+def _blocking(layer: Any) -> bool:
+    """Whether sync code publishes with the layer's own blocking client (rooms/layers.py:
+    Redis in production) rather than through an event loop of its own (the in-memory layer
+    of `make run`, whose sockets live in this process's event loop)."""
+    supported = getattr(layer, "blocking_supported", None)
+    return supported is not None and bool(supported())

@@ -16,15 +16,21 @@ Selected in CHANNEL_LAYERS with ``"BACKEND": "rooms.layers.RelayPubSubChannelLay
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
+from collections.abc import Sequence
 from typing import Any
 
+import redis
 from channels_redis import pubsub
-from channels_redis.utils import _wrap_close
+from channels_redis.utils import _consistent_hash, _wrap_close, decode_hosts
 
 # Pipelines in flight at once per shard: one slow answer from Redis holds back only its own
 # batch, and the pool's 100 connections are never reached (redis-py refuses a command beyond
 # them rather than waiting).
 PIPELINES_IN_FLIGHT = 8
+# A Redis that hangs costs a blocking publish (after a commit) this long, not the worker.
+BLOCKING_TIMEOUT_S = 2.0
 
 
 class ConcurrentPublishShard(pubsub.RedisSingleShardConnection):  # type: ignore[misc]
@@ -91,6 +97,54 @@ class RelayPubSubLoopLayer(pubsub.RedisPubSubLoopLayer):  # type: ignore[misc]
 
 
 class RelayPubSubChannelLayer(pubsub.RedisPubSubChannelLayer):  # type: ignore[misc]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._blocking_lock = threading.Lock()
+        self._blocking: tuple[int, list[redis.Redis]] | None = None
+
+    def group_send_blocking(self, messages: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        """`group_send` for each (group, message), in order, from synchronous code (a Celery
+        task, a view, a socket's database thread): the same PUBLISH of the same bytes to the
+        same shard as the async path, on redis-py clients this process keeps (one pipeline per
+        shard), instead of an event loop and a new connection for every send through
+        `async_to_sync` (some 3 ms of every room close: bench/close_storm.py). Raises what
+        Redis raises; the caller decides what a failed broadcast means."""
+        clients = self._blocking_clients()
+        prefix = self._kwargs.get("prefix", "asgi")
+        pipes: dict[int, Any] = {}
+        for group, message in messages:
+            channel = f"{prefix}__group__{group}"
+            shard = _consistent_hash(channel, len(clients))
+            if shard not in pipes:
+                pipes[shard] = clients[shard].pipeline(transaction=False)
+            pipes[shard].publish(channel, self.serialize(message))
+        for pipe in pipes.values():
+            pipe.execute()
+
+    def blocking_supported(self) -> bool:
+        """Whether `group_send_blocking` can reach this layer's hosts (a Sentinel setup
+        cannot: its callers use the async path)."""
+        return all("master_name" not in host for host in decode_hosts(self._kwargs.get("hosts")))
+
+    def _blocking_clients(self) -> list[redis.Redis]:
+        # One set per process: a Celery worker's children fork from a parent that may have
+        # made one, and a connection must never be shared across a fork.
+        with self._blocking_lock:
+            if self._blocking is None or self._blocking[0] != os.getpid():
+                clients = []
+                for host in decode_hosts(self._kwargs.get("hosts")):
+                    options = {
+                        "socket_timeout": BLOCKING_TIMEOUT_S,
+                        "socket_connect_timeout": BLOCKING_TIMEOUT_S,
+                        **{k: v for k, v in host.items() if k != "address"},
+                    }
+                    if "address" in host:
+                        clients.append(redis.Redis.from_url(host["address"], **options))
+                    else:
+                        clients.append(redis.Redis(**options))
+                self._blocking = (os.getpid(), clients)
+            return self._blocking[1]
+
     def _get_layer(self) -> RelayPubSubLoopLayer:
         # channels_redis's own, with the loop layer above: one per event loop.
         loop = asyncio.get_running_loop()

@@ -121,3 +121,53 @@ async def test_more_publishes_at_once_than_the_pool_has_connections_all_go_throu
     await asyncio.gather(*(layer.send(channel, {"type": "m", "seq": n}) for n in range(300)))
     arrived = [await asyncio.wait_for(layer.receive(channel), timeout=5) for _ in range(300)]
     assert sorted(message["seq"] for message in arrived) == list(range(300))
+
+
+async def test_a_blocking_group_send_reaches_the_groups_sockets_on_every_shard() -> None:
+    # Two "shards" (two databases of one server: pub/sub ignores the database, the prefix
+    # keeps this test apart): groups hash to one or the other, as with two Redis servers.
+    hosts = [settings.REDIS_URL, settings.REDIS_URL.rsplit("/", 1)[0] + "/15"]
+    layer = RelayPubSubChannelLayer(hosts=hosts, prefix=f"t{uuid.uuid4().hex[:8]}")
+    try:
+        groups = [f"room.{n}" for n in range(6)]
+        members = {}
+        for group in groups:
+            members[group] = await layer.new_channel()
+            await layer.group_add(group, members[group])
+        sent = [(group, {"type": "room.event", "n": n}) for n, group in enumerate(groups)]
+        # From sync code, as a Celery task's after-commit sends it: no event loop of its own.
+        await asyncio.to_thread(layer.group_send_blocking, [*sent, (groups[0], {"type": "x"})])
+        for n, group in enumerate(groups):
+            got = await asyncio.wait_for(layer.receive(members[group]), timeout=2)
+            assert got == {"type": "room.event", "n": n}
+        assert await asyncio.wait_for(layer.receive(members[groups[0]]), 2) == {"type": "x"}
+        assert layer.blocking_supported()
+    finally:
+        await layer.flush()
+
+
+def test_a_broadcast_after_commit_from_sync_code_publishes_without_an_event_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from asgiref import sync
+
+    from rooms import broadcast
+
+    layer = RelayPubSubChannelLayer(hosts=[settings.REDIS_URL], prefix="t-sync")
+    published: list[tuple[str, dict[str, Any]]] = []
+    monkeypatch.setattr(broadcast, "get_channel_layer", lambda: layer)
+    monkeypatch.setattr(layer, "group_send_blocking", published.extend)
+
+    def no_loop(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("async_to_sync was used: an event loop and a connection per send")
+
+    monkeypatch.setattr(sync.AsyncToSync, "__call__", no_loop)
+    broadcast._group_send("room.1", {"type": "room.ended"})
+    with broadcast.batched():
+        broadcast._group_send("room.2", {"type": "a"})
+        broadcast._group_send("room.3", {"type": "b"})
+    assert published == [
+        ("room.1", {"type": "room.ended"}),
+        ("room.2", {"type": "a"}),
+        ("room.3", {"type": "b"}),
+    ]

@@ -61,6 +61,8 @@ class Outcome:
     closes_per_room: dict[int, int] = field(default_factory=dict)
     # The worker processes (pids) that closed rooms.
     closers: set[int] = field(default_factory=set)
+    # Per worker process, the PostgreSQL backends (pids) its closes ran on.
+    backends: dict[int, set[int]] = field(default_factory=dict)
     sweeps: int = 0
     timed_out: bool = False
 
@@ -419,6 +421,7 @@ def closes_read(timings: Path, storm: Storm, outcome: Outcome) -> int:
     closed a room); returns how many closes of them ran, whether or not they closed one."""
     ours = set(storm.room_ids)
     outcome.close_ms, outcome.closes_per_room, outcome.closers = [], {}, set()
+    outcome.backends = {}
     calls = 0
     for path in sorted(timings.iterdir()):
         for line in path.read_text().splitlines():
@@ -429,6 +432,7 @@ def closes_read(timings: Path, storm: Storm, outcome: Outcome) -> int:
             if record["room"] not in ours:
                 continue
             calls += 1
+            outcome.backends.setdefault(int(path.stem), set()).add(record["backend"])
             if record["closed"]:
                 outcome.closers.add(int(path.stem))
                 outcome.close_ms.append(record["ms"])
@@ -449,6 +453,8 @@ def _now() -> datetime:
 def _timed_closes(timings: Path) -> None:
     """Wrap the room close of this process (the pool's child inherits it) with a clock that
     writes one line per close to a file of the process that ran it."""
+    from django.db import connection
+
     from rooms.services import room_state
 
     close = room_state._room_close
@@ -461,7 +467,9 @@ def _timed_closes(timings: Path) -> None:
         out = files.get(os.getpid())
         if out is None:
             out = files[os.getpid()] = (timings / f"{os.getpid()}.jsonl").open("a", buffering=1)
-        out.write(json.dumps({"room": room_id, "ms": ms, "closed": closed}) + "\n")
+        backend = connection.connection.info.backend_pid if connection.connection else None
+        record = {"room": room_id, "ms": ms, "closed": closed, "backend": backend}
+        out.write(json.dumps(record) + "\n")
         return room, closed
 
     room_state._room_close = timed

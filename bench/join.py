@@ -48,7 +48,8 @@ before ``new RTCPeerConnection`` and ``createOffer`` in the offering page to the
 One warm-up join of each kind comes first and is not counted (the first requests to a fresh
 Daphne process and the first contexts of a fresh browser); then the bare and the Parley joins
 alternate, so a change in the machine's load falls on both. ``p50 ratio`` is a row's p50 over
-the baseline's.
+the baseline's. With ``--json`` the ``summary`` holds ``client_p50_ratio`` (the client row's),
+``expert_p50_ratio`` and the two p50s they divide.
 
     .venv/bin/python bench/join.py [--json] [--quick] [--joins N] [--one-browser]
 
@@ -806,7 +807,15 @@ def main() -> int:
     rows = rows_of(report)
     notes = notes_of(report)
     if args.json:
+        client, expert = rows[1], rows[2]
         output = {
+            # Issue 18's figure: the client row's p50 over bare WebRTC's (goal <= 1.2).
+            "summary": {
+                "client_p50_ratio": client.p50_ratio_to_baseline,
+                "expert_p50_ratio": expert.p50_ratio_to_baseline,
+                "client_p50_ms": client.p50_ms,
+                "bare_p50_ms": rows[0].p50_ms,
+            },
             "bench": "join",
             "joins": joins,
             "warmup_joins": WARMUP_JOINS,

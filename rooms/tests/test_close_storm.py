@@ -30,6 +30,7 @@ from rooms.services.room_state import CLOSE_BATCH
 from rooms.tasks import rooms_close_due
 from rooms.tests.close_storm import (
     Outcome,
+    Storm,
     broker_purge,
     closes_read,
     storm_check,
@@ -79,6 +80,18 @@ def test_two_workers_close_a_storm_of_rooms_each_once_and_capture_each_seat_once
     assert len(outcome.closers) == 2, outcome.closers
 
 
+def _closes_in_tasks(timings: Path, storm: Storm, outcome: Outcome, room_ids: list[int]) -> None:
+    """Each room closed by a task of its own; back once the worker has recorded them all."""
+    for room_id in room_ids:
+        rooms_close_due.delay([room_id])
+    for _ in range(600):
+        if outcome.closes_per_room.keys() >= set(room_ids):
+            return
+        time.sleep(0.1)
+        closes_read(timings, storm, outcome)
+    raise AssertionError(f"closed: {sorted(outcome.closes_per_room)}, asked: {room_ids}")
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_worker_runs_task_after_task_on_the_database_connections_it_has(tmp_path: Path) -> None:
     """Celery's Django fixup closed a prefork child's whole database pool around every task
@@ -91,19 +104,46 @@ def test_a_worker_runs_task_after_task_on_the_database_connections_it_has(tmp_pa
     celery_app.conf.task_always_eager = False
     try:
         with workers_running(1, tmp_path) as timings:
-            for room_id in storm.room_ids:
-                rooms_close_due.delay([room_id])
             outcome = Outcome(rooms=rooms)
-            for _ in range(600):
-                if closes_read(timings, storm, outcome) >= rooms:
-                    break
-                time.sleep(0.1)
+            _closes_in_tasks(timings, storm, outcome, storm.room_ids)
     finally:
         celery_app.conf.task_always_eager = True
     assert outcome.closes_per_room == dict.fromkeys(storm.room_ids, 1)
     # Twelve connections before, one a task; now the pool's few (2 to 3 seen).
-    ((backends),) = outcome.backends.values()
+    (backends,) = outcome.backends.values()
     assert len(backends) <= rooms // 4, f"{rooms} tasks ran on {len(backends)} connections"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_whose_database_connections_died_between_tasks_runs_the_next_on_new_ones(
+    tmp_path: Path,
+) -> None:
+    """The pool a worker now keeps from task to task (above) holds connections that can die
+    while it waits: PostgreSQL restarted, or an administrator ended them. The next task must
+    not get a dead one."""
+    storm = storm_rooms_create(6, due_at=timezone.now(), progress=_quiet)
+    before, after = storm.room_ids[:3], storm.room_ids[3:]
+    broker_purge()
+    celery_app.conf.task_always_eager = False
+    try:
+        with workers_running(1, tmp_path) as timings:
+            outcome = Outcome(rooms=len(storm.room_ids))
+            _closes_in_tasks(timings, storm, outcome, before)
+            (kept,) = outcome.backends.values()
+            # Every connection to this database but this test's: the worker's pool, in use
+            # and idle alike.
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+                assert cursor.fetchone()[0] >= len(kept)
+            _closes_in_tasks(timings, storm, outcome, after)
+    finally:
+        celery_app.conf.task_always_eager = True
+    assert outcome.closes_per_room == dict.fromkeys(storm.room_ids, 1)
+    (used,) = outcome.backends.values()
+    assert used - kept, "the tasks after ran on no new connection"
 
 
 @pytest.mark.django_db

@@ -30,8 +30,8 @@ class PoolKeepingWorkerFixup(DjangoWorkerFixup):  # type: ignore[misc]
     every task of every queue paid the connect. Everything else is Celery's own: the pool a
     new child inherits from the parent is still closed (`on_worker_process_init`), as is the
     parent's before it forks. Django's `close()` hands a connection back, and the pool checks
-    one before lending it again (CONN_HEALTH_CHECKS), so a connection broken while PostgreSQL
-    restarted is replaced, not lent."""
+    one before lending it again (config/postgresql/base.py), so connections broken while
+    PostgreSQL restarted are replaced, not lent."""
 
     def on_task_prerun(self, sender: Any, **kwargs: Any) -> None:
         if not getattr(sender.request, "is_eager", False):

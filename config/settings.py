@@ -127,6 +127,10 @@ if DATABASE_URL:
                 # As long as connecting may take (connect_timeout above).
                 "timeout": 5,
             }
+            # Django's backend, whose pool checks each connection before lending it with a
+            # check that replaces every idle connection once one is found dead
+            # (config/postgresql/base.py).
+            DATABASES["default"]["ENGINE"] = "config.postgresql"
             # Every thread that may hold a connection at once gets one without waiting: the
             # sockets' database threads, the heartbeat flush, asgiref's one thread-sensitive
             # thread (the socket's session and user), and at least one HTTP request

@@ -39,6 +39,7 @@ BILLABLE_SECONDS = 3433
 PER_MINUTE_CHARGE_MINOR = 58 * RATE_MINOR
 WORKER_READY_TIMEOUT_S = 60.0
 WORKER_STOP_TIMEOUT_S = 30.0
+WORKER_APPLICATION_NAME = "parley-storm-worker"
 
 
 @dataclass(frozen=True)
@@ -310,6 +311,8 @@ def workers_running(count: int, work_dir: Path) -> Iterator[Path]:
         CELERY_TASK_ALWAYS_EAGER="0",
         # The receipts the captures queue are sent nowhere: the mail server is not measured.
         EMAIL_BACKEND="django.core.mail.backends.dummy.EmailBackend",
+        # Their connections are told apart from this process's in pg_stat_activity.
+        PGAPPNAME=WORKER_APPLICATION_NAME,
         PYTHONPATH=str(ROOT),
     )
     processes = []

@@ -1,0 +1,1 @@
+"""Django's PostgreSQL backend, lending pooled connections through a check of ours (base.py)."""

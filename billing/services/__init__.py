@@ -39,6 +39,7 @@ from billing.services.settlements import (
     payment_settle,
     payment_settle_call,
     payments_lock,
+    payments_lock_selected,
 )
 from billing.services.webhooks import (
     WEBHOOK_HANDLERS,
@@ -69,6 +70,7 @@ __all__ = [
     "payment_settle_call",
     "payment_sync",
     "payments_lock",
+    "payments_lock_selected",
     "payout_account_link",
     "payout_account_refresh",
     "payout_hold",

@@ -5,16 +5,17 @@ Each decision is written as a PaymentCommand; the provider is called after commi
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
 from accounts.models import User
+from accounts.sql import columns, cursor_prepared, load
 from billing.errors import BillingError, PaymentRefused
 from billing.models import (
     CommandKind,
@@ -53,6 +54,34 @@ def payments_lock(payment_ids: Iterable[int | None] | QuerySet[Any, Any]) -> dic
         .order_by("pk")
     )
     return {payment.pk: payment for payment in locked}
+
+
+def payments_lock_selected(ids_sql: str, params: Sequence[Any]) -> dict[int, Payment]:
+    """`payments_lock` for the payments whose ids the caller's `ids_sql` selects (a room's
+    seats' `SELECT payment_id FROM …`, the caller's own SQL, never input), as one prepared
+    statement on PostgreSQL: the room close runs it for every room, and the ORM's version of
+    this query cost more Python to build than PostgreSQL took to run it."""
+    payment_table = connection.ops.quote_name(Payment._meta.db_table)
+    settlement_table = connection.ops.quote_name(Settlement._meta.db_table)
+    sql = (
+        f"SELECT {columns(Payment, 'payment')}, {columns(Settlement, 'settlement')}"  # noqa: S608 - names from the models; values are parameters
+        f" FROM {payment_table} payment"
+        f" LEFT JOIN {settlement_table} settlement ON settlement.payment_id = payment.id"
+        f" WHERE payment.id IN ({ids_sql}) ORDER BY payment.id FOR UPDATE OF payment"
+    )
+    with cursor_prepared() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    locked: dict[int, Payment] = {}
+    for row in rows:
+        payment, at = load(Payment, row)
+        # As select_related leaves them: the settlement (or its absence) known to the payment.
+        settlement = None if row[at] is None else load(Settlement, row, at)[0]
+        Payment.settlement.related.set_cached_value(payment, settlement)
+        if settlement is not None:
+            Settlement.payment.field.set_cached_value(settlement, payment)
+        locked[payment.pk] = payment
+    return locked
 
 
 def payment_settle(

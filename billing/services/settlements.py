@@ -151,7 +151,7 @@ def _payment_settle(
             f"of {format_money(locked.authorized_minor, currency)}."
         )
     fee = platform_fee(amount_minor, settings.PLATFORM_FEE_PERCENT)
-    settlement = Settlement.objects.create(
+    settlement = Settlement(
         payment=locked,
         rule=rule,
         amount_minor=amount_minor,
@@ -162,17 +162,23 @@ def _payment_settle(
         explanation=explanation[:300],
         payout_due_at=timezone.now() + timedelta(hours=settings.PAYOUT_DELAY_HOURS),
     )
-    # The caller's instance knows it is settled now: a second settle stands on this one.
-    locked.settlement = settlement
     settled = payment_event_new(
         locked, "settled", actor, amount_minor, rule=rule, explanation=explanation
     )
+    # The settlement is written with the command it decides (one statement on PostgreSQL).
     if amount_minor > 0:
         command_write(
-            locked, CommandKind.CAPTURE, amount_minor, f"settlement: {rule}", written_with=settled
+            locked,
+            CommandKind.CAPTURE,
+            amount_minor,
+            f"settlement: {rule}",
+            written_with=settled,
+            decided_by=settlement,
         )
     else:
-        _payment_release(locked, f"settlement: {rule}", written_with=settled)
+        _payment_release(locked, f"settlement: {rule}", written_with=settled, decided_by=settlement)
+    # The caller's instance knows it is settled now: a second settle stands on this one.
+    locked.settlement = settlement
     return settlement
 
 
@@ -246,10 +252,20 @@ def payment_release(
     )
 
 
-def _payment_release(payment: Payment, reason: str, *, written_with: PaymentEvent) -> None:
+def _payment_release(
+    payment: Payment, reason: str, *, written_with: PaymentEvent, decided_by: Settlement
+) -> None:
     if payment.intent_id:
-        command_write(payment, CommandKind.CANCEL, 0, reason, written_with=written_with)
+        command_write(
+            payment,
+            CommandKind.CANCEL,
+            0,
+            reason,
+            written_with=written_with,
+            decided_by=decided_by,
+        )
         return
+    decided_by.save(force_insert=True)
     written_with.save()
     if payment.state in UNPAID_STATES:
         # Nothing exists at the provider to cancel (the card was never asked for, or only

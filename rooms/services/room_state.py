@@ -350,19 +350,20 @@ def _rows_end(
 ) -> list[Ended]:
     """End the room's open rows of `model` (presences, media links) with `assignments` (SQL
     with `params`), and return all its rows as they are now: one round trip, where an UPDATE
-    and a SELECT take two. The outer SELECT sees the table as it was before the UPDATE in the
-    same statement, so rows ended earlier come from it and rows ended now from RETURNING,
-    each once. The SQL is our own, never input."""
-    table = model._meta.db_table
-    return list(
-        model._default_manager.raw(
-            f"WITH ended AS (UPDATE {table} SET {assignments} "  # noqa: S608
-            f"WHERE room_id = %s AND {stop} IS NULL RETURNING *) "
-            f"SELECT * FROM ended UNION ALL SELECT * FROM {table} "
-            f"WHERE room_id = %s AND {stop} IS NOT NULL",
+    and a SELECT take two, prepared as the close's locks are. The outer SELECT sees the table
+    as it was before the UPDATE in the same statement, so rows ended earlier come from it and
+    rows ended now from RETURNING, each once. The SQL is our own, never input."""
+    table = _table(model)
+    every = columns(model, "t")
+    with cursor_prepared() as cursor:
+        cursor.execute(
+            f"WITH ended AS (UPDATE {table} t SET {assignments}"  # noqa: S608 - names from the models; values are parameters
+            f" WHERE t.room_id = %s AND t.{stop} IS NULL RETURNING {every})"
+            f" SELECT * FROM ended UNION ALL SELECT {every} FROM {table} t"
+            f" WHERE t.room_id = %s AND t.{stop} IS NOT NULL",
             [*params, room.pk, room.pk],
         )
-    )
+        return [load(model, found)[0] for found in cursor.fetchall()]
 
 
 @dataclass(frozen=True)

@@ -272,9 +272,9 @@ def test_admission_takes_a_fixed_number_of_round_trips() -> None:
     goes_live = _join_statements(call, call.client, "client")
     replaces = _join_statements(call, call.client, "client-again")
     # The catch-up's read; BEGIN, the lock, the one read, [the replaced connection's end],
-    # the presence, its event, [the live window: room_mark_live's savepoint, lock, update,
-    # event, release], COMMIT; then welcome's room, presences [and peers' names].
-    assert (len(first), len(goes_live), len(replaces)) == (9, 15, 11), (
+    # the presence, its event, [the live window: room_mark_live's savepoint, lock, the update
+    # with its event, release], COMMIT; then welcome's room, presences [and peers' names].
+    assert (len(first), len(goes_live), len(replaces)) == (9, 14, 11), (
         first,
         goes_live,
         replaces,

@@ -30,7 +30,8 @@ def test_a_transition_writes_its_events_after_its_own_in_one_statement_at_one_mo
         records.room_transition(
             room, RoomState.CANCELED, None, reason="client_canceled", written_with=extra
         )
-    assert len(queries.captured_queries) == 1
+    # SQLite (a laptop) writes them with the ORM: the UPDATE, then one INSERT.
+    assert len(queries.captured_queries) == (1 if connection.vendor == "postgresql" else 2)
     written = list(RoomEvent.objects.filter(room=room).order_by("pk"))[before:]
     assert [e.kind for e in written] == ["state_changed", "note_0", "note_1", "note_2"]
     assert written[0].data == {"old": "scheduled", "new": "canceled", "reason": "client_canceled"}

@@ -90,45 +90,42 @@ def _command_insert_statement(
     """`command_write`'s rows in one prepared statement: every room close settles its seats
     this way (a settlement, its event, the capture and its event), and the ORM's four saves
     were four round trips and more Python than PostgreSQL spent on them. The command's event
-    is inserted from the earlier event's RETURNING row, so it is written after it and the
-    payment's history keeps its order (a statement's CTEs otherwise run in no set order)."""
+    is inserted from the other rows' RETURNING rows, so it is written after the earlier event
+    and the payment's history keeps its order (a statement's CTEs otherwise run in no set
+    order)."""
+    written = [
+        (name, row)
+        for name, row in (
+            ("settlement", decided_by),
+            ("command", command),
+            ("earlier", written_with),
+        )
+        if row is not None
+    ]
     parts: list[str] = []
     params: list[Any] = []
-    selected = ["command.id"]
-    if decided_by is not None:
-        sql, more = insert_select(decided_by)
-        parts.append(f"settlement AS ({sql} RETURNING id)")
+    for name, row in written:
+        sql, more = insert_select(row)
+        parts.append(f"{name} AS ({sql} RETURNING id)")
         params += more
-        selected.append("(SELECT id FROM settlement)")
-    sql, more = insert_select(command)
-    parts.append(f"command AS ({sql} RETURNING id)")
-    params += more
-    source = "command"
-    if written_with is not None:
-        sql, more = insert_select(written_with)
-        parts.append(f"earlier AS ({sql} RETURNING id)")
-        params += more
-        source = "command, earlier"
-        selected.append("earlier.id")
+    names = ", ".join(name for name, _ in written)
     sql, more = insert_select(
         requested,
         computed={"data": ("jsonb_build_object('command', command.id)", ())},
-        source=source,
+        source=names,
     )
     parts.append(f"requested AS ({sql})")
     params += more
     with cursor_prepared() as cursor:
         cursor.execute(
-            f"WITH {', '.join(parts)} SELECT {', '.join(selected)} FROM {source}",  # noqa: S608 - built from the models; values are parameters
+            f"WITH {', '.join(parts)} SELECT {', '.join(f'{name}.id' for name, _ in written)}"  # noqa: S608 - built from the models; values are parameters
+            f" FROM {names}",
             params,
         )
-        ids = list(cursor.fetchone())
-    saved(command, ids.pop(0))
+        ids = cursor.fetchone()
+    for (_, row), pk in zip(written, ids, strict=True):
+        saved(row, pk)
     requested.data["command"] = command.pk
-    if decided_by is not None:
-        saved(decided_by, ids.pop(0))
-    if written_with is not None:
-        saved(written_with, ids.pop(0))
 
 
 # Commands held by `commands_batched` in this thread, in the order their transactions committed.

@@ -56,6 +56,8 @@ def room_transition(
         changed = _room_transition_statement(room, target, sources, fields, events)
     else:
         changed = Room.objects.filter(pk=room.pk, state__in=sources).update(state=target, **fields)
+        if changed == 1:
+            RoomEvent.objects.bulk_create(events)
     if changed != 1:
         current = Room.objects.values_list("state", flat=True).get(pk=room.pk)
         if current == target:
@@ -67,8 +69,6 @@ def room_transition(
     room.state = target
     for name, value in fields.items():
         setattr(room, name, value)
-    if connection.vendor != "postgresql":
-        RoomEvent.objects.bulk_create(events)
 
 
 def _room_transition_statement(

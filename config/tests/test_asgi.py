@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -14,7 +17,7 @@ from django.test import Client
 from django.urls import path
 
 from accounts.tests.factories import UserFactory
-from config.asgi import websocket_stack
+from config.asgi import FULL_COLLECTION_AFTER, websocket_stack
 from rooms.layers import RelayPubSubChannelLayer
 
 
@@ -100,3 +103,17 @@ async def test_redis_channel_layer_delivers_between_two_processes_layers() -> No
     finally:
         await sender.flush()
         await receiver.flush()
+
+
+def test_the_serving_process_defers_full_garbage_collections() -> None:
+    # A fresh interpreter, as Daphne starts: loading the application is what sets the bound.
+    probe = "import gc, config.asgi; print(*gc.get_threshold())"
+    out = subprocess.run(  # noqa: S603 (our own interpreter)
+        [sys.executable, "-c", probe],
+        env=os.environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.split()
+    assert int(out[2]) == FULL_COLLECTION_AFTER > 10

@@ -133,6 +133,8 @@ ROUND_SPACING_S = 0.025
 SIGNAL_TIMEOUT_S = 5.0
 
 HEARTBEAT_S = 5.0
+# Far enough that no 5- or 1-minute warning and no time limit falls inside the run.
+ROOM_LENGTH = timedelta(hours=3)
 # Finer in the hundreds, where one process gave out when this bench was written; coarser
 # beyond, for when it holds more.
 IDLE_STEPS = (100, 250, 500, 750, 1000, 1500, 2000, 3000, 4000, 5000, 7500, 10_000)
@@ -347,8 +349,7 @@ def workload_create(relay_levels: Sequence[int], storm_rooms: int, idle_rooms: i
     progress(f"creating {room_count} open rooms, {2 * room_count} participants and sessions")
     now = timezone.now()
     starts_at = now - timedelta(minutes=1)
-    # Far enough that no 5- or 1-minute warning and no time limit falls inside the run.
-    ends_at = now + timedelta(hours=3)
+    ends_at = now + ROOM_LENGTH
     with transaction.atomic():
         experts = [
             User(email=f"expert{i}@bench.test", display_name=f"Expert {i}", time_zone="UTC")
@@ -521,6 +522,10 @@ def daphne_env(database_url: str, bench_name: str, prefix: str) -> dict[str, str
     env["CELERY_BROKER_URL"] = "memory://localhost/"
     # Errors and warnings only: every line left in the log is worth reading.
     env["LOG_LEVEL"] = "WARNING"
+    # Every room is created at the start and joined only when its part comes, the last idle
+    # steps ten minutes later in a full run: past the no-show rule's 10 minutes, admission would
+    # close them as no-shows (4410). They last as long as the rooms.
+    env["NO_SHOW_MINUTES"] = str(int(ROOM_LENGTH.total_seconds() // 60))
     return env
 
 

@@ -29,6 +29,7 @@ from django.conf import settings
 from django.utils import timezone
 from redis.exceptions import RedisError
 
+from config.collector import sockets as garbage
 from rooms import broadcast, selectors, services
 from rooms.errors import NotAllowed, RoomsError
 from rooms.models import Room, RoomState
@@ -108,6 +109,7 @@ class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             self.channel_receive = functools.partial(self.channel_layer.receive, self.channel_name)
             sources.append(self.channel_receive)
         self.base_send = send
+        garbage.opened()
         try:
             await messages_dispatch(sources, self.dispatch)
         except StopConsumer:
@@ -118,6 +120,7 @@ class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             # timer left on the event loop would keep the consumer until the paid end, then
             # serve a socket that is gone.
             self.timers_cancel()
+            garbage.gone()
 
     @staticmethod
     async def unavailable_handshake(receive: Any, send: Any) -> None:

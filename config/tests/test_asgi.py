@@ -17,7 +17,8 @@ from django.test import Client
 from django.urls import path
 
 from accounts.tests.factories import UserFactory
-from config.asgi import FULL_COLLECTION_AFTER, websocket_stack
+from config.asgi import websocket_stack
+from config.collector import FULL_COLLECTION_AFTER
 from rooms.layers import RelayPubSubChannelLayer
 
 

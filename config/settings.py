@@ -488,6 +488,9 @@ SIGNALING_JOINS_MAX = env_int("SIGNALING_JOINS_MAX", 6)
 # A socket opened before Join (`?join=later`) is closed if its `join` has not come by then: it
 # holds nothing in the room, but it holds a connection (docs/SIGNALING.md, Connecting).
 SIGNALING_JOIN_WAIT_SECONDS = env_int("SIGNALING_JOIN_WAIT_SECONDS", 120)
+# Such sockets one account may have waiting at once in one process: one per room page open on
+# its preflight. Past it, an account could hold a process's connections without a seat.
+SIGNALING_WAITING_PER_USER = env_int("SIGNALING_WAITING_PER_USER", 5)
 STATS_MIN_INTERVAL_SECONDS = env_int("STATS_MIN_INTERVAL_SECONDS", 5)
 # TURN credentials last until the room's end plus this, and never longer than the maximum.
 TURN_VALID_AFTER_END_MINUTES = env_int("TURN_VALID_AFTER_END_MINUTES", 10)

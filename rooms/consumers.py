@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import socket
+from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -39,6 +40,9 @@ from rooms.socket_database import database_call, heartbeats
 logger = logging.getLogger(__name__)
 
 PROCESS = f"{socket.gethostname()}:{os.getpid()}"
+# This process's sockets opened with `?join=later` and not yet joined, by user: no seat is
+# checked before the join, so the count is what bounds what one account can hold.
+waiting_by_user: Counter[int] = Counter()
 
 # What the channel layer raises when Redis is down or unreachable (redis-py's errors, and the
 # OS's for a refused or reset connection). The socket answers `unavailable` instead of dying.
@@ -62,6 +66,7 @@ REFUSAL_CLOSE_CODES = {
     "removed": 4424,
     "too_early": 4425,
     "too_many_joins": 4429,
+    "too_many_waiting": 4429,
     "unavailable": 4503,
 }
 CLOSE_ENDED = 4000
@@ -120,6 +125,7 @@ class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             # timer left on the event loop would keep the consumer until the paid end, then
             # serve a socket that is gone.
             self.timers_cancel()
+            self.waiting_end()
             garbage.gone()
 
     @staticmethod
@@ -149,6 +155,15 @@ class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         if self.joins_later():
             # The page opened this socket during its preflight so that Join costs one message,
             # not a handshake and a session lookup; the person is in the room from the `join`.
+            most = settings.SIGNALING_WAITING_PER_USER
+            if waiting_by_user[self.user.pk] >= most:
+                await self.refuse(
+                    "too_many_waiting",
+                    f"At most {most} room pages of one account may wait for Join at once; "
+                    "close one, or click Join on this one.",
+                )
+                return
+            waiting_by_user[self.user.pk] += 1
             self.awaiting_join = True
             wait = settings.SIGNALING_JOIN_WAIT_SECONDS
             self.timer_set(wait, functools.partial(self.join_wait_end, wait))
@@ -163,7 +178,7 @@ class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     async def join_wait_end(self, seconds: float) -> None:
         """A socket that never joins is closed: it held a connection and nothing else."""
         if self.awaiting_join:
-            self.awaiting_join = False
+            self.waiting_end()
             await self.refuse(
                 "join_timeout",
                 f"No join within {seconds:g} s of connecting; connect again when you join.",
@@ -312,8 +327,15 @@ class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             )
         # Before any await: the wait's timer must not close a socket whose join is under way
         # (when it fires it finds nothing waiting).
-        self.awaiting_join = False
+        self.waiting_end()
         await self.admit()
+
+    def waiting_end(self) -> None:
+        if self.awaiting_join:
+            self.awaiting_join = False
+            waiting_by_user[self.user.pk] -= 1
+            if not waiting_by_user[self.user.pk]:
+                del waiting_by_user[self.user.pk]
 
     async def on_heartbeat(self, message: Message) -> None:
         now = timezone.now()

@@ -17,7 +17,7 @@ from django.test import override_settings
 from django.utils import timezone
 
 from accounts.tests.factories import UserFactory
-from rooms import broadcast, services
+from rooms import broadcast, consumers, services
 from rooms.models import CloseReason, Presence, Room, RoomEvent, RoomState, Seat, SeatState
 from rooms.tests.signaling import Call, Socket, call_create, session_cookie
 
@@ -308,6 +308,48 @@ async def test_a_socket_without_a_login_is_refused_before_it_can_wait(call: Call
     error = await anonymous.open()
     assert (error["type"], error["code"]) == ("error", "login_required")
     assert await anonymous.closed_with() == 4401
+
+
+@override_settings(SIGNALING_WAITING_PER_USER=2)
+async def test_an_account_has_only_so_many_sockets_waiting_and_each_place_comes_back(
+    call: Call,
+) -> None:
+    waiting = [await _socket(call, "client", join_later=True) for _ in range(2)]
+    for socket in waiting:
+        assert (await socket.open())["type"] == "ready"
+    refused = await _socket(call, "client", join_later=True)
+    error = await refused.open()
+    assert (error["type"], error["code"]) == ("error", "too_many_waiting")
+    assert "At most 2" in error["message"]
+    assert await refused.closed_with() == 4429
+    # Another account, and a socket admitted at connect, are not counted.
+    other = await _socket(call, "expert", join_later=True)
+    assert (await other.open())["type"] == "ready"
+    admitted = await _socket(call, "client")
+    assert (await admitted.open())["type"] == "welcome"
+    await admitted.close()
+    # A place comes back when a waiting socket closes, and when one joins.
+    await waiting[0].close()
+    again = await _socket(call, "client", join_later=True)
+    assert (await again.open())["type"] == "ready"
+    await waiting[1].send(type="join")
+    assert (await waiting[1].receive())["type"] == "welcome"
+    last = await _socket(call, "client", join_later=True)
+    assert (await last.open())["type"] == "ready"
+    for socket in (waiting[1], other, again, last):
+        await socket.close()
+    assert call.client.pk not in consumers.waiting_by_user
+    assert call.expert.pk not in consumers.waiting_by_user
+
+
+@override_settings(SIGNALING_WAITING_PER_USER=1, SIGNALING_JOIN_WAIT_SECONDS=1)
+async def test_a_socket_whose_wait_ended_gives_its_place_back(call: Call) -> None:
+    first = await _socket(call, "client", join_later=True)
+    await first.open()
+    assert await first.closed_with() == 4408
+    second = await _socket(call, "client", join_later=True)
+    assert (await second.open())["type"] == "ready"
+    await second.close()
 
 
 def test_held_news_is_sent_at_once_when_the_block_fails(monkeypatch: Any) -> None:

@@ -15,7 +15,7 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from billing.checks import payment_provider_enforce  # noqa: E402
-from config.collector import collector_configure  # noqa: E402
+from config.collector import SocketsCounted, collector_configure  # noqa: E402
 from config.routing import websocket_urlpatterns  # noqa: E402
 from config.websocket import SameSiteOrigin  # noqa: E402
 
@@ -28,8 +28,9 @@ collector_configure()
 
 def websocket_stack(routes: list[Any]) -> Any:
     """WebSocket routes behind the checks every socket gets: an Origin from ALLOWED_HOSTS
-    (a page on another site cannot open a socket with our cookies) and the session's user."""
-    return SameSiteOrigin(AuthMiddlewareStack(URLRouter(routes)))
+    (a page on another site cannot open a socket with our cookies) and the session's user;
+    each socket counted for the garbage collector (config/collector.py)."""
+    return SocketsCounted(SameSiteOrigin(AuthMiddlewareStack(URLRouter(routes))))
 
 
 application = ProtocolTypeRouter(

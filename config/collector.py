@@ -12,7 +12,8 @@ What a full collection does free here is what closed sockets leave: Twisted's, a
 the consumer's objects refer to each other, so about half of a closed socket's memory waits for
 one (1,000 sockets opened and closed six times grew the process by 22 MiB a round without it).
 So the process starts one when sockets have closed, not when sockets beat: after `CLOSED_MIN`
-closes, or a quarter of the sockets open if that is more, since the last; and CPython's own
+closes, or a quarter of the sockets open if that is more, since the last (every WebSocket is
+counted, refusals too, by `SocketsCounted` around the socket stack); and CPython's own
 trigger waits for `FULL_COLLECTION_AFTER` middle-generation collections (its default is 10),
 which bounds what other work (HTTP requests) leaves. Younger collections still free short-lived
 cycles at once.
@@ -37,7 +38,6 @@ def collector_configure() -> None:
     """At the serving process's start (config/asgi.py)."""
     young, middle, _ = gc.get_threshold()
     gc.set_threshold(young, middle, FULL_COLLECTION_AFTER)
-    gc.callbacks.append(_full_collection_seen)
 
 
 class SocketGarbage:
@@ -46,7 +46,9 @@ class SocketGarbage:
     def __init__(self) -> None:
         self.open = 0
         self.closed = 0
-        self.due = False
+        # The closes the scheduled collection is for, and the loop it waits on.
+        self.collecting = 0
+        self.scheduled_on: asyncio.AbstractEventLoop | None = None
 
     def opened(self) -> None:
         self.open += 1
@@ -54,23 +56,38 @@ class SocketGarbage:
     def gone(self) -> None:
         self.open -= 1
         self.closed += 1
-        if not self.due and self.closed >= max(CLOSED_MIN, self.open // 4):
-            self.due = True
-            asyncio.get_running_loop().call_later(REAP_WAIT_S, self.collect)
+        loop = asyncio.get_running_loop()
+        # A collection scheduled on a loop that has since ended (each test has its own) never
+        # runs: this loop schedules its own.
+        if self.scheduled_on is loop:
+            return
+        if self.closed >= max(CLOSED_MIN, self.open // 4):
+            self.collecting = self.closed
+            self.scheduled_on = loop
+            loop.call_later(REAP_WAIT_S, self.collect)
 
     def collect(self) -> None:
         gc.collect()
-        self.full_collection_done()
-
-    def full_collection_done(self) -> None:
-        self.closed = 0
-        self.due = False
+        # Sockets that closed while it waited may still have been held: they count toward
+        # the next one.
+        self.closed = max(0, self.closed - self.collecting)
+        self.collecting = 0
+        self.scheduled_on = None
 
 
 sockets = SocketGarbage()
 
 
-def _full_collection_seen(phase: str, info: dict[str, Any]) -> None:
-    # Ours or CPython's own: either freed what the closed sockets left.
-    if phase == "stop" and info["generation"] == 2:
-        sockets.full_collection_done()
+class SocketsCounted:
+    """ASGI middleware: every WebSocket the process serves, counted from its start to its end
+    (refusals included: a refused socket's objects are garbage like any other's)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        sockets.opened()
+        try:
+            return await self.app(scope, receive, send)
+        finally:
+            sockets.gone()

@@ -30,7 +30,6 @@ from django.conf import settings
 from django.utils import timezone
 from redis.exceptions import RedisError
 
-from config.collector import sockets as garbage
 from rooms import broadcast, selectors, services
 from rooms.errors import NotAllowed, RoomsError
 from rooms.models import Room, RoomState
@@ -114,7 +113,6 @@ class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             self.channel_receive = functools.partial(self.channel_layer.receive, self.channel_name)
             sources.append(self.channel_receive)
         self.base_send = send
-        garbage.opened()
         try:
             await messages_dispatch(sources, self.dispatch)
         except StopConsumer:
@@ -126,7 +124,6 @@ class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             # serve a socket that is gone.
             self.timers_cancel()
             self.waiting_end()
-            garbage.gone()
 
     @staticmethod
     async def unavailable_handshake(receive: Any, send: Any) -> None:

@@ -9,6 +9,9 @@ const STATS_EVERY_MS = 1000;
 // No media packet for this long from a peer that was sending: the path is down, whatever ICE
 // says yet (browsers take 5–7 s to call a silent connection "disconnected").
 const STALLED_AFTER_MS = 1500;
+// While a link is not reported up, its packets are looked for this often, not once a second:
+// the server meters the link from the report, so a late one is call time left unbilled.
+const PROBE_EVERY_MS = 200;
 // How long after connecting before video quality is adapted to the network.
 const SETTLE_MS = 10000;
 const REPORT_STATS_EVERY_MS = 10000;
@@ -220,10 +223,12 @@ export class PeerLink {
       // up. If none ever come, the link turns unreachable as an outage would.
       this.lostSince ??= Date.now();
       this.setStatus(this.unreachable() ? "unreachable" : "connecting");
+      this.probeSoon();
     } else if (state === "connected" || state === "disconnected" || state === "failed") {
       this.lostSince ??= Date.now();
       this.reportMedia("disconnected");
       this.setStatus(this.unreachable() ? "unreachable" : "reconnecting");
+      if (state === "connected") this.probeSoon();
     }
     // "new" and "connecting" are the first setup; "closed" is reported by close().
   }
@@ -295,6 +300,33 @@ export class PeerLink {
     this.signaling.deliver(message);
   }
 
+  /** When an inbound stream's last packet arrived, from its stats. */
+  packetSeen(stat) {
+    if (!stat.lastPacketReceivedTimestamp) return;
+    // Epoch ms in current browsers; older ones count from the page's time origin.
+    const at = stat.lastPacketReceivedTimestamp;
+    this.lastPacketAt = Math.max(this.lastPacketAt, at < 1e12 ? performance.timeOrigin + at : at);
+  }
+
+  /** Media is not reported up while ICE is: look for its packets before the next sample. */
+  probeSoon() {
+    if (this.probeTimer || this.closed) return;
+    this.probeTimer = setTimeout(async () => {
+      this.probeTimer = null;
+      if (this.closed || this.status === "connected") return;
+      let report;
+      try {
+        report = await this.pc.getStats();
+      } catch {
+        return;
+      }
+      report.forEach((stat) => stat.type === "inbound-rtp" && this.packetSeen(stat));
+      // As the sample would find it: packets arriving again end a stall.
+      if (this.stalled && Date.now() - this.lastPacketAt <= STALLED_AFTER_MS) this.stalled = false;
+      this.mediaUpdate();
+    }, PROBE_EVERY_MS);
+  }
+
   async sample() {
     if (this.closed) return;
     let report;
@@ -325,11 +357,7 @@ export class PeerLink {
         received += stat.packetsReceived || 0;
         lost += Math.max(0, stat.packetsLost || 0);
         if (stat.kind === "video") framesDecoded += stat.framesDecoded || 0;
-        if (stat.lastPacketReceivedTimestamp) {
-          // Epoch ms in current browsers; older ones count from the page's time origin.
-          const at = stat.lastPacketReceivedTimestamp;
-          this.lastPacketAt = Math.max(this.lastPacketAt, at < 1e12 ? performance.timeOrigin + at : at);
-        }
+        this.packetSeen(stat);
       } else if (stat.type === "outbound-rtp") {
         bytesOut += stat.bytesSent || 0;
       } else if (stat.type === "remote-inbound-rtp") {
@@ -470,6 +498,7 @@ export class PeerLink {
     if (this.closed) return;
     this.closed = true;
     clearInterval(this.statsTimer);
+    clearTimeout(this.probeTimer);
     if (report) this.reportMedia("disconnected");
     this.pc.close();
   }

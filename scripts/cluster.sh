@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# scripts/cluster.sh start|stop|status — the production layout on one machine: HAProxy in front
+# scripts/cluster.sh start|stop|status|revive <service> — the production layout on one machine: HAProxy in front
 # of N Daphne processes (round-robin, WebSockets proxied, no sticky sessions), the channel layer
 # sharded over two Redis servers, a third Redis for the Celery broker and the cache, two Celery
 # workers and beat, PostgreSQL and coturn. Each part is a separate process with its own port,
@@ -36,7 +36,15 @@ say() { printf '==> %s\n' "$*"; }
 die() { printf '%s\n' "$*" >&2; exit 1; }
 
 pid_of() { cat "$run_dir/$1.pid" 2>/dev/null || true; }
-alive() { local pid; pid=$(pid_of "$1"); [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; }
+# Running, not a zombie: a killed service is nobody's child here, and stays a zombie until
+# init reaps it.
+alive() {
+  local pid state
+  pid=$(pid_of "$1")
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+  state=$(cut -d' ' -f3 "/proc/$pid/stat" 2>/dev/null) || return 1
+  [ "$state" != Z ]
+}
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -44,7 +52,11 @@ port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 # children a Celery worker forks), output to its log, its pid in run/.
 launch() {
   local name=$1; shift
-  setsid "$@" >"$log_dir/$name.log" 2>&1 </dev/null &
+  if [ "${launch_append:-0}" = 1 ]; then
+    setsid "$@" >>"$log_dir/$name.log" 2>&1 </dev/null &
+  else
+    setsid "$@" >"$log_dir/$name.log" 2>&1 </dev/null &
+  fi
   echo $! >"$run_dir/$name.pid"
 }
 
@@ -177,27 +189,8 @@ EOF
   done
 }
 
-cmd_start() {
-  [ -x .venv/bin/daphne ] || die "No .venv here: run make install first."
-  local haproxy_bin
-  haproxy_bin=$(command -v haproxy || true)
-  [ -n "$haproxy_bin" ] || [ ! -x /usr/sbin/haproxy ] || haproxy_bin=/usr/sbin/haproxy
-  [ -n "$haproxy_bin" ] || die "HAProxy is not installed: run make install as root (or apt-get install haproxy)."
-  command -v turnserver >/dev/null || die "coturn is not installed: run scripts/services.sh as root."
-  command -v redis-server >/dev/null || die "Redis is not installed: run scripts/services.sh as root."
-  local name
-  for name in "${SERVICES[@]}"; do
-    alive "$name" && die "The cluster in $CLUSTER_DIR is running ($name); scripts/cluster.sh stop first."
-  done
-  local ports=("$CLUSTER_PORT" "$CLUSTER_TURN_PORT") k port
-  for k in 0 1 2; do ports+=($((CLUSTER_REDIS_PORT + k))); done
-  for k in $(seq 1 "$CLUSTER_DAPHNES"); do ports+=($((CLUSTER_PORT + k))); done
-  for port in "${ports[@]}"; do
-    port_busy "$port" && die "Port $port is in use; stop what runs there or choose other ports (CLUSTER_PORT, CLUSTER_REDIS_PORT, CLUSTER_TURN_PORT)."
-  done
-  mkdir -p "$run_dir" "$log_dir" "$CLUSTER_DIR/redis" "$CLUSTER_DIR/var/celery"
-  trap 'echo "scripts/cluster.sh: start failed; stopping what started." >&2; cmd_stop' ERR
-
+# The environment every part of the cluster runs with.
+cluster_env() {
   local site_url=http://127.0.0.1:$CLUSTER_PORT
   export SITE_URL=${SITE_URL:-$site_url}
   export ALLOWED_HOSTS=${ALLOWED_HOSTS:-127.0.0.1,localhost}
@@ -215,31 +208,113 @@ cmd_start() {
   export CHANNEL_REDIS_URLS=redis://127.0.0.1:$r/0,redis://127.0.0.1:$((r + 1))/0
   export REDIS_URL=redis://127.0.0.1:$((r + 2))/0
   unset CELERY_BROKER_URL
+  if [ -z "${DATABASE_URL:-}" ]; then
+    export DATABASE_URL=postgres://parley:parley@127.0.0.1:5432/parley_cluster
+  fi
+}
 
-  # --- Redis: two channel-layer shards, one broker/cache -------------------------------------
-  local names=(redis-channels-1 redis-channels-2 redis-broker)
-  for k in 0 1 2; do
-    launch "${names[k]}" redis-server --bind 127.0.0.1 --port $((r + k)) --save '' \
-      --appendonly no --dir "$CLUSTER_DIR/redis"
+# One service, as `start` runs it (also what `revive` starts again).
+service_launch() {
+  local name=$1 k
+  case "$name" in
+    redis-channels-1 | redis-channels-2 | redis-broker)
+      case "$name" in redis-channels-1) k=0 ;; redis-channels-2) k=1 ;; *) k=2 ;; esac
+      launch "$name" redis-server --bind 127.0.0.1 --port $((CLUSTER_REDIS_PORT + k)) --save '' \
+        --appendonly no --dir "$CLUSTER_DIR/redis"
+      ;;
+    coturn)
+      : >"$CLUSTER_DIR/turnserver.conf"
+      launch coturn turnserver -c "$CLUSTER_DIR/turnserver.conf" --listening-ip=127.0.0.1 \
+        --relay-ip=127.0.0.1 --listening-port="$CLUSTER_TURN_PORT" --use-auth-secret \
+        --static-auth-secret="$TURN_SECRET" --realm=parley.local --no-tls --no-dtls --no-cli \
+        --allow-loopback-peers --min-port="${CLUSTER_TURN_RELAY_PORTS%-*}" \
+        --max-port="${CLUSTER_TURN_RELAY_PORTS#*-}" --fingerprint \
+        --userdb="$CLUSTER_DIR/turndb" --pidfile="$run_dir/turnserver.pid" --log-file=stdout --simple-log
+      ;;
+    daphne-*)
+      k=${name#daphne-}
+      launch "$name" .venv/bin/daphne -b 127.0.0.1 -p $((CLUSTER_PORT + k)) --proxy-headers \
+        config.asgi:application
+      ;;
+    celery-worker-*)
+      # Two workers on all three queues: either one can die and rooms still close, payments
+      # and emails still go (a deployment may give each queue its own workers instead).
+      k=${name#celery-worker-}
+      launch "$name" .venv/bin/celery -A config worker -n "worker$k@%h" \
+        --concurrency 1 --queues money,rooms,email --loglevel INFO --without-gossip --without-mingle
+      ;;
+    celery-beat)
+      # Beat alone, exactly one per deployment: two would schedule every periodic task twice.
+      launch celery-beat .venv/bin/celery -A config beat --loglevel INFO \
+        --schedule "$CLUSTER_DIR/var/celery/beat-schedule"
+      ;;
+    haproxy)
+      haproxy_config >"$CLUSTER_DIR/haproxy.cfg"
+      "$haproxy_bin" -c -q -f "$CLUSTER_DIR/haproxy.cfg"
+      launch haproxy "$haproxy_bin" -db -f "$CLUSTER_DIR/haproxy.cfg"
+      ;;
+    *) die "No service $name in this cluster (scripts/cluster.sh status lists them)." ;;
+  esac
+}
+
+# Waits until a launched service serves. A log may hold an earlier run's lines (`revive`),
+# so Celery's readiness is looked for in what was written after `$2` bytes.
+service_wait() {
+  local name=$1 from=${2:-0} k
+  case "$name" in
+    redis-*)
+      case "$name" in redis-channels-1) k=0 ;; redis-channels-2) k=1 ;; *) k=2 ;; esac
+      wait_until "Redis on port $((CLUSTER_REDIS_PORT + k))" "$name" \
+        redis-cli -p $((CLUSTER_REDIS_PORT + k)) ping
+      ;;
+    coturn) wait_until coturn coturn port_busy "$CLUSTER_TURN_PORT" ;;
+    daphne-*)
+      k=${name#daphne-}
+      wait_until "Daphne $k" "$name" curl -fsS -o /dev/null "http://127.0.0.1:$((CLUSTER_PORT + k))/healthz"
+      ;;
+    celery-worker-*) wait_until "Celery worker ${name#celery-worker-}" "$name" log_says "$name" "$from" ' ready\.' ;;
+    celery-beat) wait_until "Celery beat" "$name" log_says "$name" "$from" 'beat: Starting' ;;
+    haproxy) wait_until HAProxy haproxy curl -fsS -o /dev/null "$SITE_URL/healthz" ;;
+  esac
+}
+
+log_says() { tail -c +"$(($2 + 1))" "$log_dir/$1.log" | grep -q "$3"; }
+
+find_haproxy() {
+  haproxy_bin=$(command -v haproxy || true)
+  [ -n "$haproxy_bin" ] || [ ! -x /usr/sbin/haproxy ] || haproxy_bin=/usr/sbin/haproxy
+  [ -n "$haproxy_bin" ] || die "HAProxy is not installed: run make install as root (or apt-get install haproxy)."
+}
+
+cmd_start() {
+  [ -x .venv/bin/daphne ] || die "No .venv here: run make install first."
+  find_haproxy
+  command -v turnserver >/dev/null || die "coturn is not installed: run scripts/services.sh as root."
+  command -v redis-server >/dev/null || die "Redis is not installed: run scripts/services.sh as root."
+  local name
+  for name in "${SERVICES[@]}"; do
+    alive "$name" && die "The cluster in $CLUSTER_DIR is running ($name); scripts/cluster.sh stop first."
   done
-
-  # --- coturn ----------------------------------------------------------------------------------
-  : >"$CLUSTER_DIR/turnserver.conf"
-  launch coturn turnserver -c "$CLUSTER_DIR/turnserver.conf" --listening-ip=127.0.0.1 \
-    --relay-ip=127.0.0.1 --listening-port="$CLUSTER_TURN_PORT" --use-auth-secret \
-    --static-auth-secret="$TURN_SECRET" --realm=parley.local --no-tls --no-dtls --no-cli \
-    --allow-loopback-peers --min-port="${CLUSTER_TURN_RELAY_PORTS%-*}" \
-    --max-port="${CLUSTER_TURN_RELAY_PORTS#*-}" --fingerprint \
-    --userdb="$CLUSTER_DIR/turndb" --pidfile="$run_dir/turnserver.pid" --log-file=stdout --simple-log
-
-  for k in 0 1 2; do
-    wait_until "Redis on port $((r + k))" "${names[k]}" redis-cli -p $((r + k)) ping
+  local ports=("$CLUSTER_PORT" "$CLUSTER_TURN_PORT") k port
+  for k in 0 1 2; do ports+=($((CLUSTER_REDIS_PORT + k))); done
+  for k in $(seq 1 "$CLUSTER_DAPHNES"); do ports+=($((CLUSTER_PORT + k))); done
+  for port in "${ports[@]}"; do
+    port_busy "$port" && die "Port $port is in use; stop what runs there or choose other ports (CLUSTER_PORT, CLUSTER_REDIS_PORT, CLUSTER_TURN_PORT)."
   done
+  mkdir -p "$run_dir" "$log_dir" "$CLUSTER_DIR/redis" "$CLUSTER_DIR/var/celery"
+  trap 'echo "scripts/cluster.sh: start failed; stopping what started." >&2; cmd_stop' ERR
+
+  local own_database=0
+  [ -n "${DATABASE_URL:-}" ] || own_database=1
+  cluster_env
+
+  # --- Redis: two channel-layer shards, one broker/cache; coturn ---------------------------
+  for name in redis-channels-1 redis-channels-2 redis-broker coturn; do service_launch "$name"; done
+  for name in redis-channels-1 redis-channels-2 redis-broker; do service_wait "$name"; done
 
   # --- PostgreSQL ------------------------------------------------------------------------------
-  if [ -z "${DATABASE_URL:-}" ]; then
+  if [ $own_database = 1 ]; then
     scripts/services.sh
-    export DATABASE_URL=postgres://parley:parley@127.0.0.1:5432/parley_cluster
     if ! PGPASSWORD=parley psql -w -h 127.0.0.1 -U parley -d parley -qtA \
       -c "SELECT 1 FROM pg_database WHERE datname = 'parley_cluster'" | grep -qx 1; then
       say "creating PostgreSQL database parley_cluster"
@@ -249,44 +324,40 @@ cmd_start() {
   fi
   if [ "$CLUSTER_MIGRATE" = 1 ]; then .venv/bin/python manage.py migrate --noinput -v 0; fi
 
-  # --- Daphne × N, then Celery ---------------------------------------------------------------
-  for k in $(seq 1 "$CLUSTER_DAPHNES"); do
-    launch "daphne-$k" .venv/bin/daphne -b 127.0.0.1 -p $((CLUSTER_PORT + k)) --proxy-headers \
-      config.asgi:application
+  # --- Daphne × N, Celery, HAProxy -------------------------------------------------------------
+  for name in "${SERVICES[@]}"; do
+    case "$name" in daphne-* | celery-* | haproxy) service_launch "$name" ;; esac
   done
-  # Two workers on all three queues: either one can die and rooms still close, payments and
-  # emails still go (a deployment may give each queue its own workers instead).
-  for k in 1 2; do
-    launch "celery-worker-$k" .venv/bin/celery -A config worker -n "worker$k@%h" \
-      --concurrency 1 --queues money,rooms,email --loglevel INFO --without-gossip --without-mingle
+  for name in "${SERVICES[@]}"; do
+    case "$name" in redis-*) ;; *) service_wait "$name" ;; esac
   done
-  # Beat alone, exactly one per deployment: two would schedule every periodic task twice.
-  launch celery-beat .venv/bin/celery -A config beat --loglevel INFO \
-    --schedule "$CLUSTER_DIR/var/celery/beat-schedule"
-
-  # --- HAProxy -------------------------------------------------------------------------------
-  haproxy_config >"$CLUSTER_DIR/haproxy.cfg"
-  "$haproxy_bin" -c -q -f "$CLUSTER_DIR/haproxy.cfg"
-  launch haproxy "$haproxy_bin" -db -f "$CLUSTER_DIR/haproxy.cfg"
-
-  wait_until coturn coturn port_busy "$CLUSTER_TURN_PORT"
-  for k in $(seq 1 "$CLUSTER_DAPHNES"); do
-    wait_until "Daphne $k" "daphne-$k" curl -fsS -o /dev/null "http://127.0.0.1:$((CLUSTER_PORT + k))/healthz"
-  done
-  for k in 1 2; do
-    wait_until "Celery worker $k" "celery-worker-$k" grep -q ' ready\.' "$log_dir/celery-worker-$k.log"
-  done
-  wait_until "Celery beat" celery-beat grep -q 'beat: Starting' "$log_dir/celery-beat.log"
-  wait_until "HAProxy" haproxy curl -fsS -o /dev/null "$site_url/healthz"
   trap - ERR
 
   if [ "${CLUSTER_SEED:-0}" = 1 ]; then .venv/bin/python manage.py seed_demo; fi
-  say "Parley serves on $site_url (HAProxy → ${CLUSTER_DAPHNES} Daphne processes); logs in $log_dir; scripts/cluster.sh stop ends it."
+  say "Parley serves on $SITE_URL (HAProxy → ${CLUSTER_DAPHNES} Daphne processes); logs in $log_dir; scripts/cluster.sh stop ends it."
+}
+
+# Starts one service that stopped (died, was killed) again, as `start` ran it, and waits until
+# it serves: what a supervisor (systemd's Restart=) does in a deployment. The fault harness
+# (bench/faults.py) brings back what it kills with it.
+cmd_revive() {
+  local name=${1:-}
+  [ -n "$name" ] || die "Usage: scripts/cluster.sh revive <service> (scripts/cluster.sh status lists them)."
+  alive "$name" && die "$name is running (pid $(pid_of "$name"))."
+  [ "$name" = haproxy ] && find_haproxy
+  cluster_env
+  local from=0
+  [ -e "$log_dir/$name.log" ] && from=$(stat -c %s "$log_dir/$name.log")
+  # Appended to the log: what the earlier process said stays there.
+  launch_append=1 service_launch "$name"
+  service_wait "$name" "$from"
+  say "$name is back (pid $(pid_of "$name"))."
 }
 
 case "${1:-start}" in
   start) cmd_start ;;
   stop) cmd_stop ;;
   status) cmd_status ;;
-  *) die "Usage: scripts/cluster.sh start|stop|status" ;;
+  revive) cmd_revive "${2:-}" ;;
+  *) die "Usage: scripts/cluster.sh start|stop|status|revive <service>" ;;
 esac

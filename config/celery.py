@@ -6,7 +6,7 @@ import os
 from fnmatch import fnmatchcase
 from typing import Any
 
-from celery import Celery
+from celery import Celery, Task
 from celery.fixups.django import (  # type: ignore[attr-defined] # celery-types lacks the second
     DjangoFixup,
     DjangoWorkerFixup,
@@ -15,6 +15,8 @@ from celery.schedules import crontab
 from celery.signals import worker_init
 from django.conf import settings
 from kombu import Queue
+
+from config.postgresql.errors import DATABASE_ERRORS
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
@@ -73,7 +75,21 @@ def django_fixup(app: Celery) -> DjangoFixup:
     return fixup
 
 
-app = Celery("parley", fixups=["config.celery:django_fixup"])
+class DatabaseRetryingTask(Task[Any, Any]):
+    """Every task's base: one that fails because PostgreSQL is down or restarting is tried
+    again (1, 2, 4… s, at most 30 s apart, with jitter, ten times) instead of failing. Tasks
+    are safe to run twice, and a failed one waited for its sweep (beat's safety nets, every
+    30–60 s) and was logged as an unexpected error: the fault harness found payment commands
+    and emails failed this way at each PostgreSQL restart (bench/faults.py)."""
+
+    autoretry_for = DATABASE_ERRORS
+    retry_backoff = 1
+    retry_backoff_max = 30
+    retry_jitter = True
+    max_retries = 10
+
+
+app = Celery("parley", fixups=["config.celery:django_fixup"], task_cls=DatabaseRetryingTask)
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 

@@ -10,11 +10,18 @@ wrong.
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 from urllib.parse import urlsplit
 
+from channels.auth import AuthMiddleware
 from django.conf import settings
 from django.http.request import validate_host
+
+from config.postgresql.errors import DATABASE_ERRORS
+from rooms.consumers import RoomConsumer
+
+logger = logging.getLogger(__name__)
 
 FORBIDDEN_ORIGIN = 4406
 
@@ -112,3 +119,22 @@ class SameSiteOrigin:
         await send({"type": "websocket.send", "text": json.dumps(error)})
         await send({"type": "websocket.close", "code": FORBIDDEN_ORIGIN})
         return None
+
+
+class SessionUser(AuthMiddleware):  # type: ignore[misc]
+    """Channels' AuthMiddleware (the session's user in the scope), except that a socket whose
+    session cannot be read because PostgreSQL is down or restarting is told `unavailable` and
+    closed 4503, as the room's consumer tells one, and the page dials again. Channels reads the
+    user before any consumer runs, so the error escaped every handler: Daphne logged it as an
+    exception inside the application and failed the handshake (found by bench/faults.py)."""
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        scope = dict(scope)
+        self.populate_scope(scope)
+        try:
+            await self.resolve_scope(scope)
+        except DATABASE_ERRORS as down:
+            logger.warning("Database unavailable reading a socket's session: %s", down)
+            await RoomConsumer.unavailable_handshake(receive, send)
+            return None
+        return await self.inner(scope, receive, send)

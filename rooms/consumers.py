@@ -30,6 +30,7 @@ from django.conf import settings
 from django.utils import timezone
 from redis.exceptions import RedisError
 
+from config.postgresql.errors import DATABASE_ERRORS
 from rooms import broadcast, selectors, services
 from rooms.errors import NotAllowed, RoomsError
 from rooms.models import Room, RoomState
@@ -290,10 +291,12 @@ class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             limit = settings.SIGNALING_MAX_MESSAGES_PER_SECOND
             await self.error("rate_limited", f"At most {limit} messages a second; dropped.")
             return
+        ref = None
         try:
             message = message_read(
                 text_data, bytes_data, max_bytes=settings.SIGNALING_MAX_MESSAGE_BYTES
             )
+            ref = message.type
             if self.awaiting_join and message.type != "join":
                 raise ProtocolError(
                     "not_joined",
@@ -307,12 +310,16 @@ class RoomConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             # Redis is down: this message could not be relayed. The socket stays (heartbeats
             # need only the database) and the peers' media keeps flowing peer to peer.
             logger.warning("Channel layer unavailable in room %s", self.room_id, exc_info=True)
-            await self.error("unavailable", UNAVAILABLE)
+            await self.error("unavailable", UNAVAILABLE, ref)
+        except DATABASE_ERRORS as down:
+            # PostgreSQL is down or restarting: answered with the message's type as `ref`, so
+            # the page sends what must arrive (media reports) again.
+            logger.warning("Database unavailable for %s in room %s: %s", ref, self.room_id, down)
+            await self.error("unavailable", UNAVAILABLE, ref)
         except Exception:
-            # A bug or a database outage: answered, logged, and the socket stays up rather
-            # than dying with 1011.
+            # A bug: answered, logged, and the socket stays up rather than dying with 1011.
             logger.exception("A message in room %s failed", self.room_id)
-            await self.error("server_error", "Something went wrong on our side; try again.")
+            await self.error("server_error", "Something went wrong on our side; try again.", ref)
 
     async def on_join(self, message: Message) -> None:
         if not self.awaiting_join:

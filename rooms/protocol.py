@@ -131,8 +131,6 @@ def _media_state(raw: dict[str, Any]) -> dict[str, Any]:
         raise _bad("media_state", f"state must be one of: {', '.join(MEDIA_STATES)}.")
     fields = {"peer": peer, "state": state, "candidate_type": _candidate_type(raw, "media_state")}
     if raw.get("since") is not None:
-        if state != "disconnected":
-            raise _bad("media_state", "since goes only with state disconnected.")
         fields["since"] = _moment(raw["since"], "since", "media_state")
     return fields
 

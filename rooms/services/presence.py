@@ -470,8 +470,23 @@ def presence_close(
         Presence.objects.filter(pk=presence.pk).update(
             closed_at=now, close_reason=reason, last_heartbeat_at=heartbeat
         )
+        if reason == "left":
+            _media_links_end_for(presence, now)
         _presence_ended(presence, reason)
     return True
+
+
+def _media_links_end_for(presence: Presence, now: datetime) -> None:
+    """Someone left on purpose: no media flows with them any more, whoever reported it up.
+    The page closes its peer connection to someone who left without a report, so the other
+    side's link stayed open, and a rejoin was metered from the rejoin itself instead of from
+    when media came back (the whole rest of the call, if it never did). A socket that merely
+    dropped keeps its links: media goes on peer to peer without it."""
+    links = MediaLink.objects.filter(room_id=presence.room_id, ended_at__isnull=True)
+    expert_id = Room.objects.values_list("expert_id", flat=True).get(pk=presence.room_id)
+    if presence.user_id != expert_id:
+        links = links.filter(client_id=presence.user_id)
+    links.update(ended_at=Greatest(Value(now), F("started_at")))
 
 
 def presences_sweep_stale(now: datetime | None = None) -> int:
@@ -572,11 +587,18 @@ def media_state_report(
     """One side says its media with a peer went up or down. Links are kept per reporter, so
     either side's report counts (their union is what metering reads).
 
-    A `disconnected` report may say `since` when the reporter last received media: a report
-    that sat in a dead connection's send buffer arrives late, and stamping it on arrival would
-    bill the outage. Only an end may be dated back, within MEDIA_REPORT_MAX_DELAY_SECONDS and
-    never before the link began: it can only shorten the reporter's own link, and the other
-    side's reports still count in full, so neither side can bill time that did not happen."""
+    A report may say `since` when the change happened: for `disconnected` when media last
+    arrived, for `connected` when it first did. A report arrives late when it sat in a dead
+    connection's send buffer, or was refused while the database restarted and sent again;
+    stamping it on arrival would bill the outage, or leave unbilled a call that was going
+    on. `since` is taken within MEDIA_REPORT_MAX_DELAY_SECONDS back. Dating a start back bills
+    no time that did not happen: metering counts a link only while both people were present
+    as the server saw them, and a side that would claim media it did not have can already do
+    so on arrival. A `connected` report whose `since` is not after the start of the reporter's
+    last link is the one that started it, sent again from a page's outbox behind a later
+    `disconnected` the server has had too: it is ignored, or it would reopen a link that
+    ended. (Comparing with the start, not the end, keeps a real flap: its `connected` comes
+    after the last one in the page's own clock, whatever the offset to the server's.)"""
     if state not in MEDIA_STATES:
         raise RoomsError(f"Media state must be one of {', '.join(MEDIA_STATES)}.")
     if candidate_type and candidate_type not in CANDIDATE_TYPES:
@@ -598,24 +620,30 @@ def media_state_report(
             .filter(room=room, client_id=client_id, reported_by=reporter, ended_at__isnull=True)
             .first()
         )
+        at = now
+        if since is not None:
+            earliest = now - timedelta(seconds=settings.MEDIA_REPORT_MAX_DELAY_SECONDS)
+            at = min(now, max(since, earliest))
         if state == "connected":
             if room.state not in (RoomState.OPEN, RoomState.LIVE) or now >= room.ends_at:
                 raise RoomsError("This session has ended; its media is no longer metered.")
             if open_link is not None:
                 return open_link
+            last_start = (
+                MediaLink.objects.filter(room=room, client_id=client_id, reported_by=reporter)
+                .order_by("-started_at")
+                .values_list("started_at", flat=True)
+                .first()
+            )
+            if since is not None and last_start is not None and since <= last_start:
+                return None
             return MediaLink.objects.create(
                 room=room,
                 client_id=client_id,
                 reported_by=reporter,
-                started_at=now,
+                started_at=at,
                 candidate_type=candidate_type,
             )
         if open_link is not None:
-            ended_at = now
-            if since is not None:
-                earliest = now - timedelta(seconds=settings.MEDIA_REPORT_MAX_DELAY_SECONDS)
-                ended_at = min(now, max(since, earliest))
-            MediaLink.objects.filter(pk=open_link.pk).update(
-                ended_at=max(ended_at, open_link.started_at)
-            )
+            MediaLink.objects.filter(pk=open_link.pk).update(ended_at=max(at, open_link.started_at))
         return None

@@ -14,6 +14,7 @@ import time_machine
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from django.conf import settings
+from django.db import OperationalError
 from django.test import AsyncClient, Client, override_settings
 from django.urls import reverse
 from django.utils import timezone
@@ -282,9 +283,19 @@ async def test_an_unpaid_reservation_cannot_run_the_connectivity_test(offering: 
 # --- A: an unexpected failure is answered, not a 1011 --------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("failure", "code"),
+    [
+        # A bug: answered, the socket stays.
+        (RuntimeError("a bug"), "server_error"),
+        # PostgreSQL restarting: the page sends the report again when told so, with its own
+        # time, instead of counting it delivered at the next heartbeat's ack.
+        (OperationalError("terminating connection due to administrator command"), "unavailable"),
+    ],
+)
 @pytest.mark.django_db(transaction=True)
-async def test_an_unexpected_failure_of_a_message_is_answered_and_the_socket_stays(
-    monkeypatch: pytest.MonkeyPatch,
+async def test_an_unexpected_failure_of_a_message_is_answered_with_its_type_and_the_socket_stays(
+    monkeypatch: pytest.MonkeyPatch, failure: Exception, code: str
 ) -> None:
     call = await database_sync_to_async(call_create)()
     expert = Socket(call.room.pk, await database_sync_to_async(session_cookie)(call.expert))
@@ -293,14 +304,14 @@ async def test_an_unexpected_failure_of_a_message_is_answered_and_the_socket_sta
     await client.open()
 
     def broken(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("a bug")
+        raise failure
 
     monkeypatch.setattr(services, "media_state_report", broken)
     await client.send(
         type="media_state", peer=call.expert.pk, state="connected", candidate_type="host"
     )
     error = await client.receive_type("error")
-    assert error["code"] == "server_error"
+    assert (error["code"], error["ref"]) == (code, "media_state")
     await client.send(type="heartbeat")
     assert (await client.receive_type("heartbeat_ack"))["type"] == "heartbeat_ack"
     await client.close()

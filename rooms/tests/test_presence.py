@@ -14,7 +14,15 @@ from rooms import services
 from rooms.errors import RoomsError
 from rooms.models import MediaLink, Offering, Presence, Room, RoomState, Seat
 from rooms.services import JoinRefused
-from rooms.tests.factories import CALL_START, seat_booked
+from rooms.tests.factories import (
+    CALL_START,
+    NOW,
+    OfferingFactory,
+    expert_create,
+    seat_booked,
+    seat_pay,
+    weekdays_available,
+)
 
 UTC = dt.UTC
 START = CALL_START
@@ -132,6 +140,57 @@ def test_media_reports_open_and_close_one_link_per_reporter(seat: Seat) -> None:
     assert links == {(seat.client_id, _at(0), _at(9)), (expert.pk, _at(0), None)}
 
 
+@pytest.mark.parametrize("who", ["client", "expert"])
+def test_leaving_ends_the_media_links_both_sides_reported_and_a_drop_does_not(
+    seat: Seat, who: str
+) -> None:
+    # The page closes its peer connection to someone who left without reporting: the other
+    # side's link stayed open, and the client's rejoin was billed from the rejoin, before
+    # media came back (the fault harness measured it; with no media after the rejoin, the
+    # whole rest of the call).
+    room = _room(seat)
+    expert, client = room.expert, seat.client
+    services.presence_open(room.pk, expert, connection_id="e", now=_at(0))
+    services.presence_open(room.pk, client, connection_id="c", now=_at(0))
+    for reporter, peer in ((client, expert.pk), (expert, client.pk)):
+        services.media_state_report(room.pk, reporter, peer_id=peer, state="connected", now=_at(1))
+    # A dropped socket: media goes on peer to peer, the links stay.
+    services.presence_close("c", reason="dropped", now=_at(5))
+    assert MediaLink.objects.filter(ended_at__isnull=True).count() == 2
+    services.presence_open(room.pk, client, connection_id="c2", now=_at(6))
+    services.presence_close("c2" if who == "client" else "e", reason="left", now=_at(10))
+    assert {(link.reported_by_id, link.ended_at) for link in MediaLink.objects.all()} == {
+        (client.pk, _at(10)),
+        (expert.pk, _at(10)),
+    }
+
+
+def test_a_client_leaving_a_group_room_ends_only_their_own_links() -> None:
+    expert = expert_create(time_zone="UTC")
+    weekdays_available(expert)
+    group = OfferingFactory.create(expert=expert, capacity=3)
+    with time_machine.travel(NOW, tick=False):
+        published = services.group_room_publish(expert, group, START)
+        first, second = (
+            seat_pay(services.group_seat_reserve(UserFactory.create(), published.pk))
+            for _ in range(2)
+        )
+    with time_machine.travel(_at(-600), tick=False):
+        services.rooms_advance()
+    room = _room(first)
+    expert = room.expert
+    for seat in (first, second):
+        services.presence_open(room.pk, seat.client, connection_id=f"c{seat.pk}", now=_at(0))
+        services.media_state_report(
+            room.pk, expert, peer_id=seat.client_id, state="connected", now=_at(1)
+        )
+    services.presence_close(f"c{first.pk}", reason="left", now=_at(10))
+    assert {(link.client_id, link.ended_at) for link in MediaLink.objects.all()} == {
+        (first.client_id, _at(10)),
+        (second.client_id, None),
+    }
+
+
 def test_a_late_disconnected_report_ends_the_link_when_media_last_arrived(seat: Seat) -> None:
     # The report sat in a dead socket's buffer for 8 s; `since` says when media stopped.
     room = _room(seat)
@@ -176,6 +235,72 @@ def test_one_sides_early_end_does_not_shorten_the_others_link(seat: Seat) -> Non
     )
     links = {(link.reported_by_id, link.ended_at) for link in MediaLink.objects.all()}
     assert links == {(client.pk, _at(1)), (expert.pk, None)}
+
+
+def test_a_connected_report_sent_again_later_starts_the_link_when_media_came_up(
+    seat: Seat,
+) -> None:
+    # Refused while PostgreSQL restarted, sent again 3 s later: stamped on arrival, the call
+    # would go unbilled for those 3 s (the fault harness found whole calls unbilled this way).
+    room = _room(seat)
+    client, expert = seat.client, room.expert
+    services.media_state_report(
+        room.pk, client, peer_id=expert.pk, state="connected", since=_at(5), now=_at(8)
+    )
+    assert MediaLink.objects.get().started_at == _at(5)
+
+
+@pytest.mark.parametrize(
+    ("since", "now", "started"),
+    [
+        # Never more than a minute back, never in the future.
+        (200 - 61, 200, 200 - 60),
+        (300, 200, 200),
+    ],
+)
+def test_the_since_of_a_connected_report_is_bounded(
+    seat: Seat, since: int, now: int, started: int
+) -> None:
+    room = _room(seat)
+    client, expert = seat.client, room.expert
+    services.media_state_report(
+        room.pk, client, peer_id=expert.pk, state="connected", since=_at(since), now=_at(now)
+    )
+    assert MediaLink.objects.get().started_at == _at(started)
+
+
+def test_a_connected_report_sent_again_behind_a_later_disconnected_reopens_nothing(
+    seat: Seat,
+) -> None:
+    # The page's outbox sends unconfirmed reports again in order: the `connected` the server
+    # already had, then the `disconnected` that ended it. The first must not open a new link
+    # that the second (already applied) would never end.
+    room = _room(seat)
+    client, expert = seat.client, room.expert
+
+    def report(state: str, since: float, now: float) -> None:
+        services.media_state_report(
+            room.pk, client, peer_id=expert.pk, state=state, since=_at(since), now=_at(now)
+        )
+
+    report("connected", 0, 0)
+    report("disconnected", 10, 12)
+    report("connected", 0, 14)
+    report("disconnected", 10, 14)
+    assert [(link.started_at, link.ended_at) for link in MediaLink.objects.all()] == [
+        (_at(0), _at(10))
+    ]
+    # Media that really came back after the end is a new link, even when the page's clock
+    # (its `since`) is a little behind the server's, which stamped the end on arrival.
+    services.media_state_report(
+        room.pk, client, peer_id=expert.pk, state="disconnected", now=_at(20)
+    )
+    report("connected", 19.9, 20.1)
+    links = MediaLink.objects.order_by("started_at")
+    assert [(link.started_at, link.ended_at) for link in links] == [
+        (_at(0), _at(10)),
+        (_at(19.9), None),
+    ]
 
 
 @pytest.mark.parametrize(

@@ -289,6 +289,9 @@ export class PeerLink {
     const message = { type: "media_state", peer: this.peer.id, state };
     if (state === "connected") {
       message.candidate_type = this.candidateType || undefined;
+      // When it came up, in the server's clock: the report may go again later (a socket
+      // that died, a server that could not take it) and must still start the link now.
+      message.since = this.signaling.serverNow().toISOString();
     } else if (this.lastPacketAt) {
       // When media last arrived, in the server's clock: this report may sit in a dead
       // socket's buffer for a while, and the outage began before it was written.

@@ -11,7 +11,10 @@
 // Messages that must arrive (the media reports metering reads) go through `deliver`: they are
 // kept until a heartbeat sent after them is acknowledged (the server handles a socket's
 // frames in order, so its ack says it has handled them), and sent again on the next socket
-// otherwise. A repeated report is harmless: the server ignores a state it already has.
+// otherwise. A repeated report is harmless: the server ignores a state it already has. One
+// the server answers `unavailable` or `server_error` (PostgreSQL restarting) is not taken: the
+// outbox goes again OUTBOX_RETRY_MS later on the same socket, and each report carries the time
+// of its change (`since`), so it is stored as if it had arrived the first time.
 //
 // Joining fast: while the person is on the preflight, `prepare` opens a socket with
 // `?join=later`. The server authenticates it and keeps it out of the room (no presence, no
@@ -23,6 +26,9 @@ const PROTOCOL_VERSION = 1;
 const ACK_TIMEOUT_MS = 2500;
 const BACKOFF_BASE_MS = 250;
 const BACKOFF_CAP_MS = 2000;
+const OUTBOX_RETRY_MS = 1000;
+// Messages whose refusal by a server in trouble means "send it again".
+const DELIVERED = new Set(["media_state"]);
 
 // Close codes that end the conversation for good (the page says why); everything else retries.
 const FINAL_CLOSES = {
@@ -180,6 +186,7 @@ export class Signaling {
 
   stop() {
     this.stopped = true;
+    clearTimeout(this.outboxTimer);
     this.stopHeartbeats();
     clearTimeout(this.retryTimer);
     clearTimeout(this.standbyTimer);
@@ -219,12 +226,28 @@ export class Signaling {
       return;
     } else if (message.type === "error" && !this.welcomed()) {
       this.lastError = message; // a refusal at connect: its close code follows
+    } else if (
+      message.type === "error" &&
+      DELIVERED.has(message.ref) &&
+      (message.code === "unavailable" || message.code === "server_error")
+    ) {
+      this.outboxRetry();
     }
     this.onMessage(message);
   }
 
   welcomed() {
     return this.heartbeatTimer !== null;
+  }
+
+  /** The server could not take a report (its database is back in a moment): the next ack
+   * confirms nothing already sent, and the outbox goes again shortly. The socket's frames are
+   * handled in order, so this error comes before the ack of any later heartbeat. */
+  outboxRetry() {
+    for (const entry of this.outbox) entry.sent = false;
+    this.confirming = 0;
+    clearTimeout(this.outboxTimer);
+    this.outboxTimer = setTimeout(() => this.outboxFlush(), OUTBOX_RETRY_MS);
   }
 
   startHeartbeats(seconds) {

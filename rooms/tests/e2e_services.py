@@ -199,9 +199,12 @@ class Deployment:
         return "\n".join(f"--- {s.name} ({s.log}) ---\n{tail(s.log)}" for s in self.services)
 
     # --- the services -------------------------------------------------------------------
-    def postgres(self) -> str:
+    def postgres(self, *, durable: bool = False) -> str:
         """A fresh cluster owned by the postgres user, unix socket in our folder; returns
-        its DATABASE_URL."""
+        its DATABASE_URL. Fast and forgetful: a commit returns before its WAL is written,
+        so a crash of the cluster loses the last moment's commits; `durable` keeps every
+        commit across a crash of PostgreSQL (not of the machine), as a fault harness that
+        kills it needs."""
         bindir = _postgres_bindir()
         folder = self.root / "pg"
         folder.mkdir()
@@ -219,7 +222,8 @@ class Deployment:
             "postgres",
             [str(bindir / "postgres"), "-D", str(data), "-p", str(PG_PORT), "-k", str(folder)]
             + ["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"]
-            + ["-c", "synchronous_commit=off", "-c", "full_page_writes=off"],
+            + ["-c", f"synchronous_commit={'on' if durable else 'off'}"]
+            + ["-c", "full_page_writes=off"],
             user=user,
             stop_signal=signal.SIGINT,
             cwd=folder,

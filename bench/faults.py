@@ -36,8 +36,8 @@ import json
 import os
 import sys
 import tempfile
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from _table import number, table
 

@@ -598,7 +598,13 @@ def media_state_report(
     last link is the one that started it, sent again from a page's outbox behind a later
     `disconnected` the server has had too: it is ignored, or it would reopen a link that
     ended. (Comparing with the start, not the end, keeps a real flap: its `connected` comes
-    after the last one in the page's own clock, whatever the offset to the server's.)"""
+    after the last one in the page's own clock, whatever the offset to the server's.) Except
+    after a link that ended at its very start: a `disconnected` dated before the link began
+    ends it there, and that is what a repeated `disconnected` of the outage before does when
+    it comes again ahead of the `connected` that followed it, both sent again on a new socket;
+    that `connected` then reopens the link from its `since` (ignored, it lost the media for the
+    rest of the call: the fault harness, a Daphne killed after an outage's reports and before
+    the next heartbeat's ack)."""
     if state not in MEDIA_STATES:
         raise RoomsError(f"Media state must be one of {', '.join(MEDIA_STATES)}.")
     if candidate_type and candidate_type not in CANDIDATE_TYPES:
@@ -629,13 +635,13 @@ def media_state_report(
                 raise RoomsError("This session has ended; its media is no longer metered.")
             if open_link is not None:
                 return open_link
-            last_start = (
+            last = (
                 MediaLink.objects.filter(room=room, client_id=client_id, reported_by=reporter)
                 .order_by("-started_at")
-                .values_list("started_at", flat=True)
+                .values_list("started_at", "ended_at")
                 .first()
             )
-            if since is not None and last_start is not None and since <= last_start:
+            if since is not None and last is not None and since <= last[0] != last[1]:
                 return None
             return MediaLink.objects.create(
                 room=room,

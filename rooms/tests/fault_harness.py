@@ -436,6 +436,7 @@ class Side:
         self.resumes = 0
         self.ended: dict[str, Any] | None = None
         self.refusals: list[str] = []
+        self.reports_sent: list[str] = []
 
     def spawn(self, coroutine: Any) -> None:
         task = asyncio.create_task(coroutine)
@@ -539,7 +540,7 @@ class Side:
             self.ended = message
             self.finished = True
         elif kind == "error":
-            self.refusals.append(message.get("code", ""))
+            self.refusals.append(f"{wall():.3f} {message.get('code')} {message.get('ref')}")
             if message.get("code") in RETRIED:
                 self.troubles.append((wall(), message["code"]))
             if message.get("ref") == "media_state" and message.get("code") in RETRIED:
@@ -569,6 +570,8 @@ class Side:
     async def _send(self, socket: Any, message: dict[str, Any]) -> None:
         from websockets.exceptions import ConnectionClosed
 
+        if message["type"] == "media_state":
+            self.reports_sent.append(f"{wall():.3f} {message['state']} {id(socket) % 10000}")
         with contextlib.suppress(ConnectionClosed):
             await socket.send(json.dumps({"v": 1, **message}))
 
@@ -1258,6 +1261,8 @@ def verdict(harness: Harness, *, drain_s: float, progress: Callable[[str], None]
                 if seat
                 else None,
                 "drops": {r: s.drops for r, s in call.sides.items()},
+                "refusals": {r: s.refusals for r, s in call.sides.items()},
+                "reports_sent": {r: s.reports_sent for r, s in call.sides.items()},
             }
         )
     logs = harness.layout.logs()

@@ -269,6 +269,31 @@ def test_the_since_of_a_connected_report_is_bounded(
     assert MediaLink.objects.get().started_at == _at(started)
 
 
+def test_an_outages_reports_sent_again_on_a_new_socket_keep_the_link_that_followed(
+    seat: Seat,
+) -> None:
+    # The fault harness: an outage's `disconnected` (since 10) and the `connected` after it
+    # (since 15) both went into a socket whose Daphne was killed before the next heartbeat's
+    # ack, and both went again on the next socket. The repeated `disconnected` ends the link
+    # that began at 15 there (it is dated before it); the repeated `connected` must reopen it,
+    # or the media is lost for the rest of the call.
+    room = _room(seat)
+    client, expert = seat.client, room.expert
+
+    def report(state: str, since: float, now: float) -> None:
+        services.media_state_report(
+            room.pk, client, peer_id=expert.pk, state=state, since=_at(since), now=_at(now)
+        )
+
+    report("connected", 0, 0)
+    report("disconnected", 10, 12)
+    report("connected", 15, 15)
+    report("disconnected", 10, 18)
+    report("connected", 15, 18)
+    open_links = MediaLink.objects.filter(ended_at__isnull=True)
+    assert [link.started_at for link in open_links] == [_at(15)]
+
+
 def test_a_connected_report_sent_again_behind_a_later_disconnected_reopens_nothing(
     seat: Seat,
 ) -> None:

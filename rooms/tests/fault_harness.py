@@ -426,8 +426,12 @@ class Side:
         self.in_call = False  # the script has this person in the call
         self.finished = False
         self.outage = False
-        self.unconfirmed: list[tuple[int, dict[str, Any]]] = []
-        self.sent = 0
+        # The page's outbox: media reports, each with the socket it went out on (None: not
+        # yet, or again after that socket ended), until a heartbeat sent after it on that
+        # socket is acknowledged.
+        self.outbox: list[dict[str, Any]] = []
+        self.confirming: list[dict[str, Any]] = []
+        self.welcomed: Any = None
         self.tasks: set[asyncio.Task[Any]] = set()
         self.welcomes = 0
         self.drops: list[tuple[float, int | None]] = []
@@ -473,6 +477,11 @@ class Side:
                     return
                 await asyncio.sleep(0.25)
                 continue
+            if self.finished or not self.in_call or self.outage:
+                # The script took the person out while this connect was on its way.
+                with contextlib.suppress(Exception):
+                    await socket.close()
+                return
             self.socket = socket
             self.spawn(self._read(socket))
             return
@@ -516,8 +525,11 @@ class Side:
             if not call.present[self.role] or call.present[self.role][-1][1]:
                 call.present[self.role].append([now, 0.0])
             self.spawn(self._heartbeat(socket, float(message["heartbeat_seconds"])))
-            for _, report in list(self.unconfirmed):
-                await self._send(socket, report)
+            self.welcomed = socket
+            self.confirming = []
+            for entry in self.outbox:
+                entry["on"] = None
+            await self.flush(socket)
             peers = {p["id"] for p in message["peers"]}
             if self.role == "client" and self.peer_id in peers:
                 await self.offer()
@@ -533,9 +545,10 @@ class Side:
                     call.media_wanted = False
                     call.media_up(wall())
         elif kind == "heartbeat_ack":
-            # Everything sent before the heartbeat this answers has arrived.
-            if self.unconfirmed and self.beat_sent_after is not None:
-                self.unconfirmed = [(n, r) for n, r in self.unconfirmed if n > self.beat_sent_after]
+            # Everything sent on this socket before the heartbeat this answers has arrived.
+            done = [e for e in self.confirming if e["on"] is socket]
+            self.outbox = [e for e in self.outbox if not any(e is d for d in done)]
+            self.confirming = []
         elif kind == "ended":
             self.ended = message
             self.finished = True
@@ -544,11 +557,11 @@ class Side:
             if message.get("code") in RETRIED:
                 self.troubles.append((wall(), message["code"]))
             if message.get("ref") == "media_state" and message.get("code") in RETRIED:
-                # Not taken (the database restarts): the page sends its reports again.
-                self.beat_sent_after = None
+                # Not taken (the database restarts): the page sends its outbox again.
+                self.confirming = []
+                for entry in self.outbox:
+                    entry["on"] = None
                 self.spawn(self._resend(socket))
-
-    beat_sent_after: int | None = None
 
     async def _heartbeat(self, socket: Any, every: float) -> None:
         from websockets.exceptions import ConnectionClosed
@@ -557,15 +570,23 @@ class Side:
             await asyncio.sleep(every)
             if socket is not self.socket:
                 return
-            self.beat_sent_after = self.sent
+            self.confirming = [e for e in self.outbox if e["on"] is socket]
             with contextlib.suppress(ConnectionClosed):
                 await socket.send(json.dumps({"v": 1, "type": "heartbeat"}))
 
     async def _resend(self, socket: Any) -> None:
         await asyncio.sleep(1)
-        if socket is self.socket:
-            for _, report in list(self.unconfirmed):
-                await self._send(socket, report)
+        await self.flush(socket)
+
+    async def flush(self, socket: Any) -> None:
+        """Send what the outbox holds that this socket has not carried, in order, once the
+        socket is welcomed and the person's network is there."""
+        if socket is not self.socket or socket is not self.welcomed or self.outage:
+            return
+        for entry in list(self.outbox):
+            if entry["on"] is None:
+                entry["on"] = socket
+                await self._send(socket, entry["report"])
 
     async def _send(self, socket: Any, message: dict[str, Any]) -> None:
         from websockets.exceptions import ConnectionClosed
@@ -581,9 +602,9 @@ class Side:
 
     def report(self, report: dict[str, Any]) -> None:
         """A media report: kept until a heartbeat sent after it is acknowledged."""
-        self.sent += 1
-        self.unconfirmed.append((self.sent, report))
-        self.spawn(self.send(report))
+        self.outbox.append({"report": report, "on": None})
+        if self.socket is not None:
+            self.spawn(self.flush(self.socket))
 
     async def end_for_everyone(self) -> None:
         """The expert's End: sent on an open socket, and again on the next one if the socket

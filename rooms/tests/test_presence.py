@@ -4,6 +4,7 @@ stale sweep, and the media links that metering reads."""
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 
 import pytest
 import time_machine
@@ -269,6 +270,20 @@ def test_the_since_of_a_connected_report_is_bounded(
     assert MediaLink.objects.get().started_at == _at(started)
 
 
+def _client_reports(seat: Seat) -> Callable[[str, float, float], None]:
+    """The seat's client reporting its media with the expert: state, since and arrival, in
+    seconds from the start."""
+    room = _room(seat)
+
+    def report(state: str, since: float, now: float) -> None:
+        services.media_state_report(
+            room.pk, seat.client, peer_id=room.expert_id, state=state, since=_at(since),
+            now=_at(now),
+        )  # fmt: skip
+
+    return report
+
+
 def test_an_outages_reports_sent_again_on_a_new_socket_keep_the_link_that_followed(
     seat: Seat,
 ) -> None:
@@ -277,13 +292,7 @@ def test_an_outages_reports_sent_again_on_a_new_socket_keep_the_link_that_follow
     # ack, and both went again on the next socket. The repeated `disconnected` ends the link
     # that began at 15 there (it is dated before it); the repeated `connected` must reopen it,
     # or the media is lost for the rest of the call.
-    room = _room(seat)
-    client, expert = seat.client, room.expert
-
-    def report(state: str, since: float, now: float) -> None:
-        services.media_state_report(
-            room.pk, client, peer_id=expert.pk, state=state, since=_at(since), now=_at(now)
-        )
+    report = _client_reports(seat)
 
     report("connected", 0, 0)
     report("disconnected", 10, 12)
@@ -302,11 +311,7 @@ def test_a_connected_report_sent_again_behind_a_later_disconnected_reopens_nothi
     # that the second (already applied) would never end.
     room = _room(seat)
     client, expert = seat.client, room.expert
-
-    def report(state: str, since: float, now: float) -> None:
-        services.media_state_report(
-            room.pk, client, peer_id=expert.pk, state=state, since=_at(since), now=_at(now)
-        )
+    report = _client_reports(seat)
 
     report("connected", 0, 0)
     report("disconnected", 10, 12)

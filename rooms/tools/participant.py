@@ -6,6 +6,12 @@ heartbeats, perfect negotiation with every peer, media reports when a connection
 down, stats, and resuming its socket on another server (from `servers`) when the one it was on
 goes away, while its peer connections stay up.
 
+Media reports go as the page sends them (static/js/room/signaling.js): each carries the time of
+its change (`since`), and it is kept until a heartbeat sent after it on the same socket is
+acknowledged; it goes again on the next socket, or a second later when the server answers it
+`unavailable` or `server_error` (its database restarting). A close the server asks to wait
+after (4429 too many joins, 4503 unavailable) is waited out, as the page does.
+
 Perfect negotiation, as aiortc allows it. The peer with the higher participant id is polite.
 aiortc can neither roll back a local offer nor restart ICE in place, so where a browser would
 do either, this participant replaces the peer connection with a fresh one: the polite side on
@@ -30,6 +36,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from html.parser import HTMLParser
 from typing import Any
 
@@ -50,8 +57,15 @@ from websockets.typing import Origin
 logger = logging.getLogger(__name__)
 
 VERSION = 1
-# Closes after which coming back makes no sense: left, ended, replaced, removed, refused.
-FINAL_CLOSE_CODES = {1000, 4000, 4001, 4002} | set(range(4400, 4500))
+# Closes after which coming back makes no sense: left, ended, replaced, removed, refused (but
+# not 4429, "too many joins": the page comes back after the wait it is told).
+FINAL_CLOSE_CODES = ({1000, 4000, 4001, 4002} | set(range(4400, 4500))) - {4429}
+# Seconds to wait before coming back after these closes (the page's RETRY_AFTER_MS).
+RETRY_AFTER_SECONDS = {4429: 10.0, 4503: 2.0}
+# A media report the server could not take goes again this much later (OUTBOX_RETRY_MS).
+OUTBOX_RETRY_SECONDS = 1.0
+# Errors that mean "not taken, send it again".
+RETRIED_ERRORS = {"unavailable", "server_error"}
 # Video frames further apart than this are a freeze: the received intervals split there.
 FRAME_GAP_SECONDS = 1.0
 STATS_SECONDS = 10.0
@@ -98,18 +112,37 @@ class ToneTrack(AudioStreamTrack):
         return frame
 
 
+VIDEO_CLOCK = 90_000
+
+
+@dataclass(frozen=True)
+class Video:
+    """What a participant's camera sends: size and frame rate."""
+
+    width: int = 320
+    height: int = 240
+    fps: int = 30
+
+
 class PatternTrack(VideoStreamTrack):
-    """320×240 at 30 fps whose brightness cycles, so every frame differs from the last."""
+    """Frames of `video`'s size and rate whose brightness cycles, so every frame differs from
+    the last."""
 
-    WIDTH, HEIGHT = 320, 240
-
-    def __init__(self) -> None:
+    def __init__(self, video: Video = Video()) -> None:
         super().__init__()
+        self.video = video
         self.index = 0
 
     async def recv(self) -> av.VideoFrame:
-        pts, time_base = await self.next_timestamp()
-        frame = av.VideoFrame(self.WIDTH, self.HEIGHT, "yuv420p")
+        if self.readyState != "live":
+            raise MediaStreamError
+        if hasattr(self, "_timestamp"):
+            self._timestamp += VIDEO_CLOCK // self.video.fps
+            await asyncio.sleep(self._start + self._timestamp / VIDEO_CLOCK - time.time())
+        else:
+            self._start, self._timestamp = time.time(), 0
+        pts, time_base = self._timestamp, fractions.Fraction(1, VIDEO_CLOCK)
+        frame = av.VideoFrame(self.video.width, self.video.height, "yuv420p")
         luma = 16 + (self.index * 4) % 220
         for plane, value in zip(frame.planes, (luma, 128, 128), strict=True):
             plane.update(bytes([value]) * plane.buffer_size)
@@ -164,6 +197,7 @@ class PeerLink:
         self.polite = owner.you_id > peer_id
         self.frames = FrameLog()
         self.audio_frames = 0
+        self.media_at = 0.0  # when the last frame (audio or video) arrived
         self.candidate_type = ""
         self.connections = 0  # peer connections used so far (1 + replacements)
         self.reported = False  # whether the server last heard "connected" from us
@@ -188,7 +222,7 @@ class PeerLink:
     def _pc_new(self) -> RTCPeerConnection:
         pc = RTCPeerConnection(RTCConfiguration(iceServers=self.owner.ice_servers()))
         pc.addTrack(ToneTrack())
-        pc.addTrack(PatternTrack())
+        pc.addTrack(PatternTrack(self.owner.video))
         pc.on("track", lambda track: self._spawn(self._receive(track)))
         pc.on("connectionstatechange", lambda: self._connection_changed(pc))
         self.connections += 1
@@ -205,8 +239,10 @@ class PeerLink:
                 await track.recv()
             except MediaStreamError:
                 return
+            self.media_at = time.time()
             if track.kind == "video":
-                self.frames.add(time.time())
+                self.frames.add(self.media_at)
+                self.owner.received.setdefault(self.peer_id, FrameLog()).add(self.media_at)
             else:
                 self.audio_frames += 1
 
@@ -358,11 +394,22 @@ def selected_candidate_type(pc: RTCPeerConnection) -> str:
 # --- the participant ------------------------------------------------------------------------
 
 
+@dataclass(eq=False)
+class Outgoing:
+    """A message that must arrive (a media report) and the socket it last went out on."""
+
+    message: dict[str, Any]
+    # The welcome (Participant.admissions) of the socket it went out on; None: not yet, or
+    # again (the server could not take it).
+    sent_in: int | None = None
+
+
 class Participant:
     """One person in one room. `join()`, then watch `links`, `messages`, `ended`; `close()`.
 
     `servers` are base URLs of the same deployment (`http://127.0.0.1:8001`); the first is used
-    to log in and join, and a dropped socket comes back on the next one that answers.
+    to log in and join, and a dropped socket comes back on the next one that answers. Set
+    `cookies` (a logged-in session's) before `join()` to skip the login form.
     """
 
     def __init__(
@@ -374,21 +421,31 @@ class Participant:
         *,
         name: str = "participant",
         resume_within: float = 20.0,
+        video: Video = Video(),
     ) -> None:
         self.servers = [url.rstrip("/") for url in servers]
         self.server = self.servers[0]
         self.email, self.password, self.room_id, self.name = email, password, room_id, name
         self.resume_within = resume_within
+        self.video = video
         self.cookies: dict[str, str] = {}
         self.you: dict[str, Any] = {}
         self.welcome: dict[str, Any] = {}
         self.peers: dict[int, dict[str, Any]] = {}
         self.links: dict[int, PeerLink] = {}
+        # Video received from each peer over the whole call, across its connections.
+        self.received: dict[int, FrameLog] = {}
         self.messages: list[tuple[float, dict[str, Any]]] = []
         self.errors: list[dict[str, Any]] = []
         self.ended: dict[str, Any] | None = None
         self.final: dict[str, Any] | None = None  # ended, replaced or removed
-        self.close_codes: list[int | None] = []
+        # Each socket's end: (wall-clock time, close code).
+        self.closes: list[tuple[float, int | None]] = []
+        # Media reports not yet confirmed, oldest first; those a heartbeat awaiting its ack
+        # confirms; and how many welcomes this participant has had (one per socket).
+        self.outbox: list[Outgoing] = []
+        self._confirming: list[Outgoing] = []
+        self.admissions = 0
         self.done = asyncio.Event()
         self._changed = asyncio.Condition()
         self._socket: ClientConnection | None = None
@@ -396,10 +453,16 @@ class Participant:
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Future[None]] = set()
         self._closing = False
+        # Until when (wall clock) the network is away: no socket can be opened (`drop`).
+        self._away_until = 0.0
 
     @property
     def you_id(self) -> int:
         return int(self.you["id"])
+
+    @property
+    def close_codes(self) -> list[int | None]:
+        return [code for _, code in self.closes]
 
     def ice_servers(self) -> list[RTCIceServer]:
         # Always explicit: without a configuration aiortc falls back to a public STUN server.
@@ -462,17 +525,20 @@ class Participant:
                 self.handle(json.loads(text))
         except ConnectionClosed:
             pass
-        self.close_codes.append(socket.close_code)
+        self.closes.append((time.time(), socket.close_code))
         if socket is not self._socket or self._closing:
             return
         self._socket = None
         if self.final is not None or socket.close_code in FINAL_CLOSE_CODES:
             self.done.set()
             return
-        self._tasks.append(asyncio.create_task(self._resume()))
+        wait = RETRY_AFTER_SECONDS.get(socket.close_code or 0, 0.0)
+        self._tasks.append(asyncio.create_task(self._resume(wait)))
 
-    async def _resume(self) -> None:
-        """The socket dropped: come back on the next server that answers, within the grace."""
+    async def _resume(self, wait: float = 0.0) -> None:
+        """The socket dropped: come back on the next server that answers (after `wait`, when
+        the server asked for it), within `resume_within`."""
+        await asyncio.sleep(max(wait, self._away_until - time.time()))
         deadline = time.monotonic() + self.resume_within
         after = self.servers.index(self.server) + 1 if self.server in self.servers else 0
         order = self.servers[after:] + self.servers[:after]
@@ -504,7 +570,46 @@ class Participant:
     async def _heartbeat(self, socket: ClientConnection, every: float) -> None:
         while socket is self._socket:
             await asyncio.sleep(every)
-            await self.send({"type": "heartbeat"})
+            await self.heartbeat()
+
+    async def heartbeat(self) -> bool:
+        """One heartbeat; its ack will confirm every report this socket carried before it."""
+        confirming = [e for e in self.outbox if e.sent_in == self.admissions]
+        if not await self.send({"type": "heartbeat"}):
+            return False
+        self._confirming = confirming
+        return True
+
+    # --- messages that must arrive --------------------------------------------------------------
+    def deliver(self, message: dict[str, Any]) -> None:
+        """Send `message` now if the socket is welcomed, and again on the next socket until a
+        heartbeat's ack says the server handled it."""
+        self.outbox.append(Outgoing(message))
+        self._spawn(self._outbox_flush())
+
+    async def _outbox_flush(self) -> None:
+        if not self.admissions:
+            return  # not welcomed yet: the welcome flushes
+        for entry in list(self.outbox):
+            if entry.sent_in == self.admissions:
+                continue
+            admission = self.admissions
+            if not await self.send(entry.message):
+                return  # no socket: the next welcome sends it
+            entry.sent_in = admission
+
+    def _outbox_retry(self) -> None:
+        """The server could not take a report: nothing sent so far is confirmed by the next
+        ack (the socket's frames are handled in order, so this error comes before the ack of
+        any later heartbeat), and the outbox goes again shortly."""
+        for entry in self.outbox:
+            entry.sent_in = None
+        self._confirming = []
+        self._spawn(self._outbox_flush_later())
+
+    async def _outbox_flush_later(self) -> None:
+        await asyncio.sleep(OUTBOX_RETRY_SECONDS)
+        await self._outbox_flush()
 
     # --- what the server says -----------------------------------------------------------------
     def handle(self, message: dict[str, Any]) -> None:
@@ -526,6 +631,10 @@ class Participant:
 
     def _on_welcome(self, message: dict[str, Any]) -> None:
         self.welcome, self.you = message, message["you"]
+        # A new socket: what the last one carried unconfirmed goes again on this one.
+        self.admissions += 1
+        self._confirming = []
+        self._spawn(self._outbox_flush())
         if self._socket is not None:
             every = float(message["heartbeat_seconds"])
             self._tasks.append(asyncio.create_task(self._heartbeat(self._socket, every)))
@@ -539,9 +648,6 @@ class Participant:
                 self._link_open(peer_id)
             elif link.pc.connectionState in ("failed", "closed"):
                 link.schedule(link.restart)
-            elif link.reported:
-                # The server may have lost what the old socket said: say it again.
-                self.media_report(link, connected=True)
 
     def _on_peer_joined(self, message: dict[str, Any]) -> None:
         peer = message["peer"]
@@ -584,6 +690,13 @@ class Participant:
     def _on_error(self, message: dict[str, Any]) -> None:
         self.errors.append(message)
         logger.warning("%s: server says %s: %s", self.name, message["code"], message["message"])
+        if message.get("ref") == "media_state" and message.get("code") in RETRIED_ERRORS:
+            self._outbox_retry()
+
+    def _on_heartbeat_ack(self, message: dict[str, Any]) -> None:
+        confirmed = self._confirming
+        self._confirming = []
+        self.outbox = [e for e in self.outbox if not any(e is c for c in confirmed)]
 
     def _link_open(self, peer_id: int, *, offer: bool = True) -> PeerLink:
         link = self.links[peer_id] = PeerLink(self, peer_id)
@@ -605,12 +718,14 @@ class Participant:
             "peer": link.peer_id,
             "state": "connected" if connected else "disconnected",
         }
+        # When it changed: now for a link that came up, the last frame for one that went
+        # down. The report may go again later and must still count from then.
+        since = time.time() if connected else link.media_at
+        if since:
+            message["since"] = datetime.fromtimestamp(since, UTC).isoformat()
         if connected and link.candidate_type:
             message["candidate_type"] = link.candidate_type
-        self._spawn(self._send_quietly(message))
-
-    async def _send_quietly(self, message: dict[str, Any]) -> None:
-        await self.send(message)
+        self.deliver(message)
 
     # --- for the caller -----------------------------------------------------------------------
     async def wait_for(
@@ -645,11 +760,21 @@ class Participant:
             while not condition():
                 await asyncio.sleep(0.05)
 
-    async def end(self) -> None:
-        await self.send({"type": "end"})
+    async def end(self) -> bool:
+        """End the call for everyone (the expert's End); False when there was no socket."""
+        return await self.send({"type": "end"})
 
     async def leave(self) -> None:
         await self.send({"type": "leave"})
+
+    def drop(self, away: float = 0.0) -> None:
+        """The socket dies without a close, as when the network under it goes; it comes back
+        `away` seconds later (through the grace when that is short). The peer connections
+        are not touched: media that takes another path goes on."""
+        self._away_until = time.time() + away
+        socket = self._socket
+        if socket is not None:
+            socket.transport.abort()
 
     async def close(self) -> None:
         """Close the socket (without `leave`) and every peer connection."""

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.template.loader import get_template
+
+from config.postgresql.errors import DATABASE_ERRORS
 
 
 def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
@@ -22,8 +26,32 @@ def page_not_found(request: HttpRequest, exception: Exception | None = None) -> 
 
 
 def server_error(request: HttpRequest) -> HttpResponse:
+    # Django calls this inside the `except` of the error that escaped the view or a middleware.
+    if isinstance(sys.exc_info()[1], DATABASE_ERRORS):
+        return database_unavailable(request)
     # No request context: whatever broke may be in a context processor or the database.
     return HttpResponse(get_template("errors/500.html").render(), status=500)
+
+
+UNAVAILABLE = (
+    "Parley is restarting part of itself. Nothing you did was lost: try again in a few seconds."
+)
+RETRY_AFTER_SECONDS = 5
+
+
+def database_unavailable(request: HttpRequest) -> HttpResponse:
+    """PostgreSQL is down or restarting (a failover, a restart): 503 with Retry-After, not a
+    500. The person is told to try again in a moment; a provider's webhook delivery is
+    answered with a status that makes it try again (Stripe retries anything not 2xx), and the
+    log says "Service Unavailable" rather than "Internal Server Error"."""
+    if request.get_preferred_type(["text/html", "application/json"]) == "application/json":
+        response: HttpResponse = JsonResponse({"error": UNAVAILABLE}, status=503)
+    else:
+        # No request context, as for a 500: the context processors need the database.
+        page = get_template("errors/503.html").render({"reason": UNAVAILABLE})
+        response = HttpResponse(page, status=503)
+    response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
 
 
 def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:

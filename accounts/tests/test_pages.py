@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 import pytest
 from django.core.exceptions import PermissionDenied, SuspiciousOperation
+from django.db import OperationalError
 from django.http import HttpRequest, HttpResponse
 from django.test import Client, RequestFactory
 from django.urls import URLPattern, URLResolver, include, path, reverse
@@ -286,6 +287,42 @@ def test_view_that_raises_gets_our_500_page(client: Client) -> None:
 
 
 @pytest.mark.urls(TEST_URLS)
+def test_a_database_restarting_under_a_view_is_a_503_that_says_to_try_again(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    client.raise_request_exception = False
+    response = client.get("/test-only/database-down/")
+    assert (response.status_code, response["Retry-After"]) == (503, "5")
+    html = response.content.decode()
+    assert "Back in a moment" in html and "try again in a few seconds" in html
+    assert "OperationalError" not in html
+    response = client.get("/test-only/database-down/", HTTP_ACCEPT="application/json")
+    assert response.status_code == 503
+    assert "try again in a few seconds" in response.json()["error"]
+    # Logged as what it is, not as an unhandled error.
+    assert "Internal Server Error" not in caplog.text
+    assert "Service Unavailable: /test-only/database-down/" in caplog.text
+
+
+def test_a_database_restarting_under_a_middleware_is_a_503_too(
+    client: Client, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    user = UserFactory.create()
+    client.force_login(user)
+    client.raise_request_exception = False
+
+    def restarting(request: HttpRequest) -> User:
+        raise OperationalError("the database system is starting up")
+
+    # The time-zone middleware reads the user before any view runs.
+    monkeypatch.setattr("django.contrib.auth.middleware.auth.get_user", restarting)
+    response = client.get("/")
+    assert (response.status_code, response["Retry-After"]) == (503, "5")
+    assert "Back in a moment" in response.content.decode()
+    assert "Internal Server Error" not in caplog.text
+
+
+@pytest.mark.urls(TEST_URLS)
 def test_permission_denied_page_gives_the_reason(client: Client) -> None:
     response = client.get("/test-only/forbidden-with-reason/")
     assert response.status_code == 403
@@ -447,6 +484,10 @@ def _crash(request: HttpRequest) -> HttpResponse:
     raise RuntimeError("a bug in a view")
 
 
+def _database_down(request: HttpRequest) -> HttpResponse:
+    raise OperationalError("terminating connection due to administrator command")
+
+
 def _forbidden_with_reason(request: HttpRequest) -> HttpResponse:
     raise PermissionDenied("Only the people booked into this room can join it.")
 
@@ -465,6 +506,7 @@ def _current_zone(request: HttpRequest) -> HttpResponse:
 
 urlpatterns: list[URLPattern | URLResolver] = [
     path("test-only/crash/", _crash),
+    path("test-only/database-down/", _database_down),
     path("test-only/forbidden-with-reason/", _forbidden_with_reason),
     path("test-only/forbidden/", _forbidden),
     path("test-only/suspicious/", _suspicious),

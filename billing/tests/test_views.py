@@ -4,6 +4,7 @@ page, and the staff refund in admin."""
 from __future__ import annotations
 
 import pytest
+from django.db import OperationalError
 from django.test import Client
 from django.urls import reverse
 
@@ -125,6 +126,26 @@ def test_the_stripe_webhook_refuses_an_unsigned_body_and_stores_nothing() -> Non
     )
     assert response.status_code == 400
     assert response.content.decode().startswith("Webhook refused:")
+    assert not WebhookEvent.objects.exists()
+
+
+def test_a_webhook_delivered_while_the_database_restarts_is_answered_503_for_a_retry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def restarting(provider: str, payload: bytes, signature: str) -> None:
+        raise OperationalError("the database system is shutting down")
+
+    monkeypatch.setattr(services, "webhook_receive", restarting)
+    client = Client(raise_request_exception=False)
+    response = client.post(
+        reverse("billing:stripe_webhook"),
+        b'{"id": "evt_1", "type": "payment_intent.succeeded"}',
+        content_type="application/json",
+        HTTP_STRIPE_SIGNATURE="t=1,v1=00",
+    )
+    # Not 2xx, so the provider delivers it again later; not a 500 either.
+    assert (response.status_code, response["Retry-After"]) == (503, "5")
+    monkeypatch.undo()
     assert not WebhookEvent.objects.exists()
 
 

@@ -286,3 +286,21 @@ async def test_a_dropped_socket_comes_back_when_the_network_does_and_waits_out_a
         assert opened[2] - opened[1] >= 0.5
         assert not who.done.is_set()
         await who.close()
+
+
+async def test_a_heartbeat_waits_for_the_last_ack_so_that_it_confirms_only_what_came_before() -> (
+    None
+):
+    who = Offline()
+    who.handle(_welcome(1, 2) | {"peers": []})
+    who.deliver(_report("a"))
+    await _settled(who)
+    assert await who.heartbeat()
+    who.deliver(_report("b"))
+    await _settled(who)
+    assert not await who.heartbeat()  # the first is not answered yet: none goes
+    who.handle({"v": 1, "type": "heartbeat_ack"})  # answers the first: "a" only
+    assert [e.message["since"] for e in who.outbox] == ["b"]
+    assert await who.heartbeat()
+    who.handle({"v": 1, "type": "heartbeat_ack"})
+    assert who.outbox == []

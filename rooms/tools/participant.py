@@ -445,6 +445,7 @@ class Participant:
         # confirms; and how many welcomes this participant has had (one per socket).
         self.outbox: list[Outgoing] = []
         self._confirming: list[Outgoing] = []
+        self._awaiting_ack = False
         self.admissions = 0
         self.done = asyncio.Event()
         self._changed = asyncio.Condition()
@@ -570,14 +571,21 @@ class Participant:
     async def _heartbeat(self, socket: ClientConnection, every: float) -> None:
         while socket is self._socket:
             await asyncio.sleep(every)
+            if socket is not self._socket:
+                return  # a heartbeat of this socket never goes out on the next one
             await self.heartbeat()
 
     async def heartbeat(self) -> bool:
-        """One heartbeat; its ack will confirm every report this socket carried before it."""
-        confirming = [e for e in self.outbox if e.sent_in == self.admissions]
-        if not await self.send({"type": "heartbeat"}):
+        """One heartbeat; its ack will confirm every report this socket carried before it.
+        None while the last one waits for its ack (as the page): an older ack must not confirm
+        what was sent after the heartbeat it answers."""
+        if self._awaiting_ack:
             return False
-        self._confirming = confirming
+        confirming = [e for e in self.outbox if e.sent_in == self.admissions]
+        self._confirming, self._awaiting_ack = confirming, True
+        if not await self.send({"type": "heartbeat"}):
+            self._confirming, self._awaiting_ack = [], False
+            return False
         return True
 
     # --- messages that must arrive --------------------------------------------------------------
@@ -633,7 +641,7 @@ class Participant:
         self.welcome, self.you = message, message["you"]
         # A new socket: what the last one carried unconfirmed goes again on this one.
         self.admissions += 1
-        self._confirming = []
+        self._confirming, self._awaiting_ack = [], False
         self._spawn(self._outbox_flush())
         if self._socket is not None:
             every = float(message["heartbeat_seconds"])
@@ -695,7 +703,7 @@ class Participant:
 
     def _on_heartbeat_ack(self, message: dict[str, Any]) -> None:
         confirmed = self._confirming
-        self._confirming = []
+        self._confirming, self._awaiting_ack = [], False
         self.outbox = [e for e in self.outbox if not any(e is c for c in confirmed)]
 
     def _link_open(self, peer_id: int, *, offer: bool = True) -> PeerLink:

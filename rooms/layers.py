@@ -66,17 +66,15 @@ class ConcurrentPublishShard(pubsub.RedisSingleShardConnection):  # type: ignore
         asyncio's "read() called while another coroutine is already waiting for incoming
         data", a RuntimeError that escaped the consumer's join (found by bench/faults.py).
         That subscription fails as a lost connection does (the socket is told `unavailable`
-        and the page dials again); the connection is closed, as its replies may now be out of
-        step, and the receiver opens it again and subscribes everything once more."""
+        and the page dials again). asyncio refuses the second read before it takes anything
+        from the connection, so the first reader goes on; closing the connection here instead
+        made every subscription of the process reconnect and race again, a storm that took
+        the fault harness's Daphnes down with it."""
         try:
             yield
         except RuntimeError as error:
             if "already waiting for incoming data" not in str(error):
                 raise
-            connection = self._pubsub.connection if self._pubsub is not None else None
-            if connection is not None:
-                with contextlib.suppress(Exception):
-                    await connection.disconnect()
             raise redis.exceptions.ConnectionError(
                 "The channel layer's connection was being reopened; try again."
             ) from error

@@ -4,12 +4,15 @@ from celery import shared_task
 from django.conf import settings
 
 from accounts import selectors, services
+from config.postgresql.errors import DATABASE_ERRORS
 
 
 # One count of attempts: the row's (`email_send` parks the email at EMAIL_MAX_ATTEMPTS); the
-# task's own retries stop at the same number, they never outlive it.
+# task's own retries stop at the same number, they never outlive it. A mail server that does
+# not answer (OSError) and PostgreSQL restarting are both tried again (a task that names its
+# own autoretry_for replaces DatabaseRetryingTask's).
 @shared_task(
-    autoretry_for=(OSError,),
+    autoretry_for=(OSError, *DATABASE_ERRORS),
     retry_backoff=True,
     retry_backoff_max=600,
     max_retries=settings.EMAIL_MAX_ATTEMPTS,
@@ -19,7 +22,7 @@ def email_send_task(email_id: int) -> bool:
 
 
 @shared_task(
-    autoretry_for=(OSError,),
+    autoretry_for=(OSError, *DATABASE_ERRORS),
     retry_backoff=True,
     retry_backoff_max=600,
     max_retries=settings.EMAIL_MAX_ATTEMPTS,

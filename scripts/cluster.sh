@@ -163,6 +163,12 @@ defaults
     retry-on conn-failure empty-response
     retries 3
     option redispatch 1
+    # A client that gives up before its answer (a page reloaded during a slow handshake) takes
+    # its request with it: without this, HAProxy still delivered a socket's upgrade to a
+    # Daphne that was busy or starting, which admitted it long after and replaced the socket
+    # the same person had opened since (the fault harness: "replaced" 40 s after a Daphne
+    # came back).
+    option abortonclose
 
 frontend parley
     bind 127.0.0.1:$CLUSTER_PORT

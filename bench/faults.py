@@ -5,7 +5,9 @@ so root): a throwaway PostgreSQL, localstripe behind a proxy that can fail, and
 `scripts/cluster.sh` with 3 Daphne processes behind HAProxy, the channel layer on two Redis
 shards, a broker Redis, 2 Celery workers, beat and coturn. It books the calls (a real hold at
 the provider for each seat) and plays them with protocol-level participants speaking the
-page's signaling through the balancer, each call on a random script, while it injects every
+page's signaling through the balancer — and two dozen (`--media`, 24) with aiortc participants
+sending real audio and video through the cluster's coturn, whose truth is the video each side
+received — each call on a random script, while it injects every
 kind of fault: a participant's network dropping (they come back through the balancer, often
 to another process), Daphne, Celery worker and beat SIGKILLed (and brought back, as a
 supervisor would), a channel-layer Redis shard and PostgreSQL restarted, the provider
@@ -26,7 +28,7 @@ told `unavailable`; for a worker or beat down, the rooms that closed meanwhile; 
 provider, the seats whose requests failed), the sockets it dropped, the largest billing error
 among the calls it hit and how they ended, next to the untouched calls' largest error.
 
-    .venv/bin/python bench/faults.py [--json] [--calls N]     (as root)
+    .venv/bin/python bench/faults.py [--json] [--calls N] [--media N] [--seed N]   (as root)
 """
 
 from __future__ import annotations
@@ -47,9 +49,10 @@ sys.path.insert(0, str(ROOT))
 from rooms.tests.e2e_services import namespace_run, namespace_unready  # noqa: E402
 
 DEFAULT_CALLS = 1000
+DEFAULT_MEDIA = 24
 
 
-def harness_command(calls: int, out: Path, seed: int) -> list[str]:
+def harness_command(calls: int, out: Path, seed: int, media: int) -> list[str]:
     # Calls start over calls × 0.4 s and last 60–90 s: about 150 at once for 1,000 calls,
     # with a fault of the infrastructure every 8 s (each kind about every minute).
     return [
@@ -62,6 +65,8 @@ def harness_command(calls: int, out: Path, seed: int) -> list[str]:
         "8",
         "--seed",
         str(seed),
+        "--media",
+        str(media),
         "--json",
         str(out),
     ]
@@ -83,7 +88,18 @@ def format_table(result: dict[str, Any]) -> str:
                 reasons,
             ]
         )
-    untouched = details["untouched"]
+    untouched, real = details["untouched"], details["real_media"]
+    rows.append(
+        [
+            "(calls with real media)",
+            "-",
+            "-",
+            str(real["calls"]),
+            "-",
+            number(real["max_billing_error_s"], ".2f"),
+            f"stuck {len(real['stuck'])}, lost {len(real['lost'])}",
+        ]
+    )
     rows.append(
         [
             "(baseline: no fault)",
@@ -112,6 +128,7 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument("--calls", type=int, default=DEFAULT_CALLS)
     parser.add_argument("--seed", type=int, default=19)
+    parser.add_argument("--media", type=int, default=DEFAULT_MEDIA, help="calls with real media")
     args = parser.parse_args()
     unready = namespace_unready(
         ("unshare", "ip", "redis-server", "turnserver", "haproxy"), "bench/faults.py"
@@ -124,7 +141,7 @@ def main() -> int:
         # Long enough for 1,000 calls (about 15 min here) with room to spare.
         limit = 600 + args.calls * 1.5
         run = namespace_run(
-            harness_command(args.calls, out, args.seed),
+            harness_command(args.calls, out, args.seed, args.media),
             timeout=limit,
             stop_grace=60,
             merge_stderr=True,

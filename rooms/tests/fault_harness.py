@@ -10,13 +10,16 @@ two Celery workers, beat and coturn. It books the calls through the Stripe gatew
 at localstripe for each seat), and plays each call with two protocol-level participants that
 speak the page's signaling through the balancer: join, heartbeats, offer and answer, media
 reports (kept until a later heartbeat is acknowledged and sent again on the next socket, as the
-page does), stats, leave, and a resume after every drop. Each call follows a random script;
+page does), stats, leave, and a resume after every drop. A few calls (`--media`) are played by
+aiortc participants instead (rooms/tools/participant.py), sending real audio and video to each
+other through the cluster's coturn; their signaling is the same. Each call follows a random script;
 meanwhile the harness kills and brings back the cluster's processes, restarts a Redis shard and
 PostgreSQL, and makes the payment provider fail.
 
 The participants' scripts are the ground truth: the harness knows when both sides were in the
 call and when their media was up (a drop the script did not ask for, such as the Daphne holding
-the socket dying, does not take anyone out of the call: their media goes on peer to peer). Once
+the socket dying, does not take anyone out of the call: their media goes on peer to peer). In a
+call with real media, "media up" is the video each side actually received from the other. Once
 every room has ended and the payment commands have run, it compares what the server billed and
 what the provider holds with that truth, and writes the summary (`--json`).
 """
@@ -54,6 +57,7 @@ from rooms.tests.e2e_services import (
     port_open,
     wait_for,
 )
+from rooms.tools.participant import Participant, Video
 
 logger = logging.getLogger("fault_harness")
 T = TypeVar("T")
@@ -64,6 +68,8 @@ CLUSTER_TURN_PORT = 3501
 DAPHNES = 3
 LOCALSTRIPE_PORT = 8420
 PROXY_PORT = 8421
+WEBHOOK_RELAY_PORT = 8422
+WEBHOOK_PATH = "/billing/webhooks/stripe/"
 STRIPE_KEY = "sk_test_fault_harness"
 WEBHOOK_SECRET = "whsec_fault_harness"  # noqa: S105 (a throwaway provider in the namespace)
 GRACE_SECONDS = 20.0
@@ -182,6 +188,131 @@ class ProviderProxy:
         self.server.shutdown()
 
 
+@dataclass(eq=False)
+class Delivery:
+    """One provider event on its way to the deployment."""
+
+    event_id: str
+    body: bytes
+    headers: dict[str, str]
+    first: float  # when the provider sent it (monotonic)
+    attempts: int = 0
+    repeated: bool = False
+
+
+class WebhookRelay:
+    """The way from the provider's webhooks to the deployment, as Stripe delivers them: every
+    event at least once, some twice, in no set order (each up to 3 s late), and again with
+    backoff while the deployment answers anything but 2xx or does not answer (Stripe retries
+    for three days; here for three minutes). localstripe posts each event here once; the relay
+    takes it at once and delivers it through the balancer to the product's webhook."""
+
+    def __init__(self, port: int, seed: int) -> None:
+        import heapq
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.heapq = heapq
+        self.rng = random.Random(seed + 4)  # noqa: S311
+        self.lock = threading.Condition()
+        self.due: list[tuple[float, int, Delivery]] = []
+        self.seq = 0
+        self.busy = 0
+        self.last_taken = 0.0
+        self.events: dict[str, str] = {}  # id → type, as the provider sent them
+        self.delivered: set[str] = set()
+        self.given_up: set[str] = set()
+        self.answers: Counter[str] = Counter()
+        self.duplicates = 0
+        self.retries = 0
+        self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="webhook")
+        relay = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                headers = {
+                    k: v
+                    for k, v in self.headers.items()
+                    if k.lower() in ("content-type", "stripe-signature")
+                }
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                relay.take(body, headers)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self._schedule, daemon=True).start()
+
+    def take(self, body: bytes, headers: dict[str, str]) -> None:
+        event = json.loads(body)
+        with self.lock:
+            self.last_taken = time.monotonic()
+            self.events[event["id"]] = event["type"]
+            delivery = Delivery(event["id"], body, headers, time.monotonic())
+            self._later(self.rng.uniform(0, 3), delivery)
+
+    def _later(self, delay: float, delivery: Delivery) -> None:
+        self.seq += 1
+        self.heapq.heappush(self.due, (time.monotonic() + delay, self.seq, delivery))
+        self.lock.notify_all()
+
+    def _schedule(self) -> None:
+        while True:
+            with self.lock:
+                while not self.due or self.due[0][0] > time.monotonic():
+                    self.lock.wait(self.due[0][0] - time.monotonic() if self.due else None)
+                _, _, delivery = self.heapq.heappop(self.due)
+                self.busy += 1
+            self.pool.submit(self._deliver, delivery)
+
+    def _deliver(self, delivery: Delivery) -> None:
+        answer = self._post(delivery.body, delivery.headers)
+        with self.lock:
+            self.busy -= 1
+            self.answers[answer] += 1
+            delivery.attempts += 1
+            if answer.startswith("2"):
+                self.delivered.add(delivery.event_id)
+                if not delivery.repeated and self.rng.random() < 0.05:
+                    # Delivered again a moment later, as Stripe sometimes does.
+                    self.duplicates += 1
+                    delivery.repeated = True
+                    self._later(self.rng.uniform(0, 5), delivery)
+            elif time.monotonic() - delivery.first < 180:
+                self.retries += 1
+                backoff = min(20.0, 2.0 ** min(delivery.attempts, 5))
+                self._later(backoff * self.rng.uniform(0.5, 1), delivery)
+            else:
+                self.given_up.add(delivery.event_id)
+            self.lock.notify_all()
+
+    def _post(self, body: bytes, headers: dict[str, str]) -> str:
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", CLUSTER_PORT, timeout=30)
+            connection.request("POST", WEBHOOK_PATH, body=body, headers=headers)
+            response = connection.getresponse()
+            response.read()
+            connection.close()
+        except (OSError, http.client.HTTPException) as error:
+            return type(error).__name__
+        return str(response.status)
+
+    def pending(self) -> int:
+        with self.lock:
+            return len(self.due) + self.busy
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
 # --- the deployment ---------------------------------------------------------------------------
 
 
@@ -193,6 +324,7 @@ class Layout:
     postgres: Service
     postgres_command: list[str]
     proxy: ProviderProxy
+    webhooks: WebhookRelay
 
     @property
     def url(self) -> str:
@@ -273,8 +405,8 @@ def _pg_ready() -> bool:
     )
 
 
-def layout_start(deployment: Deployment, progress: Callable[[str], None]) -> Layout:
-    progress("PostgreSQL, localstripe and the provider proxy")
+def layout_start(deployment: Deployment, progress: Callable[[str], None], seed: int) -> Layout:
+    progress("PostgreSQL, localstripe, the provider proxy and the webhook relay")
     # Commits survive PostgreSQL's crash (the harness kills it), as on a real server.
     database_url = deployment.postgres(durable=True)
     (postgres,) = [s for s in deployment.services if s.name == "postgres"]
@@ -289,6 +421,19 @@ def layout_start(deployment: Deployment, progress: Callable[[str], None]) -> Lay
     )
     wait_for("localstripe", lambda: port_open(LOCALSTRIPE_PORT), 30, served.log)
     proxy = ProviderProxy(PROXY_PORT, LOCALSTRIPE_PORT)
+    webhooks = WebhookRelay(WEBHOOK_RELAY_PORT, seed)
+    # localstripe signs every event and posts it to the relay.
+    form = f"url=http://127.0.0.1:{WEBHOOK_RELAY_PORT}/&secret={WEBHOOK_SECRET}".encode()
+    connection = http.client.HTTPConnection("127.0.0.1", LOCALSTRIPE_PORT, timeout=10)
+    connection.request(
+        "POST",
+        "/_config/webhooks/fault-harness",
+        body=form,
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    if connection.getresponse().status != 200:
+        raise DeploymentError("localstripe did not take the webhook's address")
+    connection.close()
     cluster_dir = deployment.root / "cluster"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STRIPE_", "TEST_", "CELERY"))}
     env.update(
@@ -307,7 +452,7 @@ def layout_start(deployment: Deployment, progress: Callable[[str], None]) -> Lay
         STRIPE_WEBHOOK_SECRET=WEBHOOK_SECRET,
         DATABASE_POOL_MAX="10",
     )
-    layout = Layout(deployment, env, cluster_dir, postgres, postgres_command, proxy)
+    layout = Layout(deployment, env, cluster_dir, postgres, postgres_command, proxy, webhooks)
     progress(f"scripts/cluster.sh start: HAProxy, {DAPHNES} Daphnes, 2 workers, beat, 3 Redis")
     layout.cluster("start", timeout=240)
     # This process speaks to the same database, channel layer and broker.
@@ -371,16 +516,33 @@ class Call:
     )
     media: list[list[float]] = field(default_factory=list)
     ended_by: float | None = None  # an end the script made (expert, staff)
-    sides: dict[str, Side] = field(default_factory=dict)
+    sides: dict[str, Side | MediaSide] = field(default_factory=dict)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     media_wanted: bool = False  # media should come up at the next answer
     outage: bool = False
+    # Played by aiortc participants with real media: the truth is the video each side
+    # received from the other (wall-clock intervals without a freeze), filled in at the end.
+    real_media: bool = False
+    frames: dict[str, list[list[float]]] = field(default_factory=dict)
+
+    def side(self, role: str) -> Side:
+        """A side of a call played by protocol-level participants."""
+        side = self.sides[role]
+        if not isinstance(side, Side):
+            raise TypeError(f"call {self.index} is played with real media")
+        return side
+
+    def media_side(self, role: str) -> MediaSide:
+        side = self.sides[role]
+        if not isinstance(side, MediaSide):
+            raise TypeError(f"call {self.index} is played at the protocol level")
+        return side
 
     def media_up(self, at: float) -> None:
         if self.media and self.media[-1][1] == 0:
             return
         self.media.append([at, 0.0])
-        for side in self.sides.values():
+        for side in map(self.side, ("expert", "client")):
             side.report(
                 {"type": "media_state", "peer": side.peer_id, "state": "connected"}
                 | {"candidate_type": "host", "since": iso(at)}
@@ -393,10 +555,17 @@ class Call:
     def truth_seconds(self, closed_at: float) -> float:
         end = min(self.ends_at, closed_at, self.ended_by or closed_at)
         window = [[self.starts_at, end]]
-        both = intersect(
-            intersect(closed(self.present["expert"], end), closed(self.present["client"], end)),
-            closed(self.media, end),
+        present = intersect(
+            closed(self.present["expert"], end), closed(self.present["client"], end)
         )
+        if self.real_media:
+            # Video arriving both ways while both were in the call.
+            both = intersect(
+                present,
+                intersect(self.frames.get("expert", []), self.frames.get("client", [])),
+            )
+        else:
+            both = intersect(present, closed(self.media, end))
         return sum(b - a for a, b in intersect(both, window))
 
 
@@ -651,7 +820,191 @@ class Side:
                 await socket.close()
 
 
+class Person(Participant):
+    """The aiortc participant, noting each media report it sends."""
+
+    def __init__(self, side: MediaSide, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.side = side
+
+    def handle(self, message: dict[str, Any]) -> None:
+        super().handle(message)
+        if message.get("type") == "welcome":
+            self.side.welcomed()
+
+    async def send(self, message: dict[str, Any]) -> bool:
+        sent = await super().send(message)
+        if sent and message["type"] == "media_state":
+            self.side.reports_sent.append(
+                f"{wall():.3f} {message['state']} {message.get('since')} #{self.admissions}"
+            )
+        return sent
+
+
+class MediaSide:
+    """One participant of a call with real media: the aiortc participant of
+    rooms/tools/participant.py (the page's signaling, outbox and resume; synthetic audio and
+    video through the cluster's coturn), its socket through the balancer like a Side's. A
+    rejoin after a break is a new Person, as a new page would be."""
+
+    def __init__(self, call: Call, role: str, url: str, log: Callable[[str], None]) -> None:
+        self.call, self.role, self.url, self.log = call, role, url, log
+        self.user_id = call.expert_id if role == "expert" else call.client_id
+        self.peer_id = call.client_id if role == "expert" else call.expert_id
+        name, value = (call.expert_cookie if role == "expert" else call.client_cookie).split("=")
+        self.cookies = {name: value}
+        self.people: list[Person] = []
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.reports_sent: list[str] = []
+        self.gave_up = False
+        self.notes: list[str] = []  # what went wrong joining, for the verdict's rows
+
+    def note(self, line: str) -> None:
+        self.notes.append(f"{wall():.3f} {line}")
+
+    def links_state(self) -> list[str]:
+        """Each page's connections to the other side at the end: state, connections used,
+        frames received."""
+        return [
+            f"{link.pc.connectionState}/{link.pc.signalingState} x{link.connections} "
+            f"video {link.frames.count} audio {link.audio_frames}"
+            for person in self.people
+            for link in person.links.values()
+        ]
+
+    @property
+    def person(self) -> Person | None:
+        return self.people[-1] if self.people else None
+
+    @property
+    def finished(self) -> bool:
+        """Ended, removed, or the participant gave up coming back."""
+        return self.gave_up or (self.person is not None and self.person.done.is_set())
+
+    @property
+    def drops(self) -> list[tuple[float, int | None]]:
+        return [close for person in self.people for close in person.closes]
+
+    def _errors(self) -> list[tuple[float, dict[str, Any]]]:
+        return [(at, m) for p in self.people for at, m in p.messages if m["type"] == "error"]
+
+    @property
+    def troubles(self) -> list[tuple[float, str]]:
+        return [(at, m["code"]) for at, m in self._errors() if m["code"] in RETRIED]
+
+    @property
+    def refusals(self) -> list[str]:
+        return [f"{at:.3f} {m['code']} {m.get('ref')}" for at, m in self._errors()]
+
+    def spawn(self, coroutine: Any) -> None:
+        task = asyncio.create_task(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def enter(self) -> None:
+        """Join as a new page does. A refusal the server explains (it is restarting) is waited
+        out by the participant's own resume; a handshake that fails or times out (no socket)
+        is dialled again, by a new page."""
+        from websockets.exceptions import WebSocketException
+
+        from rooms.tools.participant import JoinRefused
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            person = self._person_new()
+            mark = len(person.messages)
+            try:
+                await person.join(timeout=15)
+                return
+            except JoinRefused as refused:
+                self.note(f"join: {refused!r}")
+                with contextlib.suppress(TimeoutError):
+                    await person.wait_for("welcome", since=mark, timeout=60)
+                    return
+                break
+            except (OSError, TimeoutError, WebSocketException) as error:
+                self.note(f"join: {error!r}")
+                await person.close()
+                await asyncio.sleep(0.5)
+        self.log(f"call {self.call.index} {self.role}: gave up joining")
+        self.gave_up = True
+
+    def _person_new(self) -> Person:
+        person = Person(
+            self,
+            [self.url],
+            f"{self.role}@call{self.call.index}",
+            "",
+            self.call.room_id,
+            name=f"call {self.call.index} {self.role}",
+            resume_within=60,
+            video=HARNESS_VIDEO,
+        )
+        person.cookies = dict(self.cookies)
+        self.people.append(person)
+        return person
+
+    def welcomed(self) -> None:
+        """In the call from the first welcome on (a resume after a drop the script did not
+        make, a Daphne dying, continues it)."""
+        present = self.call.present[self.role]
+        if not present or present[-1][1]:
+            present.append([wall(), 0.0])
+
+    def away(self) -> None:
+        for interval in self.call.present[self.role][-1:]:
+            if interval[1] == 0:
+                interval[1] = wall()
+
+    def drop(self, seconds: float) -> None:
+        """The socket goes for `seconds` (the network under it); the media goes on. The
+        server does not bill a reconnect's gap (PRODUCT.md): the person is out of the call
+        until the welcome of the socket that comes back."""
+        if self.person is not None:
+            self.away()
+            self.person.drop(away=seconds)
+
+    async def leave(self) -> None:
+        if self.person is not None:
+            self.away()
+            await self.person.leave()
+            await self.person.close()
+
+    async def end_for_everyone(self) -> None:
+        """As Side's: pressed again on the next socket until `ended` comes back."""
+        deadline = time.monotonic() + 30
+        while not self.finished and time.monotonic() < deadline and self.person is not None:
+            person, admission = self.person, self.person.admissions
+            self.call.ended_by = wall()
+            if not await person.end():
+                await asyncio.sleep(0.1)
+                continue
+            while person.admissions == admission and not self.finished:
+                await asyncio.sleep(0.05)
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if self.person is not None:
+            await self.person.send(message)
+
+    def frames(self) -> list[list[float]]:
+        """The video this side received from the other over the call, all pages together."""
+        out: list[list[float]] = []
+        for person in self.people:
+            log = person.received.get(self.peer_id)
+            out += log.intervals if log else []
+        return sorted(out)
+
+    async def stop(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        for person in self.people:
+            with contextlib.suppress(Exception):
+                await person.close()
+
+
 RETRIED = {"unavailable", "server_error"}
+# Real media in the harness: small and slow enough for a few calls at once on two cores.
+HARNESS_VIDEO = Video(width=160, height=120, fps=10)
 OFFER = {"description": {"type": "offer", "sdp": "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\n"}}
 ANSWER = {"description": {"type": "answer", "sdp": "v=0\r\no=- 3 4 IN IP4 127.0.0.1\r\n"}}
 
@@ -796,6 +1149,13 @@ def calls_schedule(calls: list[Call], *, first_start: float, spread_s: float, se
         )
 
 
+def real_media_choose(calls: list[Call], count: int) -> None:
+    """`count` calls, evenly spread over the run, are played with real media (MediaSide)."""
+    count = min(count, len(calls))
+    for k in range(count):
+        calls[int(len(CALL_KINDS) + k * len(calls) / count) % len(calls)].real_media = True
+
+
 def scripts_write(calls: list[Call], seed: int) -> None:
     """Each call's faults and breaks. The first calls get one of each kind, so a small run
     has them all."""
@@ -866,8 +1226,9 @@ class Harness:
 
     # --- one call -------------------------------------------------------------------------------
     async def call_play(self, call: Call) -> None:
-        expert = Side(call, "expert", self.layout.url, self.log)
-        client = Side(call, "client", self.layout.url, self.log)
+        kind = MediaSide if call.real_media else Side
+        expert = kind(call, "expert", self.layout.url, self.log)
+        client = kind(call, "client", self.layout.url, self.log)
         call.sides = {"expert": expert, "client": client}
         call.media_wanted = True
         actions = [
@@ -892,19 +1253,36 @@ class Harness:
             for interval in call.present[side.role]:
                 if interval[1] == 0:
                     interval[1] = wall()
+            if isinstance(side, MediaSide):
+                side.notes += side.links_state()
             await side.stop()
         if call.media and call.media[-1][1] == 0:
             call.media[-1][1] = wall()
+        for side in (expert, client):
+            if isinstance(side, MediaSide):
+                call.frames[side.role] = side.frames()
 
     async def action(self, call: Call, kind: str, details: dict[str, Any]) -> None:
         sides = call.sides
         if kind == "join":
             sides[details["side"]].spawn(sides[details["side"]].enter())
+        elif kind == "participant_drop" and call.real_media:
+            # The socket only: the media goes on peer to peer meanwhile (through TURN).
+            self.fault(
+                "participant_drop", f"{details['side']} socket {details['seconds']:.1f} s", call
+            )
+            call.media_side(details["side"]).drop(details["seconds"])
         elif kind == "participant_drop":
             self.fault("participant_drop", f"{details['side']} {details['seconds']:.1f} s", call)
-            await self.outage(call, sides[details["side"]], details["seconds"])
+            await self.outage(call, call.side(details["side"]), details["seconds"])
+        elif kind == "client_break" and call.real_media:
+            # Leaves (the page closes its connections) and comes back as a new page.
+            client = call.media_side("client")
+            await client.leave()
+            await asyncio.sleep(details["seconds"])
+            await client.enter()
         elif kind == "client_break":
-            await self.away(call, sides["client"], details["seconds"])
+            await self.away(call, call.side("client"), details["seconds"])
         elif kind == "expert_end":
             self.fault("expert_end", "", call)
             await sides["expert"].end_for_everyone()
@@ -923,7 +1301,7 @@ class Harness:
         for interval in call.present[side.role][-1:]:
             interval[1] = at
         await side.lose_network()
-        other = call.sides["client" if side.role == "expert" else "expert"]
+        other = call.side("client" if side.role == "expert" else "expert")
         # Each side's ICE notices a moment later; each reports when media last arrived.
         since = {"state": "disconnected", "since": iso(at)}
         await asyncio.sleep(2)
@@ -945,7 +1323,7 @@ class Harness:
         await asyncio.sleep(0.2)
         await side.leave()
         await asyncio.sleep(1)
-        call.sides["expert"].report({"type": "media_state", "peer": side.user_id, **since})
+        call.side("expert").report({"type": "media_state", "peer": side.user_id, **since})
         await asyncio.sleep(seconds)
         call.media_wanted = True
         await side.enter()
@@ -1165,12 +1543,13 @@ def verdict(harness: Harness, *, drain_s: float, progress: Callable[[str], None]
     import stripe
     from django.db.models import Count
 
-    from billing.models import CommandKind, CommandState, PaymentCommand, Settlement
+    from billing.models import CommandKind, CommandState, PaymentCommand, Settlement, WebhookEvent
     from rooms.models import Room, RoomEvent, RoomState
 
     calls = harness.calls
     room_ids = [c.room_id for c in calls]
-    progress("waiting for the rooms to close and the payment commands to run")
+    relay = harness.layout.webhooks
+    progress("waiting for the rooms to close, the payment commands and the webhooks")
     deadline = time.monotonic() + drain_s
     while True:
         open_rooms = harness.db(
@@ -1185,10 +1564,20 @@ def verdict(harness: Harness, *, drain_s: float, progress: Callable[[str], None]
                 payment_id__in=[c.payment_id for c in calls], state=CommandState.PENDING
             ).count()
         )
-        if (open_rooms == 0 and pending == 0) or time.monotonic() > deadline:
+        unprocessed = harness.db(
+            lambda: WebhookEvent.objects.filter(processed_at__isnull=True).count()
+        )
+        # The provider sends an event a second after the change; the relay delays it up to 3.
+        quiet = time.monotonic() - relay.last_taken > 6 and relay.pending() == 0
+        settled = open_rooms == 0 and pending == 0 and quiet and unprocessed == 0
+        if settled or time.monotonic() > deadline:
             break
         time.sleep(2)
-    progress(f"  {open_rooms} rooms open, {pending} payment commands pending")
+    progress(
+        f"  {open_rooms} rooms open, {pending} payment commands pending, "
+        f"{relay.pending()} webhooks on their way, {unprocessed} stored and not processed"
+    )
+    webhooks = webhooks_verdict(harness)
 
     rooms = harness.db(lambda: {r.pk: r for r in Room.objects.filter(pk__in=room_ids)})
     closes = harness.db(
@@ -1258,6 +1647,7 @@ def verdict(harness: Harness, *, drain_s: float, progress: Callable[[str], None]
             {
                 "call": call.index,
                 "reason": room.close_reason,
+                "real_media": call.real_media,
                 "truth_s": round(truth, 2),
                 "billed_s": round(server, 2),
                 "charged_minor": settlement.amount_minor,
@@ -1267,7 +1657,8 @@ def verdict(harness: Harness, *, drain_s: float, progress: Callable[[str], None]
                 "truth": {
                     "expert": call.present["expert"],
                     "client": call.present["client"],
-                    "media": call.media,
+                    "media": call.media,  # a protocol-level call's
+                    "video": call.frames,  # a call with real media: what each side received
                 },
                 "server": {
                     k: seat.get(k)
@@ -1283,6 +1674,9 @@ def verdict(harness: Harness, *, drain_s: float, progress: Callable[[str], None]
                 else None,
                 "drops": {r: s.drops for r, s in call.sides.items()},
                 "refusals": {r: s.refusals for r, s in call.sides.items()},
+                "media_notes": {
+                    r: s.notes for r, s in call.sides.items() if isinstance(s, MediaSide)
+                },
                 "reports_sent": {r: s.reports_sent for r, s in call.sides.items()},
             }
         )
@@ -1306,6 +1700,7 @@ def verdict(harness: Harness, *, drain_s: float, progress: Callable[[str], None]
         harness, errors_by_call={i: e for e, i in errors}, rooms=rooms, closes_ran=closes_ran
     )
     calm = [e for e, i in errors if i not in touched]
+    real = [e for e, i in errors if calls[i].real_media]
     return {
         "summary": {
             "calls": len(calls),
@@ -1332,10 +1727,24 @@ def verdict(harness: Harness, *, drain_s: float, progress: Callable[[str], None]
             "error_kinds": dict(error_kinds.most_common(12)),
             "close_reasons": dict(Counter(rooms[c.room_id].close_reason for c in calls)),
             "provider_failed_requests": dict(harness.layout.proxy.failed),
+            "webhooks": webhooks,
             "by_kind": by_kind,
             "untouched": {
                 "calls": len(calls) - len(touched),
                 "max_billing_error_s": round(max(calm), 3) if calm else None,
+            },
+            "real_media": {
+                "calls": len(real),
+                "max_billing_error_s": round(max(real), 3) if real else None,
+                "stuck": [i for i in stuck if calls[i].real_media],
+                "lost": [i for i in lost if calls[i].real_media],
+                # Calls in which a side never received the other's video: a harness that
+                # could not make media would otherwise pass with nothing billed.
+                "without_video": [
+                    c.index
+                    for c in calls
+                    if c.real_media and not (c.frames.get("expert") and c.frames.get("client"))
+                ],
             },
             "faults": [
                 (round(f.at, 3), round(f.ended - f.at, 1), f.kind, f.detail, f.call)
@@ -1347,13 +1756,43 @@ def verdict(harness: Harness, *, drain_s: float, progress: Callable[[str], None]
     }
 
 
+def webhooks_verdict(harness: Harness) -> dict[str, Any]:
+    """What became of the provider's events: each must be stored once (whatever the number of
+    deliveries) and processed without error once the deployment answered 2xx for it."""
+    from billing.models import WebhookEvent
+
+    relay = harness.layout.webhooks
+    with relay.lock:
+        events, delivered = dict(relay.events), set(relay.delivered)
+    stored = {
+        e.event_id: e
+        for e in harness.db(
+            lambda: list(WebhookEvent.objects.filter(provider="stripe", event_id__in=events))
+        )
+    }
+    return {
+        "events": len(events),
+        "delivered": len(delivered),
+        "deliveries": sum(relay.answers.values()),
+        "duplicates": relay.duplicates,
+        "retries": relay.retries,
+        "answers": dict(relay.answers),
+        "undelivered": sorted(set(events) - delivered)[:20],
+        # Answered 2xx but not in the inbox: an event the provider will never send again.
+        "lost_after_2xx": sorted(delivered - set(stored))[:20],
+        "unprocessed": sorted(k for k, e in stored.items() if e.processed_at is None)[:20],
+        "failed_attempts": sorted(k for k, e in stored.items() if e.last_error)[:20],
+        "types": dict(Counter(events.values())),
+    }
+
+
 def crash_excerpts(logs: dict[str, str], limit: int = 3) -> str:
     out = []
     for name, text in logs.items():
         lines = text.splitlines()
         hits = [i for i, line in enumerate(lines) if CRASH_PATTERNS.search(line)]
         for i in hits[:limit]:
-            out.append(f"--- {name}:{i + 1}\n" + "\n".join(lines[max(0, i - 3) : i + 25]))
+            out.append(f"--- {name}:{i + 1}\n" + "\n".join(lines[max(0, i - 3) : i + 60]))
     return "\n".join(out)
 
 
@@ -1365,6 +1804,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--faults-every", type=float, default=8.0)
     parser.add_argument("--drain", type=float, default=150.0)
     parser.add_argument("--seed", type=int, default=19)
+    parser.add_argument("--media", type=int, default=2, help="calls played with real media")
     parser.add_argument("--json", dest="json_out", help="write the result here")
     parser.add_argument("--keep", action="store_true", help="keep the deployment's folder")
     args = parser.parse_args(argv)
@@ -1383,7 +1823,7 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir(PROJECT_DIR)
     sys.path.insert(0, str(PROJECT_DIR))
     with Deployment(keep=args.keep) as deployment:
-        layout = layout_start(deployment, progress)
+        layout = layout_start(deployment, progress, args.seed)
         try:
             calls, staff_id = calls_book(
                 args.calls, length_s=(low, high), seed=args.seed, progress=progress
@@ -1391,6 +1831,7 @@ def main(argv: list[str] | None = None) -> int:
             # The first participants join a few seconds before their start.
             calls_schedule(calls, first_start=wall() + 8, spread_s=spread, seed=args.seed)
             scripts_write(calls, args.seed)
+            real_media_choose(calls, args.media)
             harness = Harness(
                 layout, calls, staff_id, faults_every=args.faults_every, seed=args.seed
             )
@@ -1410,6 +1851,7 @@ def main(argv: list[str] | None = None) -> int:
             with contextlib.suppress(Exception):
                 layout.cluster("stop", timeout=60)
             layout.proxy.close()
+            layout.webhooks.close()
     return 0
 
 

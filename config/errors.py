@@ -34,7 +34,8 @@ def server_error(request: HttpRequest) -> HttpResponse:
 
 
 UNAVAILABLE = (
-    "Parley is restarting part of itself. Nothing you did was lost: try again in a few seconds."
+    "Parley is restarting part of itself and could not finish this. Please try again in a few"
+    " seconds."
 )
 RETRY_AFTER_SECONDS = 5
 

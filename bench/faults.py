@@ -88,29 +88,13 @@ def format_table(result: dict[str, Any]) -> str:
                 reasons,
             ]
         )
-    untouched, real = details["untouched"], details["real_media"]
-    rows.append(
-        [
-            "(calls with real media)",
-            "-",
-            "-",
-            str(real["calls"]),
-            "-",
-            number(real["max_billing_error_s"], ".2f"),
-            f"stuck {len(real['stuck'])}, lost {len(real['lost'])}",
-        ]
-    )
-    rows.append(
-        [
-            "(baseline: no fault)",
-            "-",
-            "-",
-            str(untouched["calls"]),
-            "-",
-            number(untouched["max_billing_error_s"], ".2f"),
-            "",
-        ]
-    )
+    real = details["real_media"]
+    for name, group, note in (
+        ("(calls with real media)", real, f"stuck {len(real['stuck'])}, lost {len(real['lost'])}"),
+        ("(baseline: no fault)", details["untouched"], ""),
+    ):
+        error = number(group["max_billing_error_s"], ".2f")
+        rows.append([name, "-", "-", str(group["calls"]), "-", error, note])
     header = [
         "fault",
         "injected",
